@@ -1,0 +1,113 @@
+"""Transforms -> merged weights (DESIGN §3.5).
+
+Every parameter of model i is transformed on each axis it has in a merged space: axes that
+write the space by ``M_i``, axes that read it by ``U_i``. A *shared* parameter (owned by a
+merged layer) is the sum over models of its transformed copies. A *private* parameter (a task
+head, or a layer past ``merge_layers``) stays with its task: it reads merged spaces through
+``U_i`` and writes them through ``pinv(U_i)``, so each task is still a standard checkpoint.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import torch
+
+from .transforms import Transforms
+from .unitmaps.spaces import MergeSpace, Member, UnitMap
+
+
+@dataclass
+class MergedWeights:
+    """Merged parameters: ``shared`` by every task plus each task's ``private`` ones."""
+
+    shared: dict[str, torch.Tensor]
+    private: list[dict[str, torch.Tensor]]
+
+    def task_state_dict(self, i: int) -> dict[str, torch.Tensor]:
+        """All parameters of task ``i``'s model in the merged frame."""
+        return {**self.shared, **self.private[i]}
+
+
+def is_merged(layer: int, merge_layers: int, num_layers: int) -> bool:
+    """Whether a layer is merged when the first ``merge_layers`` layers are.
+
+    Embeddings (layer -1) always are; what follows the last layer (layer ``num_layers``:
+    final norm, pooler) only in a full merge.
+    """
+    return layer < merge_layers or merge_layers >= num_layers
+
+
+def apply_transforms(
+    unit_maps: Sequence[UnitMap],
+    state_dicts: Sequence[Mapping[str, torch.Tensor]],
+    transforms: Transforms,
+    merge_layers: int | None = None,
+) -> MergedWeights:
+    """Build the merged parameters of all tasks.
+
+    ``unit_maps[i]`` describes ``state_dicts[i]`` (parameters only, validated); ``transforms``
+    holds every merged space (spaces of unmerged layers are ignored); ``merge_layers=None``
+    merges every layer.
+    """
+    if len(unit_maps) != len(state_dicts):
+        raise ValueError("one unit map per model is needed")
+    n_layers = unit_maps[0].num_layers
+    depth = n_layers if merge_layers is None else merge_layers
+    if not 0 <= depth <= n_layers:
+        raise ValueError(f"merge_layers must be in [0, {n_layers}], got {merge_layers}")
+    missing = [s.name for s in unit_maps[0].spaces if is_merged(s.layer, depth, n_layers) and s.name not in transforms]
+    if missing:
+        raise ValueError(f"no transform given for merged spaces {missing}")
+
+    shared: dict[str, torch.Tensor] = {}
+    private: list[dict[str, torch.Tensor]] = [{} for _ in state_dicts]
+    for i, (umap, sd) in enumerate(zip(unit_maps, state_dicts)):
+        by_param = umap.param_members()
+        for name, tensor in sd.items():
+            pairs = by_param.get(name, [])
+            owner = umap.param_layer(name)
+            share = name not in umap.task_heads and is_merged(owner, depth, n_layers)
+            active = [(s, m) for s, m in pairs if is_merged(s.layer, depth, n_layers)]
+            out = _transform(tensor, i, active, transforms, share)
+            if share:
+                shared[name] = out if name not in shared else shared[name] + out
+            else:
+                private[i][name] = out
+    cast = {name: t.to(state_dicts[0][name].dtype) for name, t in shared.items()}
+    return MergedWeights(cast, [{n: t.to(state_dicts[i][n].dtype) for n, t in p.items()} for i, p in enumerate(private)])
+
+
+def _transform(
+    tensor: torch.Tensor,
+    i: int,
+    pairs: Sequence[tuple[MergeSpace, Member]],
+    transforms: Transforms,
+    shared: bool,
+) -> torch.Tensor:
+    """Apply model ``i``'s transforms on every axis in ``pairs`` (float64 inside)."""
+    x = tensor.detach().to(torch.float64)
+    for space, member in pairs:
+        t = transforms[space.name]
+        if member.role == "in":
+            x = t.unmerge(x, i, member.axis)
+        elif shared:
+            x = t.merge(x, i, member.axis)
+        else:
+            x = t.project(x, i, member.axis)
+    return x
+
+
+def build_task_model(parent: torch.nn.Module, state_dict: Mapping[str, torch.Tensor]) -> torch.nn.Module:
+    """A standard model of the parent's class carrying ``state_dict`` (buffers from the parent)."""
+    config = copy.deepcopy(parent.config)
+    model = type(parent)(config).to(dtype=parent.dtype)
+    missing, unexpected = model.load_state_dict(dict(state_dict), strict=False)
+    params = {n for n, _ in model.named_parameters()}
+    if unexpected or params & set(missing):
+        raise ValueError(f"merged weights do not fit {type(parent).__name__}: missing {sorted(params & set(missing))[:3]}, "
+                         f"unexpected {sorted(unexpected)[:3]}")
+    for name, buf in parent.named_buffers():
+        model.get_buffer(name).copy_(buf)
+    return model.eval()

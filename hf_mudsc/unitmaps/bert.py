@@ -1,0 +1,38 @@
+"""BERT and RoBERTa (post-LN encoders with token-type embeddings and a pooler)."""
+from __future__ import annotations
+
+from .encoder import EncoderSpec, LayerSpec
+
+_LAYER = LayerSpec(
+    block="encoder.layer.{i}",
+    query="encoder.layer.{i}.attention.self.query",
+    key="encoder.layer.{i}.attention.self.key",
+    value="encoder.layer.{i}.attention.self.value",
+    attn_out="encoder.layer.{i}.attention.output.dense",
+    ffn_up="encoder.layer.{i}.intermediate.dense",
+    ffn_down="encoder.layer.{i}.output.dense",
+    norms=("encoder.layer.{i}.attention.output.LayerNorm", "encoder.layer.{i}.output.LayerNorm"),
+)
+
+_EMBEDDINGS = {
+    "embeddings.word_embeddings.weight": 1,
+    "embeddings.position_embeddings.weight": 1,
+    "embeddings.token_type_embeddings.weight": 1,
+    "embeddings.LayerNorm.weight": 0,
+    "embeddings.LayerNorm.bias": 0,
+}
+
+# Sequence/token classification, multiple choice and extractive QA heads.
+_HEADS = {
+    "classifier.weight": True,
+    "classifier.bias": False,
+    "classifier.dense.weight": True,
+    "classifier.dense.bias": False,
+    "classifier.out_proj.weight": False,
+    "classifier.out_proj.bias": False,
+    "qa_outputs.weight": True,
+    "qa_outputs.bias": False,
+}
+
+BERT = EncoderSpec("bert", "bert", _EMBEDDINGS, _LAYER, pooler="pooler", heads=_HEADS)
+ROBERTA = EncoderSpec("roberta", "roberta", _EMBEDDINGS, _LAYER, pooler="pooler", heads=_HEADS)
