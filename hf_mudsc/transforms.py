@@ -17,6 +17,8 @@ from safetensors.torch import load_file, save_file
 
 from .unitmaps.spaces import UnitMap
 
+TRANSFORMS_NAME = "merge_transforms.safetensors"
+
 
 @dataclass(frozen=True)
 class SpaceTransform:

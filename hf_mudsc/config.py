@@ -1,0 +1,156 @@
+"""MergeConfig: the recipe of a merge, validated up front, saved and loaded as JSON.
+
+Every method is a preset of one engine: a unit matching mode (``permute`` or ``zip``) and a
+blend ``alpha`` of weight similarity (1) and activation similarity (0).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Literal
+
+Mode = Literal["permute", "zip"]
+RECIPE_NAME = "merge_recipe.json"
+
+
+@dataclass(frozen=True)
+class Preset:
+    """What a method fixes: its mode, its alpha, whether alpha may be changed."""
+
+    mode: Mode
+    alpha: float
+    match: bool = True
+    fixed_alpha: bool = True
+    fixed_mode: bool = True
+    title: str = ""
+
+
+PRESETS: dict[str, Preset] = {
+    "average": Preset("permute", 0.0, match=False, title="plain weight averaging"),
+    "weight-matching": Preset("permute", 1.0, title="Git Re-Basin weight matching"),
+    "activation-matching": Preset("permute", 0.0, title="Git Re-Basin activation matching"),
+    "zipit": Preset("zip", 0.0, title="ZipIt!"),
+    "mudsc": Preset("zip", 0.5, fixed_alpha=False, fixed_mode=False, title="MuDSC (dual-space merging)"),
+}
+
+
+class ConfigError(ValueError):
+    """A merge parameter is out of range or contradicts its method."""
+
+
+@dataclass(frozen=True)
+class MergeConfig:
+    """How to merge.
+
+    Args:
+        method: a preset: ``mudsc``, ``zipit``, ``weight-matching``, ``activation-matching``, ``average``.
+        mode: ``zip`` (merged units may join units of one model) or ``permute``; default: the preset's.
+        alpha: weight of weight similarity in ``S = alpha*S_w + (1-alpha)*S_act``; default: the preset's.
+        merge_layers: merge the embeddings and the first L layers; later layers stay per task
+            (``None``: all layers).
+        zip_budget: fraction of each model's units that may be merged with units of the same model (beta).
+        zip_decay: similarity of a merged unit to the rest = decay * min of its members'.
+        max_sweeps, patience: coordinate descent over spaces (only when ``0 < alpha``).
+        residual_layers: which layer inputs feed the residual stream's statistics (``None``: all).
+        max_tokens_per_batch: cap on tokens per batch per site (a random subset).
+        seed: seeds the sweep order and the token subsets.
+    """
+
+    method: str = "mudsc"
+    mode: Mode | None = None
+    alpha: float | None = None
+    merge_layers: int | None = None
+    zip_budget: float = 0.0
+    zip_decay: float = 0.0
+    max_sweeps: int = 4
+    patience: int = 1
+    residual_layers: tuple[int, ...] | None = None
+    max_tokens_per_batch: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in PRESETS:
+            raise ConfigError(f"unknown method '{self.method}'; choose one of: {', '.join(PRESETS)}")
+        preset = PRESETS[self.method]
+        if self.mode is not None and self.mode not in ("permute", "zip"):
+            raise ConfigError(f"mode must be 'permute' or 'zip', got '{self.mode}'")
+        if self.mode is not None and preset.fixed_mode and self.mode != preset.mode:
+            raise ConfigError(f"method '{self.method}' uses mode '{preset.mode}'; use method='mudsc' to choose the mode")
+        if self.alpha is not None:
+            if not isinstance(self.alpha, (int, float)) or not 0.0 <= float(self.alpha) <= 1.0:
+                raise ConfigError(f"alpha must be in [0, 1], got {self.alpha}")
+            if preset.fixed_alpha and float(self.alpha) != preset.alpha:
+                raise ConfigError(f"method '{self.method}' uses alpha={preset.alpha}; use method='mudsc' to choose alpha")
+        for name in ("zip_budget", "zip_decay"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+                raise ConfigError(f"{name} must be in [0, 1], got {value}")
+        if self.merge_layers is not None and (not isinstance(self.merge_layers, int) or self.merge_layers < 0):
+            raise ConfigError(f"merge_layers must be a non-negative integer, got {self.merge_layers}")
+        for name in ("max_sweeps", "patience"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value}")
+        if self.max_tokens_per_batch is not None and (
+            not isinstance(self.max_tokens_per_batch, int) or self.max_tokens_per_batch < 1
+        ):
+            raise ConfigError(f"max_tokens_per_batch must be a positive integer, got {self.max_tokens_per_batch}")
+        if self.residual_layers is not None:
+            object.__setattr__(self, "residual_layers", tuple(int(i) for i in self.residual_layers))
+
+    @property
+    def preset(self) -> Preset:
+        return PRESETS[self.method]
+
+    @property
+    def resolved_mode(self) -> Mode:
+        return self.mode or self.preset.mode
+
+    @property
+    def resolved_alpha(self) -> float:
+        return float(self.preset.alpha if self.alpha is None else self.alpha)
+
+    @property
+    def needs_data(self) -> bool:
+        """Whether calibration data is used (any activation term)."""
+        return self.preset.match and self.resolved_alpha < 1.0
+
+    def check_depth(self, num_layers: int) -> None:
+        """Refuse ``merge_layers`` or ``residual_layers`` beyond the model's depth."""
+        if self.merge_layers is not None and self.merge_layers > num_layers:
+            raise ConfigError(f"merge_layers={self.merge_layers} exceeds the parents' {num_layers} layers")
+        bad = [i for i in self.residual_layers or () if not 0 <= i <= num_layers]
+        if bad:
+            raise ConfigError(f"residual_layers {bad} outside [0, {num_layers}] (layer inputs, then the last output)")
+
+    def with_updates(self, **changes: Any) -> "MergeConfig":
+        """A validated copy with some fields changed (for a cheap re-solve)."""
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["resolved_mode"] = self.resolved_mode
+        data["resolved_alpha"] = self.resolved_alpha
+        if self.residual_layers is not None:
+            data["residual_layers"] = list(self.residual_layers)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "MergeConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known - {"resolved_mode", "resolved_alpha"}
+        if unknown:
+            raise ConfigError(f"unknown merge settings: {', '.join(sorted(unknown))}")
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        Path(folder, RECIPE_NAME).write_text(json.dumps({"config": self.to_dict()}, indent=2))
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path) -> "MergeConfig":
+        path = Path(folder, RECIPE_NAME)
+        try:
+            return cls.from_dict(json.loads(path.read_text())["config"])
+        except (OSError, KeyError, json.JSONDecodeError) as err:
+            raise ConfigError(f"cannot read a merge recipe from {path}: {err}") from None

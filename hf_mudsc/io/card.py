@@ -1,0 +1,248 @@
+"""The model card (README.md) of a merged model: Hub metadata, method, recipe, diagnostics.
+
+The card never carries credentials: :func:`build_model_card` takes no token, and recipe
+entries whose key names a token, password or secret (or whose value looks like a Hugging Face
+token) are dropped before the recipe is written.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+from huggingface_hub import ModelCard, ModelCardData
+
+
+@dataclass(frozen=True)
+class Paper:
+    """A paper the card cites: a one-line reference and its BibTeX entry."""
+
+    reference: str
+    bibtex: str
+
+
+MUDSC = Paper(
+    "Xu, Yuan, Wang, Wang, Song, Song. *Training-Free Pretrained Model Merging*. CVPR 2024."
+    " [arXiv:2403.01753](https://arxiv.org/abs/2403.01753)",
+    """@inproceedings{xu2024mudsc,
+  title     = {Training-Free Pretrained Model Merging},
+  author    = {Xu, Zhengqi and Yuan, Ke and Wang, Huiqiong and Wang, Yong and Song, Mingli and Song, Jie},
+  booktitle = {Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
+  year      = {2024},
+  eprint    = {2403.01753},
+  archivePrefix = {arXiv}
+}""",
+)
+HETEROGENEOUS = Paper(
+    "Xu, Zheng, Song, Sun, Song. *Training-free Heterogeneous Model Merging*. 2025."
+    " [arXiv:2501.00061](https://arxiv.org/abs/2501.00061)",
+    """@article{xu2025heterogeneous,
+  title   = {Training-free Heterogeneous Model Merging},
+  author  = {Xu, Zhengqi and Zheng, Han and Song, Jie and Sun, Li and Song, Mingli},
+  journal = {arXiv preprint arXiv:2501.00061},
+  year    = {2025}
+}""",
+)
+ZIPIT = Paper(
+    "Stoica, Bolya, Bjorner, Ramesh, Hearn, Hoffman. *ZipIt! Merging Models from Different Tasks without"
+    " Training*. ICLR 2024. [arXiv:2305.03053](https://arxiv.org/abs/2305.03053)",
+    """@inproceedings{stoica2024zipit,
+  title     = {ZipIt! Merging Models from Different Tasks without Training},
+  author    = {Stoica, George and Bolya, Daniel and Bjorner, Jakob and Ramesh, Pratik and Hearn, Taylor and Hoffman, Judy},
+  booktitle = {International Conference on Learning Representations (ICLR)},
+  year      = {2024},
+  eprint    = {2305.03053},
+  archivePrefix = {arXiv}
+}""",
+)
+GIT_REBASIN = Paper(
+    "Ainsworth, Hayase, Srinivasa. *Git Re-Basin: Merging Models modulo Permutation Symmetries*. ICLR 2023."
+    " [arXiv:2209.04836](https://arxiv.org/abs/2209.04836)",
+    """@inproceedings{ainsworth2023gitrebasin,
+  title     = {Git Re-Basin: Merging Models modulo Permutation Symmetries},
+  author    = {Ainsworth, Samuel K. and Hayase, Jonathan and Srinivasa, Siddhartha},
+  booktitle = {International Conference on Learning Representations (ICLR)},
+  year      = {2023},
+  eprint    = {2209.04836},
+  archivePrefix = {arXiv}
+}""",
+)
+
+_SENSITIVE_KEY = re.compile(r"(^|_)(token|password|passwd|secret|secrets|credentials?|auth|api_?key|private_?key)(_|$)")
+_HF_TOKEN_VALUE = re.compile(r"\bhf_[A-Za-z0-9]{20,}\b")
+REDACTED = "<redacted>"
+
+
+def cited_papers(method: str, mode: str | None = None, heterogeneous: bool = False) -> list[Paper]:
+    """The papers behind a method preset (``mode``: 'zip' or 'permute'; ``heterogeneous``: depth/width differ)."""
+    papers = {
+        "mudsc": [MUDSC, ZIPIT] if mode == "zip" else [MUDSC],
+        "zipit": [ZIPIT],
+        "weight-matching": [GIT_REBASIN],
+        "activation-matching": [GIT_REBASIN],
+    }.get(method, [])
+    return papers + [HETEROGENEOUS] if heterogeneous else papers
+
+
+def _key_words(key: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", key).lower())
+
+
+def scrub_secrets(value: Any) -> Any:
+    """Copy of ``value`` without mapping keys that name credentials and with token-like strings redacted."""
+    if isinstance(value, Mapping):
+        return {k: scrub_secrets(v) for k, v in value.items() if not _SENSITIVE_KEY.search(_key_words(str(k)))}
+    if isinstance(value, (list, tuple)):
+        return [scrub_secrets(v) for v in value]
+    if isinstance(value, str):
+        return _HF_TOKEN_VALUE.sub(REDACTED, value)
+    return value
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """A markdown table whose columns are the keys of ``rows`` in order of first appearance."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(row.get(col)) for col in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _metadata(
+    *,
+    base_models: list[str],
+    method: str,
+    library_name: str,
+    pipeline_tag: str | None,
+    datasets: list[str] | None,
+    license: str | None,
+) -> ModelCardData:
+    return ModelCardData(
+        base_model=list(base_models),
+        base_model_relation="merge",
+        tags=["merge", "mudsc", method, "hf-mudsc"],
+        library_name=library_name,
+        pipeline_tag=pipeline_tag,
+        datasets=list(datasets) if datasets else None,
+        license=license,
+    )
+
+
+def _section(title: str, *parts: str) -> str:
+    return "\n\n".join([f"## {title}", *parts])
+
+
+def hub_ids(names: Sequence[str]) -> list[str]:
+    """The names that can stand in ``base_model`` metadata: Hub ids, not local folders."""
+    return [n for n in names if not Path(n).exists() and n.count("/") <= 1 and not n.startswith((".", "/", "~"))]
+
+
+def _parents_section(base_models: Sequence[str], task_folders: Sequence[str]) -> str:
+    lines = [f"- `{model}` -> `{folder}/`" for model, folder in zip(base_models, task_folders)]
+    return _section(
+        "What was merged",
+        "Parents, merged without training, each kept as a standard checkpoint with a merged trunk:",
+        "\n".join(lines),
+        "The folder root holds the joint multi-task model (shared trunk, one head per parent).",
+    )
+
+
+def _method_section(method_title: str, papers: Sequence[Paper], recipe: Mapping[str, Any]) -> str:
+    cites = "\n".join(f"- {p.reference}" for p in papers) or "- Plain weight averaging (no alignment)."
+    recipe_yaml = yaml.safe_dump(scrub_secrets(dict(recipe)), sort_keys=False, allow_unicode=True).strip()
+    return _section(
+        "Method",
+        f"**{method_title}**, made with `hf-mudsc`: the units of the parents are aligned, then merged,"
+        " without any gradient step.",
+        cites,
+        "Recipe (also in `merge_recipe.json`):",
+        f"```yaml\n{recipe_yaml}\n```",
+    )
+
+
+def _calibration_section(calibration: Mapping[str, Any] | None) -> str:
+    if not calibration:
+        return _section("Calibration data", "None: the merge is data-free (weights only).")
+    lines = [f"- **{key}**: {_cell(value)}" for key, value in scrub_secrets(dict(calibration)).items()]
+    return _section("Calibration data", "\n".join(lines))
+
+
+def _usage_section(
+    model_id: str, pipeline_task: str | None, task_folders: Sequence[str], library_name: str
+) -> str:
+    task = pipeline_task or "<task>"
+    tasks = (
+        "```python\nfrom huggingface_hub import snapshot_download\nfrom transformers import pipeline\n\n"
+        f'path = snapshot_download("{model_id}")  # or the path of a local copy\n'
+        f'task_model = pipeline("{task}", model=f"{{path}}/{task_folders[0]}")\n```'
+    )
+    joint = (
+        "```python\nimport hf_mudsc  # registers the joint model with the Auto classes\n"
+        f"from transformers import AutoModel\n\njoint = AutoModel.from_pretrained(\"{model_id}\")\n```"
+    )
+    return _section(
+        "How to load",
+        f"Each parent's merged model is a standard `{library_name}` checkpoint under "
+        + ", ".join(f"`{f}/`" for f in task_folders)
+        + ":",
+        tasks,
+        "The joint model predicts over the union of the parents' labels:",
+        joint,
+    )
+
+
+def build_model_card(
+    *,
+    base_models: list[str],
+    method: str,
+    method_title: str,
+    recipe: Mapping[str, Any],
+    library_name: str = "transformers",
+    pipeline_tag: str | None = None,
+    datasets: list[str] | None = None,
+    calibration: Mapping[str, Any] | None = None,
+    diagnostics: Sequence[Mapping[str, Any]] = (),
+    evaluation: Sequence[Mapping[str, Any]] | None = None,
+    notes: Sequence[str] = (),
+    license: str | None = None,
+    task_name: str | None = None,
+    heterogeneous: bool = False,
+    model_id: str = "<repo-id or local folder>",
+    task_folders: Sequence[str] | None = None,
+) -> ModelCard:
+    """Build the README.md card of a merged model.
+
+    ``task_name``: the ``pipeline`` task of the usage snippet (defaults to ``pipeline_tag``);
+    ``task_folders``: where each parent's merged checkpoint lives (default ``tasks/<i>``);
+    ``model_id``: the Hub id or folder the snippets load from.
+    """
+    folders = list(task_folders) if task_folders is not None else [f"tasks/{i}" for i in range(len(base_models))]
+    papers = cited_papers(method, str(recipe.get("mode", "")) or None, heterogeneous)
+    body = [f"# {method_title} merge of {len(base_models)} models", _parents_section(base_models, folders)]
+    body.append(_method_section(method_title, papers, recipe))
+    body.append(_calibration_section(calibration))
+    if diagnostics:
+        body.append(_section("Diagnostics per merge space", markdown_table(diagnostics)))
+    if evaluation:
+        body.append(_section("Evaluation", markdown_table(evaluation)))
+    if notes:
+        body.append(_section("Notes", "\n".join(f"- {note}" for note in notes)))
+    body.append(_usage_section(model_id, task_name or pipeline_tag, folders, library_name))
+    if papers:
+        body.append(_section("Citation", "```bibtex\n" + "\n\n".join(p.bibtex for p in papers) + "\n```"))
+    data = _metadata(
+        base_models=hub_ids(base_models),
+        method=method,
+        library_name=library_name,
+        pipeline_tag=pipeline_tag,
+        datasets=datasets,
+        license=license,
+    )
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n\n".join(body) + "\n")

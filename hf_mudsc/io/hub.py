@@ -1,0 +1,61 @@
+"""Publish a written merge folder to the Hugging Face Hub in one commit, card included.
+
+huggingface_hub 2.4 notes: ``upload_folder`` sends README.md to ``/api/validate-yaml`` first, asks
+``/api/{type}s/{repo}/preupload/{rev}`` how to send each file ("regular": inline base64 in the
+commit, "lfs": through Xet/LFS storage), then POSTs one ndjson commit. With ``hf_xet`` installed it
+uses a streamed pipeline that would split folders of more than ~250 files (or >100 MB of inline
+files) into several commits; merge folders are far below that, so the card lands with the weights.
+``endpoint=None`` means ``huggingface_hub.constants.ENDPOINT``, read from ``HF_ENDPOINT`` at import.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from huggingface_hub import HfApi
+
+from .writer import OutputError, assert_no_pickle
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_COMMIT_MESSAGE = "Upload merged model (hf-mudsc)"
+
+
+def _check_folder(folder: Path) -> None:
+    if not folder.is_dir():
+        raise OutputError(f"{folder} is not a folder; save the merge first (result.save_pretrained)")
+    if not (folder / "README.md").is_file():
+        raise OutputError(f"{folder} has no README.md; save it with save_pretrained so the card goes with the weights")
+    assert_no_pickle(folder)
+
+
+def push_folder(
+    folder: str | Path,
+    repo_id: str,
+    *,
+    token: str | None = None,
+    private: bool | None = None,
+    commit_message: str | None = None,
+    revision: str | None = None,
+    endpoint: str | None = None,
+    exist_ok: bool = True,
+) -> str:
+    """Create ``repo_id`` if needed and upload ``folder`` (README.md included) in one commit.
+
+    ``revision``: a branch, created from the default branch if missing. Returns the commit URL.
+    """
+    folder = Path(folder).expanduser().resolve()
+    _check_folder(folder)
+    api = HfApi(endpoint=endpoint, token=token)
+    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=exist_ok)
+    if revision is not None:
+        api.create_branch(repo_id, branch=revision, repo_type="model", exist_ok=True)
+    logger.info("uploading %s to %s on %s", folder, repo_id, api.endpoint)
+    info = api.upload_folder(
+        repo_id=repo_id,
+        folder_path=folder,
+        repo_type="model",
+        revision=revision,
+        commit_message=commit_message or DEFAULT_COMMIT_MESSAGE,
+    )
+    return info.commit_url

@@ -1,0 +1,148 @@
+"""Load the parents (local folders or Hub ids) and check that they can be merged.
+
+Everything here runs before any forward pass, so a mismatch fails in seconds with a
+message that names it.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import transformers
+from transformers import AutoConfig, PreTrainedModel
+
+from .unitmaps import UnitMap, unit_map_of
+
+
+class ParentError(ValueError):
+    """The parents cannot be loaded or merged together."""
+
+
+@dataclass
+class Parent:
+    """One model to merge: its name (Hub id or folder), the model, its unit map and its
+    tokenizer or image processor (``None`` when the folder has none)."""
+
+    name: str
+    model: PreTrainedModel
+    unit_map: UnitMap
+    processor: Any = None
+
+    @property
+    def local_path(self) -> Path | None:
+        path = Path(self.name)
+        return path.resolve() if path.is_dir() else None
+
+    @property
+    def modality(self) -> str:
+        return "image" if self.model.main_input_name == "pixel_values" else "text"
+
+
+def load_parent(
+    source: str | Path | PreTrainedModel,
+    *,
+    revision: str | None = None,
+    token: str | bool | None = None,
+    device_map: Any = None,
+    torch_dtype: Any = None,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+) -> Parent:
+    """Load one parent with the class named in its config, plus its processor."""
+    if isinstance(source, PreTrainedModel):
+        name = getattr(source, "name_or_path", "") or type(source).__name__
+        return Parent(str(name), source.eval(), unit_map_of(source), None)
+    name = str(source)
+    hub = dict(revision=revision, token=token, trust_remote_code=trust_remote_code)
+    try:
+        config = AutoConfig.from_pretrained(name, **hub)
+    except (OSError, ValueError) as err:
+        raise ParentError(f"cannot load parent '{name}': {_first_line(err)}") from None
+    cls = _model_class(config)
+    try:
+        model = cls.from_pretrained(name, config=config, device_map=device_map, dtype=torch_dtype,
+                                    use_safetensors=None if allow_pickle else True, **hub)
+    except (OSError, ValueError, RuntimeError) as err:
+        hint = " (pickle checkpoints are refused; pass allow_pickle=True if you trust them)" \
+            if "safetensors" in str(err).lower() and not allow_pickle else ""
+        raise ParentError(f"cannot load the weights of parent '{name}': {_first_line(err)}{hint}") from None
+    model.eval()
+    _check_finite(name, model)
+    return Parent(name, model, unit_map_of(model), _load_processor(name, model, hub))
+
+
+def check_compatible(parents: Sequence[Parent]) -> None:
+    """Refuse parents that cannot be merged: fewer than two, different families, widths
+    or depths, different tokenizers or image processors."""
+    if len(parents) < 2:
+        raise ParentError(f"merging needs at least two parents, got {len(parents)}")
+    first = parents[0]
+    for p in parents[1:]:
+        if p.unit_map.family != first.unit_map.family:
+            raise ParentError(f"parents are of different families: '{first.name}' is {first.unit_map.family}, "
+                              f"'{p.name}' is {p.unit_map.family}")
+        if type(p.model).__name__ != type(first.model).__name__:
+            raise ParentError(f"parents have different heads: '{first.name}' is {type(first.model).__name__}, "
+                              f"'{p.name}' is {type(p.model).__name__}")
+        for space in first.unit_map.spaces:
+            if space.name not in p.unit_map or p.unit_map[space.name].dim != space.dim:
+                other = p.unit_map[space.name].dim if space.name in p.unit_map else "no"
+                raise ParentError(f"parents differ in structure: space '{space.name}' has {space.dim} units in "
+                                  f"'{first.name}' and {other} in '{p.name}' (different widths or depths "
+                                  "are not supported yet)")
+        _check_processors(first, p)
+
+
+def _check_processors(a: Parent, b: Parent) -> None:
+    if a.processor is None or b.processor is None:
+        return
+    if a.modality == "text":
+        va, vb = a.processor.get_vocab(), b.processor.get_vocab()
+        if va != vb:
+            raise ParentError(f"parents use different tokenizers: '{a.name}' has a vocabulary of {len(va)} tokens, "
+                              f"'{b.name}' of {len(vb)}" + ("" if len(va) != len(vb) else " with different ids"))
+        return
+    keys = ("size", "crop_size", "do_resize", "do_rescale", "rescale_factor", "do_normalize", "image_mean",
+            "image_std", "do_center_crop", "resample")
+    da, db = a.processor.to_dict(), b.processor.to_dict()
+    diff = [k for k in keys if da.get(k) != db.get(k)]
+    if diff:
+        raise ParentError(f"parents use different image processors: '{a.name}' and '{b.name}' differ in {diff[0]} "
+                          f"({da.get(diff[0])} vs {db.get(diff[0])})")
+
+
+def _model_class(config) -> type[PreTrainedModel]:
+    for arch in config.architectures or []:
+        cls = getattr(transformers, arch, None)
+        if cls is not None:
+            return cls
+    return transformers.AutoModel  # type: ignore[return-value]
+
+
+def _load_processor(name: str, model: PreTrainedModel, hub: dict) -> Any:
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    loader = AutoImageProcessor if model.main_input_name == "pixel_values" else AutoTokenizer
+    try:
+        return loader.from_pretrained(name, **hub)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _check_finite(name: str, model: torch.nn.Module) -> None:
+    for pname, p in model.named_parameters():
+        if p.is_floating_point() and not bool(torch.isfinite(p).all()):
+            raise ParentError(f"parent '{name}' has NaN or infinite values in '{pname}'")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def num_params(model: torch.nn.Module) -> int:
+    """Number of parameters (for reports)."""
+    return sum(math.prod(p.shape) for p in model.parameters())

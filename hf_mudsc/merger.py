@@ -1,0 +1,294 @@
+"""MuDSCMerger and MergeResult: the only place that knows the order of the stages
+(load -> statistics -> similarity -> solve -> apply -> write)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .apply import MergedWeights, apply_transforms, build_task_model, is_merged
+from .config import RECIPE_NAME, MergeConfig
+from .data import Calibration, calibration
+from .loading import Parent, check_compatible, load_parent
+from .similarity import weight_similarity
+from .solve.descent import SolveSettings, coordinate_descent, solve_units
+from .statistics import collect_statistics
+from .transforms import TRANSFORMS_NAME, SpaceTransform, Transforms, identity_transforms, load_transforms
+from .unitmaps.spaces import UnitMap
+
+
+class MuDSCMerger:
+    """Merges parents of one family into one model (see DESIGN.md).
+
+    >>> merger = MuDSCMerger.from_pretrained(["org/vit-a", "org/vit-b"], method="mudsc", alpha=0.5)
+    >>> result = merger.merge(dataset, num_samples=256)
+    >>> result.save_pretrained("merged/")
+    """
+
+    def __init__(self, parents: Sequence[Parent], config: MergeConfig) -> None:
+        check_compatible(parents)
+        config.check_depth(parents[0].unit_map.num_layers)
+        self.parents = list(parents)
+        self.config = config
+        self.calibration: dict[str, Any] | None = None
+        self._activation: dict[str, np.ndarray] | None = None
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        models: Sequence[str | Path | Any],
+        method: str = "mudsc",
+        *,
+        revision: str | Sequence[str | None] | None = None,
+        token: str | bool | None = None,
+        device_map: Any = None,
+        torch_dtype: Any = None,
+        trust_remote_code: bool = False,
+        allow_pickle: bool = False,
+        **config: Any,
+    ) -> "MuDSCMerger":
+        """Load the parents (Hub ids, local folders or loaded models) and validate the recipe.
+
+        ``config`` takes every :class:`MergeConfig` field (``mode``, ``alpha``, ``merge_layers``,
+        ``zip_budget``, ``zip_decay``, ``seed``, ...). The recipe is validated before anything loads.
+        """
+        merge_config = MergeConfig(method=method, **config)
+        revisions = list(revision) if isinstance(revision, (list, tuple)) else [revision] * len(models)
+        parents = [load_parent(m, revision=r, token=token, device_map=device_map, torch_dtype=torch_dtype,
+                               trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+                   for m, r in zip(models, revisions)]
+        return cls(parents, merge_config)
+
+    @property
+    def unit_maps(self) -> list[UnitMap]:
+        return [p.unit_map for p in self.parents]
+
+    def merged_spaces(self, config: MergeConfig | None = None) -> list[str]:
+        """Names of the spaces that a merge with ``config`` merges."""
+        config = config or self.config
+        umap = self.unit_maps[0]
+        depth = umap.num_layers if config.merge_layers is None else config.merge_layers
+        return [s.name for s in umap.spaces if is_merged(s.layer, depth, umap.num_layers)]
+
+    # -- statistics -------------------------------------------------------------------
+    def collect(
+        self,
+        data: Any,
+        *,
+        num_samples: int = 256,
+        batch_size: int = 16,
+        column: str | None = None,
+        accelerator: Any = None,
+        progress: bool = True,
+    ) -> None:
+        """Stream calibration data through every parent once and keep each merged space's
+        activation correlation (all that a later :meth:`solve` needs from the data)."""
+        first = self.parents[0]
+        calib = calibration(data, first.processor, first.modality, num_samples=num_samples,
+                            batch_size=batch_size, column=column)
+        if accelerator is not None and accelerator.num_processes > 1:
+            calib = dataclasses.replace(calib, rank=accelerator.process_index, world_size=accelerator.num_processes)
+        maps = [_residual_sites(m, self.config.residual_layers) for m in self.unit_maps]
+        moments = collect_statistics([p.model for p in self.parents], maps, calib,
+                                     spaces=self.merged_spaces(), seed=self.config.seed,
+                                     max_tokens_per_batch=self.config.max_tokens_per_batch,
+                                     progress=progress, accelerator=accelerator)
+        samples = {name: m.n for name, m in moments.items()}
+        if not samples or min(samples.values()) == 0:
+            raise ValueError("the calibration data gave no samples (all padding, or empty batches)")
+        self._activation = {name: m.corr().numpy() for name, m in moments.items()}
+        self.calibration = {"name": calib.name, "column": calib.column, "num_samples": num_samples,
+                            "batch_size": batch_size, "samples_per_space": samples}
+
+    # -- solve ------------------------------------------------------------------------
+    def solve(self, progress: bool = True, **overrides: Any) -> tuple[Transforms, list[dict[str, Any]]]:
+        """Transforms of every merged space, and per-space diagnostics.
+
+        ``overrides`` change the recipe for this solve only (e.g. ``alpha``, ``zip_decay``): a
+        re-solve reuses the collected statistics.
+        """
+        config = self.config.with_updates(**overrides) if overrides else self.config
+        names = self.merged_spaces(config)
+        maps = self.unit_maps
+        sizes = {n: [m[n].dim for m in maps] for n in names}
+        if not config.preset.match:
+            return identity_transforms(maps), self._diagnostics(identity_transforms(maps), names, config)
+        if config.needs_data and self._activation is None:
+            raise ValueError(f"method '{config.method}' with alpha={config.resolved_alpha} needs calibration data: "
+                             "call merge(data) or collect(data) first, or use alpha=1 (weight matching)")
+        settings = SolveSettings(config.resolved_mode, config.resolved_alpha, config.zip_budget, config.zip_decay,
+                                 config.max_sweeps, config.patience, config.seed)
+        units = solve_units([maps[0][n] for n in names])
+        states = [_params(p.model) for p in self.parents]
+        weight_sim = None if config.resolved_alpha == 0 else _weight_sim(maps, states)
+        activation = None if config.resolved_alpha == 1 else self._activation
+        total = len(units) * (1 + (config.max_sweeps if 0 < config.resolved_alpha else 0))
+        with tqdm(total=total, desc="solving", unit="space", disable=not progress) as bar:
+            result = coordinate_descent(units, sizes, settings, activation, weight_sim,
+                                        {n: SpaceTransform.identity(sizes[n]) for n in names},
+                                        progress=lambda _: bar.update(1))
+        return result.transforms, self._diagnostics(result.transforms, names, config, result.objectives)
+
+    def _diagnostics(self, transforms: Transforms, names: list[str], config: MergeConfig,
+                     objectives: dict[str, float] | None = None) -> list[dict[str, Any]]:
+        from .solve.solution import pair_objective
+
+        rows = []
+        states = None
+        for name in names:
+            labels = np.concatenate([a.numpy() for a in transforms[name].assign])
+            row: dict[str, Any] = {"space": name, "units": transforms[name].k}
+            if objectives and name in objectives:
+                row["objective"] = round(objectives[name], 4)
+            if self._activation is not None and name in self._activation:
+                row["activation_similarity"] = round(pair_objective(self._activation[name], labels), 4)
+            if config.preset.match and config.resolved_alpha > 0:
+                states = states or [_params(p.model) for p in self.parents]
+                sim = weight_similarity(name, self.unit_maps, states, transforms)
+                row["weight_similarity"] = round(pair_objective(sim, labels), 4)
+            rows.append(row)
+        return rows
+
+    # -- all stages ---------------------------------------------------------------------
+    def merge(
+        self,
+        data: Any = None,
+        *,
+        num_samples: int = 256,
+        batch_size: int = 16,
+        column: str | None = None,
+        accelerator: Any = None,
+        progress: bool = True,
+        **overrides: Any,
+    ) -> "MergeResult":
+        """Collect statistics (when the method uses data), solve, and apply."""
+        config = self.config.with_updates(**overrides) if overrides else self.config
+        if config.needs_data and self._activation is None:
+            if data is None:
+                raise ValueError(f"method '{config.method}' needs calibration data (or use method='weight-matching')")
+            self.collect(data, num_samples=num_samples, batch_size=batch_size, column=column,
+                         accelerator=accelerator, progress=progress)
+        transforms, report = self.solve(progress=progress, **overrides)
+        return self.apply(transforms, config, report)
+
+    def apply(self, transforms: Transforms, config: MergeConfig | None = None,
+              report: list[dict[str, Any]] | None = None) -> "MergeResult":
+        """Build the merged task models and the joint model from transforms."""
+        config = config or self.config
+        weights = apply_transforms(self.unit_maps, [_params(p.model) for p in self.parents], transforms,
+                                   config.merge_layers)
+        return MergeResult(self.parents, config, transforms, weights, report or [],
+                           self.calibration if config.needs_data else None)
+
+
+class MergeResult:
+    """The outcome of a merge: one standard model per parent, the joint model, the report."""
+
+    def __init__(self, parents: Sequence[Parent], config: MergeConfig, transforms: Transforms,
+                 weights: MergedWeights, report: list[dict[str, Any]], calibration: dict[str, Any] | None) -> None:
+        self.parents = list(parents)
+        self.config = config
+        self.transforms = transforms
+        self.weights = weights
+        self.report = report
+        self.calibration = calibration
+        self._task_models: list[torch.nn.Module] | None = None
+        self._model = None
+
+    @property
+    def task_models(self) -> list[torch.nn.Module]:
+        """Parent i's task in the merged model, as a standard model of the parent's class."""
+        if self._task_models is None:
+            self._task_models = [build_task_model(p.model, self.weights.task_state_dict(i))
+                                 for i, p in enumerate(self.parents)]
+        return self._task_models
+
+    @property
+    def model(self):
+        """The joint multi-task model (shared trunk, per-task tails and heads)."""
+        if self._model is None:
+            from .joint_model import MuDSCJointModel
+
+            self._model = MuDSCJointModel.from_task_models(self.task_models, set(self.weights.shared),
+                                                           [p.name for p in self.parents])
+        return self._model
+
+    def recipe(self) -> dict[str, Any]:
+        """What was merged and how: enough to re-apply the merge without the data."""
+        return {
+            "hf_mudsc_version": _version(),
+            "parents": [p.name for p in self.parents],
+            "config": self.config.to_dict(),
+            "calibration": self.calibration,
+            "report": self.report,
+        }
+
+    def save_pretrained(self, out: str | Path, *, max_shard_size: str | int = "5GB", overwrite: bool = False,
+                        evaluation: list[dict[str, Any]] | None = None) -> Path:
+        """Write the merged folder (all or nothing; never over a parent's folder)."""
+        from .io.writer import atomic_output_dir
+        from .output import write_merge_folder
+
+        protected = [p.local_path for p in self.parents if p.local_path is not None]
+        with atomic_output_dir(out, overwrite=overwrite, protected=protected) as tmp:
+            write_merge_folder(self, tmp, max_shard_size=max_shard_size, evaluation=evaluation)
+        return Path(out)
+
+    def push_to_hub(self, repo_id: str, *, token: str | None = None, private: bool | None = None,
+                    commit_message: str | None = None, endpoint: str | None = None,
+                    max_shard_size: str | int = "5GB") -> str:
+        """Write the folder to a temporary place and upload it in one commit with its card."""
+        import tempfile
+
+        from .io.hub import push_folder
+
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = self.save_pretrained(Path(tmp) / "merged", max_shard_size=max_shard_size)
+            return push_folder(folder, repo_id, token=token, private=private, endpoint=endpoint,
+                               commit_message=commit_message or f"Merge with hf_mudsc ({self.config.method})")
+
+
+def reapply(folder: str | Path, **load: Any) -> MergeResult:
+    """Re-apply a saved merge (recipe + transforms) to its parents, without any data."""
+    recipe = json.loads(Path(folder, RECIPE_NAME).read_text())
+    config = MergeConfig.from_dict(recipe["config"])
+    merger = MuDSCMerger.from_pretrained(recipe["parents"], **load, **_config_kwargs(config))
+    result = merger.apply(load_transforms(str(Path(folder, TRANSFORMS_NAME))), config, recipe.get("report"))
+    result.calibration = recipe.get("calibration")
+    return result
+
+
+def _config_kwargs(config: MergeConfig) -> dict[str, Any]:
+    data = config.to_dict()
+    for key in ("resolved_mode", "resolved_alpha"):
+        data.pop(key)
+    return data
+
+
+def _params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach() for n, p in model.named_parameters()}
+
+
+def _weight_sim(maps: list[UnitMap], states: list[dict[str, torch.Tensor]]) -> Callable[[str, Transforms], np.ndarray]:
+    return lambda name, transforms: weight_similarity(name, maps, states, transforms)
+
+
+def _residual_sites(umap: UnitMap, layers: Sequence[int] | None) -> UnitMap:
+    """The unit map with the residual stream observed only at the chosen layer inputs
+    (index ``num_layers`` is the last layer's output)."""
+    if layers is None:
+        return umap
+    spaces = [dataclasses.replace(s, sites=tuple(s.sites[i] for i in layers)) if s.name == "residual" else s
+              for s in umap.spaces]
+    return UnitMap(umap.family, umap.num_layers, spaces, umap.task_heads)
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__

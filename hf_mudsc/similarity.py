@@ -1,0 +1,64 @@
+"""Unit similarity: activation correlation, weight correlation, and their dual-space blend.
+
+All matrices are square over the concatenated units of all models (model i's units at
+``offsets[i]:offsets[i] + d_i``), float64 numpy arrays with values in [-1, 1].
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from .statistics import Moments
+from .transforms import Transforms
+from .unitmaps.spaces import UnitMap
+
+
+def weight_similarity(
+    space: str,
+    unit_maps: Sequence[UnitMap],
+    state_dicts: Sequence[Mapping[str, torch.Tensor]],
+    transforms: Transforms,
+) -> np.ndarray:
+    """Correlation of every unit's weights across all members of ``space``.
+
+    A unit's weight vector concatenates its slice of every member (its row where the tensor
+    writes the space, its column where it reads it); each tensor's *other* axes are first
+    brought into the merged frame by the current ``transforms`` (model i alone, averaged
+    within the model), so that units of different models are compared in one frame.
+    Task heads are left out: their label axes mean different things in different tasks.
+    """
+    moments = Moments(sum(m[space].dim for m in unit_maps))
+    for member in unit_maps[0][space].members:
+        if member.param in unit_maps[0].task_heads:
+            continue
+        rows = [_unit_rows(member.param, member.axis, i, unit_maps[i], state_dicts[i], transforms)
+                for i in range(len(unit_maps))]
+        if len({r.shape[1] for r in rows}) != 1:
+            continue  # other axes of different sizes (width heterogeneity outside the merged frame)
+        moments.update(torch.cat(rows).T)
+    if moments.n == 0:
+        return np.eye(moments.dim)
+    return moments.corr().numpy()
+
+
+def _unit_rows(param: str, axis: int, i: int, umap: UnitMap, state_dict: Mapping[str, torch.Tensor],
+               transforms: Transforms) -> torch.Tensor:
+    """Model i's tensor with its other axes in the merged frame, as (units, features)."""
+    x = state_dict[param].detach().to(torch.float64)
+    for other, member in umap.param_members()[param]:
+        if member.axis != axis and other.name in transforms:
+            x = transforms[other.name].project(x, i, member.axis)
+    return x.movedim(axis, 0).reshape(x.shape[axis], -1)
+
+
+def blend(alpha: float, weight: np.ndarray | None, activation: np.ndarray | None) -> np.ndarray:
+    """``alpha * S_w + (1 - alpha) * S_act``; a missing term counts as weight 0."""
+    if weight is None and activation is None:
+        raise ValueError("no similarity for this space: give calibration data or use alpha = 1")
+    if alpha >= 1.0 or activation is None:
+        return weight  # type: ignore[return-value]
+    if alpha <= 0.0 or weight is None:
+        return activation
+    return alpha * weight + (1.0 - alpha) * activation

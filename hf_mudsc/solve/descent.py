@@ -1,0 +1,133 @@
+"""Coordinate descent over merge spaces (DESIGN §3.4).
+
+The weight similarity of a space depends on the transforms of its neighbours, so spaces
+are solved in turn: start from the activation-only solution (identity when alpha = 1),
+sweep the solve units in a seeded random order, re-solve each on the blended similarity
+with its neighbours' current transforms, keep the sweep with the best mean objective,
+stop after ``patience`` sweeps without gain or ``max_sweeps``.
+A *solve unit* is one space, or the QK and VO spaces of one head group solved together.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from ..similarity import blend
+from ..transforms import SpaceTransform, Transforms
+from ..unitmaps.spaces import MergeSpace
+from .assignment import solve_permute
+from .heads import solve_heads
+from .solution import Solution
+from .zip import solve_zip
+
+WeightSim = Callable[[str, Transforms], np.ndarray]
+
+
+@dataclass(frozen=True)
+class SolveSettings:
+    """Solver knobs taken from the merge config."""
+
+    mode: str
+    alpha: float
+    zip_budget: float = 0.0
+    zip_decay: float = 0.0
+    max_sweeps: int = 4
+    patience: int = 1
+    seed: int = 0
+
+
+@dataclass
+class DescentResult:
+    """Transforms of every solved space, with per-space objectives and the sweep history."""
+
+    transforms: Transforms
+    objectives: dict[str, float]
+    history: list[float] = field(default_factory=list)
+
+
+def solve_units(spaces: Sequence[MergeSpace]) -> list[tuple[MergeSpace, ...]]:
+    """Group spaces into solve units: head groups together, other spaces alone (map order)."""
+    units: list[list[MergeSpace]] = []
+    where: dict[str, int] = {}
+    for s in spaces:
+        if s.group is not None and s.group in where:
+            units[where[s.group]].append(s)
+            continue
+        if s.group is not None:
+            where[s.group] = len(units)
+        units.append([s])
+    return [tuple(u) for u in units]
+
+
+def solve_unit(unit: tuple[MergeSpace, ...], sims: Sequence[np.ndarray], sizes: Sequence[Sequence[int]],
+               settings: SolveSettings) -> list[Solution]:
+    """Solve one unit on its similarity matrices (one per space); ``sizes[j]`` per model."""
+    if unit[0].heads is not None:
+        heads = unit[0].heads
+        counts = [d // heads.head_dim for d in sizes[0]]
+        return solve_heads(sims, sizes[0], counts, heads.head_dim, settings.mode,
+                           settings.zip_budget, settings.zip_decay)
+    (sim,) = sims
+    if settings.mode == "permute":
+        return [solve_permute(sim, sizes[0])]
+    return [solve_zip(sim, sizes[0], budget=settings.zip_budget, decay=settings.zip_decay)]
+
+
+def coordinate_descent(
+    units: Sequence[tuple[MergeSpace, ...]],
+    sizes: Mapping[str, Sequence[int]],
+    settings: SolveSettings,
+    activation: Mapping[str, np.ndarray] | None,
+    weight_sim: WeightSim | None,
+    start: Transforms,
+    progress: Callable[[str], None] | None = None,
+) -> DescentResult:
+    """Run the descent. ``activation``: S_act per space (None when alpha = 1); ``weight_sim``:
+    S_w of a space under given transforms (None when alpha = 0); ``start``: transforms of
+    every space (the neighbours' frame before a space is first solved)."""
+    transforms = dict(start)
+    alpha = settings.alpha
+
+    def sweep(order: Sequence[tuple[MergeSpace, ...]], use_weights: bool) -> dict[str, float]:
+        objectives: dict[str, float] = {}
+        for unit in order:
+            sims = []
+            for s in unit:
+                w = weight_sim(s.name, transforms) if use_weights and weight_sim is not None else None
+                a = activation.get(s.name) if activation is not None else None
+                sims.append(blend(alpha if use_weights else 0.0, w, a))
+            for s, sol in zip(unit, solve_unit(unit, sims, [sizes[s.name] for s in unit], settings)):
+                transforms[s.name] = SpaceTransform(tuple(sol.assign), sol.k)
+                objectives[s.name] = sol.objective
+            if progress is not None:
+                progress(unit[0].group or unit[0].name)
+        return objectives
+
+    if alpha < 1.0:  # the activation-only solution
+        objectives = sweep(units, use_weights=False)
+        if alpha == 0.0 or weight_sim is None:
+            return DescentResult(transforms, objectives, [_mean(objectives)])
+    best = DescentResult(dict(transforms), {}, [])
+    best_score, stale = -np.inf, 0
+    rng = random.Random(settings.seed)
+    for _ in range(settings.max_sweeps):
+        order = list(units)
+        rng.shuffle(order)
+        objectives = sweep(order, use_weights=True)
+        score = _mean(objectives)
+        best.history.append(score)
+        if score > best_score + 1e-9:
+            best_score, stale = score, 0
+            best.transforms, best.objectives = dict(transforms), objectives
+        else:
+            stale += 1
+            if stale >= settings.patience:
+                break
+    return best
+
+
+def _mean(values: Mapping[str, float]) -> float:
+    return float(np.mean(list(values.values()))) if values else 0.0

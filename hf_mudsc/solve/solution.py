@@ -1,0 +1,91 @@
+"""The result type shared by every solver, its objective, and input checks.
+
+Conventions: a similarity matrix is square over the concatenation of all models' units
+(model ``i`` owns rows/cols ``offsets[i]:offsets[i] + sizes[i]``); higher is more similar.
+A solution assigns every unit of every model to one of ``k`` merged units.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Solution:
+    """``assign[i][j]``: merged unit (in ``[0, k)``) of unit ``j`` of model ``i``.
+
+    Every merged unit has at least one member; merged units are numbered by the smallest
+    global index of their members. ``objective`` is :func:`pair_objective` of the
+    original similarity matrix.
+    """
+
+    assign: list[np.ndarray]
+    k: int
+    objective: float
+
+    def labels(self) -> np.ndarray:
+        """Merged unit of every unit, in global (concatenated) order."""
+        return np.concatenate(self.assign)
+
+
+def pair_objective(sim: Any, labels: np.ndarray) -> float:
+    """Mean similarity of the matched pairs: the mean of ``sim[u, v]`` over all *ordered*
+    pairs ``u != v`` of units (of any models) with ``labels[u] == labels[v]``, read from the
+    original ``sim`` (so an asymmetric ``sim`` counts as ``(sim + sim.T) / 2``).
+    0.0 when no merged unit has two members.
+    """
+    return _pair_objective(as_matrix(sim), np.asarray(labels, dtype=np.int64))
+
+
+def _pair_objective(sim: np.ndarray, labels: np.ndarray) -> float:
+    order = np.argsort(labels, kind="stable")
+    counts = np.bincount(labels)
+    starts = np.cumsum(counts) - counts
+    total, pairs = 0.0, 0
+    for c in np.unique(counts[counts > 1]):
+        members = order[starts[counts == c][:, None] + np.arange(c)]
+        blocks = sim[members[:, :, None], members[:, None, :]]
+        total += float(blocks.sum() - np.trace(blocks, axis1=1, axis2=2).sum())
+        pairs += len(members) * int(c) * (int(c) - 1)
+    return total / pairs if pairs else 0.0
+
+
+def make_solution(sim: np.ndarray, labels: np.ndarray, sizes: Sequence[int]) -> Solution:
+    """Split global ``labels`` (merged units ``0..k-1``, all used) per model, score them."""
+    split = np.split(labels, np.cumsum(sizes)[:-1])
+    return Solution([part.copy() for part in split], int(labels.max()) + 1,
+                    _pair_objective(sim, labels))
+
+
+def canonical_labels(labels: np.ndarray) -> np.ndarray:
+    """Renumber merged units ``0..k-1`` by the smallest global index of their members."""
+    _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
+    rank = np.empty(len(first), dtype=np.int64)
+    rank[np.argsort(first)] = np.arange(len(first))
+    return rank[inverse.reshape(-1)]
+
+
+def check_sizes(sizes: Sequence[int]) -> list[int]:
+    """Positive integer widths, at least one model."""
+    out = [int(s) for s in sizes]
+    if not out or any(s < 1 or s != orig for s, orig in zip(out, sizes)):
+        raise ValueError(f"sizes must be a non-empty list of positive integers, got {sizes!r}")
+    return out
+
+
+def as_matrix(sim: Any, sizes: Sequence[int] | None = None) -> np.ndarray:
+    """``sim`` (numpy array or torch tensor) as a finite square float64 array, of side
+    ``sum(sizes)`` when ``sizes`` is given."""
+    if hasattr(sim, "detach"):
+        sim = sim.detach().cpu().numpy()
+    sim = np.asarray(sim, dtype=np.float64)
+    if sim.ndim != 2 or sim.shape[0] != sim.shape[1]:
+        raise ValueError(f"similarity matrix must be square, got shape {sim.shape}")
+    if sizes is not None and sim.shape[0] != sum(sizes):
+        raise ValueError(f"similarity matrix has side {sim.shape[0]} but sizes {list(sizes)} "
+                         f"sum to {sum(sizes)}")
+    if not np.isfinite(sim).all():
+        raise ValueError("similarity matrix has NaN or infinite entries")
+    return sim

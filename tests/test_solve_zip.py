@@ -1,0 +1,144 @@
+"""Zip mode: the fast greedy solver against the plain O(n^3) loop, and the rule itself."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hf_mudsc.solve import Solution, pair_objective, solve_zip
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from reference_zip import reference_zip  # noqa: E402
+
+
+def check_valid(sol: Solution, sizes: list[int], k: int, budget: float | None) -> None:
+    """Labels in [0, k), every merged unit used, canonical order, budgets respected
+    (unless ``budget`` is None: the last fallback may exceed them)."""
+    labels = sol.labels()
+    assert sol.k == k and labels.dtype == np.int64
+    assert [len(a) for a in sol.assign] == sizes
+    assert set(labels) == set(range(k))
+    _, first = np.unique(labels, return_index=True)
+    assert np.all(np.diff(first) > 0)  # merged units sorted by their smallest member
+    for a, d in zip(sol.assign, sizes):
+        assert budget is None or d - len(np.unique(a)) <= np.floor(budget * d + 1e-9)
+
+
+def same_as_reference(sim: np.ndarray, sizes: list[int], k: int | None, budget: float,
+                      decay: float) -> bool:
+    """Same partition of the units as the plain loop (which labels by smallest member)."""
+    ref = np.concatenate(reference_zip(sim, sizes, k, budget, decay))
+    ours = solve_zip(sim, sizes, k, budget, decay).labels()
+    return np.array_equal(np.unique(ref, return_inverse=True)[1].reshape(-1), ours)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_equals_plain_loop(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    for _ in range(25):
+        sizes = [int(s) for s in rng.integers(1, 11, size=rng.integers(2, 4))]
+        sim = rng.normal(size=(sum(sizes),) * 2)
+        sim = sim + sim.T if rng.random() < 0.7 else sim  # some asymmetric inputs
+        sim = np.round(sim, int(rng.integers(0, 2)))  # many ties
+        k = None if rng.random() < 0.5 else int(rng.integers(1, sum(sizes) + 1))
+        budget = float(rng.choice([0.0, 0.2, 0.5, 1.0]))
+        decay = float(rng.choice([0.0, 0.5, 1.0]))
+        assert same_as_reference(sim, sizes, k, budget, decay), (sizes, k, budget, decay)
+
+
+def test_equals_plain_loop_on_correlations() -> None:
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(40, 60))
+    sim = np.corrcoef(np.vstack([x, x[rng.permutation(40)] + rng.normal(size=x.shape)]))
+    for budget in (0.0, 0.3):
+        for decay in (0.0, 0.4, 1.0):
+            assert same_as_reference(sim, [40, 40], None, budget, decay)
+
+
+def test_two_models_no_budget_pair_perfectly() -> None:
+    rng = np.random.default_rng(10)
+    sol = solve_zip(rng.normal(size=(24, 24)), [12, 12])
+    check_valid(sol, [12, 12], 12, 0.0)
+    assert np.array_equal(sol.assign[0], np.arange(12))
+    assert sorted(sol.assign[1]) == list(range(12))
+
+
+@pytest.mark.parametrize("budget, decay", [(0.0, 0.0), (0.5, 0.5), (1.0, 1.0)])
+def test_identical_models_give_identity(budget: float, decay: float) -> None:
+    x = np.random.default_rng(11).normal(size=(20, 80))
+    sol = solve_zip(np.corrcoef(np.vstack([x, x])), [20, 20], budget=budget, decay=decay)
+    assert np.array_equal(sol.assign[0], np.arange(20))
+    assert np.array_equal(sol.assign[1], np.arange(20))
+    assert sol.objective == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("decay, groups", [(0.0, [0, 0, 1, 1]), (0.1, [0, 0, 1, 1]),
+                                           (1.0, [0, 0, 0, 1])])
+def test_decay_rule(decay: float, groups: list[int]) -> None:
+    # s(a,b)=.9 merges first; {a,b} to c is decay * min(.8, .7), against s(c,d)=.1.
+    sim = np.zeros((4, 4))
+    for (u, v), s in {(0, 1): 0.9, (0, 2): 0.8, (1, 2): 0.7, (2, 3): 0.1}.items():
+        sim[u, v] = sim[v, u] = s
+    sol = solve_zip(sim, [1, 1, 1, 1], k=2, decay=decay)
+    assert list(sol.labels()) == groups
+
+
+@pytest.mark.parametrize("budget, groups", [(0.0, [0, 1, 0]), (0.5, [0, 0, 1])])
+def test_budget_rule(budget: float, groups: list[int]) -> None:
+    sim = np.array([[1.0, 0.9, 0.5], [0.9, 1.0, 0.2], [0.5, 0.2, 1.0]])
+    sol = solve_zip(sim, [2, 1], budget=budget)
+    assert list(sol.labels()) == groups
+
+
+def test_fallbacks_reach_k() -> None:
+    # decay 0 freezes merged clusters; budget 0 forbids same-model merges: both give way.
+    sim = np.random.default_rng(12).normal(size=(9, 9))
+    sol = solve_zip(sim, [3, 3, 3], k=2)
+    check_valid(sol, [3, 3, 3], 2, None)
+    assert set(solve_zip(np.zeros((3, 3)), [3], k=1).labels()) == {0}
+
+
+def test_ties_broken_by_lowest_index() -> None:
+    sol = solve_zip(np.zeros((4, 4)), [2, 2])
+    assert list(sol.labels()) == [0, 1, 0, 1]
+
+
+def test_objective_definition() -> None:
+    sim = np.random.default_rng(13).normal(size=(9, 9))
+    sol = solve_zip(sim, [3, 3, 3], k=2, budget=1.0, decay=1.0)
+    labels = sol.labels()
+    pairs = [(u, v) for u in range(9) for v in range(9) if u != v and labels[u] == labels[v]]
+    assert sol.objective == pytest.approx(np.mean([sim[u, v] for u, v in pairs]))
+    assert pair_objective(sim, np.arange(9)) == 0.0
+
+
+def test_torch_input() -> None:
+    sim = np.random.default_rng(14).normal(size=(10, 10))
+    assert np.array_equal(solve_zip(torch.tensor(sim), [5, 5]).labels(),
+                          solve_zip(sim, [5, 5]).labels())
+
+
+@pytest.mark.parametrize("kwargs", [{"k": 0}, {"k": 9}, {"budget": 1.5}, {"decay": -0.1}])
+def test_bad_arguments_raise(kwargs: dict) -> None:
+    with pytest.raises(ValueError):
+        solve_zip(np.zeros((8, 8)), [4, 4], **kwargs)
+
+
+@settings(max_examples=80, deadline=None)
+@given(sizes=st.lists(st.integers(1, 12), min_size=2, max_size=3),
+       seed=st.integers(0, 2**32 - 1), budget=st.sampled_from([0.0, 0.1, 0.34, 0.5, 1.0]),
+       decay=st.sampled_from([0.0, 0.3, 1.0]), k_frac=st.floats(0.0, 1.0))
+def test_valid_and_equal_to_plain_loop(sizes: list[int], seed: int, budget: float,
+                                       decay: float, k_frac: float) -> None:
+    sim = np.round(np.random.default_rng(seed).uniform(-1, 1, size=(sum(sizes),) * 2), 1)
+    k = max(1, round(k_frac * sum(sizes)))
+    # Budgets always suffice for two models and k >= max(sizes); otherwise the last
+    # fallback may have to exceed them.
+    kept = budget if len(sizes) == 2 and k >= max(sizes) else None
+    check_valid(solve_zip(sim, sizes, k, budget, decay), sizes, k, kept)
+    assert same_as_reference(sim, sizes, k, budget, decay)
