@@ -6,6 +6,7 @@ from .writer import (
     OutputError,
     assert_no_pickle,
     atomic_output_dir,
+    check_output_dir,
     load_safetensors_folder,
     save_safetensors_sharded,
 )
@@ -15,6 +16,7 @@ __all__ = [
     "OutputError",
     "assert_no_pickle",
     "atomic_output_dir",
+    "check_output_dir",
     "build_model_card",
     "cited_papers",
     "load_safetensors_folder",

@@ -42,8 +42,9 @@ def _overlaps(a: Path, b: Path) -> bool:
     return a == b or a in b.parents or b in a.parents
 
 
-def _check_target(target: Path, *, overwrite: bool, protected: Sequence[str | Path]) -> None:
-    """Raise :class:`OutputError` if ``target`` may not be (over)written."""
+def check_output_dir(out: str | Path, *, overwrite: bool = False, protected: Sequence[str | Path] = ()) -> None:
+    """Raise :class:`OutputError` if ``out`` may not be (over)written (call it before long work)."""
+    target = _resolve(out)
     for entry in protected:
         folder = _resolve(entry)
         if folder.exists() and _overlaps(target, folder):
@@ -109,14 +110,14 @@ def atomic_output_dir(
     temporary folder is removed, a pre-existing ``out`` is left untouched, and the error re-raised.
     """
     target = _resolve(out)
-    _check_target(target, overwrite=overwrite, protected=protected)
+    check_output_dir(target, overwrite=overwrite, protected=protected)
     created = _make_parents(target.parent)
     tmp: Path | None = None
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
         yield tmp
         assert_no_pickle(tmp)
-        _check_target(target, overwrite=overwrite, protected=protected)
+        check_output_dir(target, overwrite=overwrite, protected=protected)
         _move_into_place(tmp, target)
     except BaseException:
         if tmp is not None:

@@ -1,0 +1,223 @@
+"""The ``hf-mudsc`` command: parses arguments and calls the merger, nothing else.
+
+    hf-mudsc merge MODEL MODEL [...] --dataset DATA --out DIR [options]
+    hf-mudsc merge --config recipe.yaml
+    hf-mudsc apply MERGED_DIR --out DIR        (re-apply a saved merge, no data)
+    hf-mudsc push DIR REPO                     (upload a merged folder in one commit)
+    hf-mudsc demo                              (two small ViTs on digits, every preset)
+
+Errors are one line on stderr and a non-zero exit (2 for bad input, 130 when interrupted);
+set ``HF_MUDSC_DEBUG=1`` to see the traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+# Recipe fields: (type, help). The same names serve the command line and YAML recipes.
+MERGE_FIELDS: dict[str, tuple[Any, str]] = {
+    "method": (str, "mudsc | zipit | weight-matching | activation-matching | average (default mudsc)"),
+    "mode": (str, "zip | permute (default: the method's)"),
+    "alpha": (float, "weight-space share of the similarity, in [0, 1]"),
+    "merge_layers": (int, "merge the embeddings and the first L layers; later layers stay per task"),
+    "zip_budget": (float, "share of a model's units that may merge with units of the same model"),
+    "zip_decay": (float, "similarity decay of merged units, in [0, 1]"),
+    "max_sweeps": (int, "coordinate-descent sweeps at most"),
+    "patience": (int, "sweeps without gain before stopping"),
+    "max_tokens_per_batch": (int, "cap on tokens per batch per activation site"),
+    "seed": (int, "random seed"),
+}
+DATA_FIELDS: dict[str, tuple[Any, str]] = {
+    "dataset": (str, "calibration data: Hub id, local file/folder for datasets.load_dataset, or a save_to_disk folder"),
+    "split": (str, "dataset split (default: train, else the first)"),
+    "column": (str, "text or image column (default: found by name)"),
+    "num_samples": (int, "calibration examples (default 256)"),
+    "batch_size": (int, "batch size (default 16)"),
+}
+LOAD_FIELDS: dict[str, tuple[Any, str]] = {
+    "device_map": (str, "Accelerate device map for the parents, e.g. auto"),
+    "torch_dtype": (str, "dtype to load the parents in, e.g. float32"),
+    "revision": (str, "Hub revision of the parents"),
+}
+OUTPUT_FIELDS: dict[str, tuple[Any, str]] = {
+    "out": (str, "output folder"),
+    "push_to_hub": (str, "also upload the folder to this Hub repo"),
+    "max_shard_size": (str, "largest safetensors shard (default 5GB)"),
+}
+FLAGS = {
+    "overwrite": "replace a non-empty output folder",
+    "allow_pickle": "allow parents stored as pickle checkpoints (unsafe for untrusted files)",
+    "trust_remote_code": "allow parents that need custom code",
+    "private": "create the Hub repo as private",
+}
+RECIPE_KEYS = {"models", *MERGE_FIELDS, *DATA_FIELDS, *LOAD_FIELDS, *OUTPUT_FIELDS, *FLAGS}
+
+
+class CLIError(ValueError):
+    """Bad command-line input."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hf-mudsc", description="Merge models trained from different "
+                                     "initialisations, without training (MuDSC, ZipIt!, Git Re-Basin).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    merge = sub.add_parser("merge", help="merge two or more models")
+    merge.add_argument("models", nargs="*", help="Hub ids or local folders of the parents")
+    merge.add_argument("--config", help="YAML recipe with the same fields (command-line values win)")
+    for fields in (MERGE_FIELDS, DATA_FIELDS, LOAD_FIELDS, OUTPUT_FIELDS):
+        for name, (kind, text) in fields.items():
+            merge.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, help=text)
+    for name, text in FLAGS.items():
+        merge.add_argument("--" + name.replace("_", "-"), dest=name, action="store_true", default=None, help=text)
+    merge.add_argument("--token", help="Hub token (else the cached login / HF_TOKEN)")
+
+    apply = sub.add_parser("apply", help="re-apply a saved merge (recipe + transforms) to its parents")
+    apply.add_argument("merged", help="a folder written by 'hf-mudsc merge'")
+    apply.add_argument("--out", required=True, help="output folder")
+    apply.add_argument("--overwrite", action="store_true", help=FLAGS["overwrite"])
+    apply.add_argument("--token", help="Hub token")
+
+    push = sub.add_parser("push", help="upload a merged folder to the Hub in one commit")
+    push.add_argument("folder")
+    push.add_argument("repo_id")
+    push.add_argument("--private", action="store_true", help=FLAGS["private"])
+    push.add_argument("--token", help="Hub token")
+
+    demo = sub.add_parser("demo", help="merge two small ViTs trained on digits with every preset")
+    demo.add_argument("--out", default="mudsc-demo", help="where to write the merged folder (default mudsc-demo)")
+    demo.add_argument("--cache-dir", help="where the trained parents are cached")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return {"merge": _merge, "apply": _apply, "push": _push, "demo": _demo}[args.command](args)
+    except KeyboardInterrupt:
+        print("hf-mudsc: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except Exception as err:  # one line, no traceback: a user error or a clear failure
+        if os.environ.get("HF_MUDSC_DEBUG"):
+            raise
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"hf-mudsc: error: {message}", file=sys.stderr)
+        return 2
+
+
+def load_recipe(path: str) -> dict[str, Any]:
+    """Read a YAML recipe; refuse unknown keys."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as err:
+        raise CLIError(f"cannot read recipe '{path}': {err.strerror or err}") from None
+    except yaml.YAMLError as err:
+        raise CLIError(f"recipe '{path}' is not valid YAML: {' '.join(str(err).split())}") from None
+    if not isinstance(data, dict):
+        raise CLIError(f"recipe '{path}' must be a mapping of fields")
+    unknown = sorted(set(data) - RECIPE_KEYS - {"token"})
+    if unknown:
+        raise CLIError(f"recipe '{path}' has unknown fields: {', '.join(unknown)} (known: {', '.join(sorted(RECIPE_KEYS))})")
+    if "token" in data:
+        raise CLIError(f"recipe '{path}' holds a token: keep secrets out of recipes (use --token or HF_TOKEN)")
+    return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from . import MuDSCMerger
+    from .io.writer import check_output_dir
+
+    recipe = load_recipe(args.config) if args.config else {}
+    given = {k: v for k, v in vars(args).items() if v not in (None, []) and k not in ("command", "config", "token")}
+    recipe.update(given)
+    models = recipe.get("models") or []
+    if len(models) < 2:
+        raise CLIError("give at least two models to merge (positional MODEL arguments or 'models:' in the recipe)")
+    if not recipe.get("out"):
+        raise CLIError("give an output folder with --out")
+    merge_config = {k: recipe[k] for k in MERGE_FIELDS if k in recipe}
+    load = {k: recipe[k] for k in LOAD_FIELDS if k in recipe}
+    check_output_dir(recipe["out"], overwrite=bool(recipe.get("overwrite")), protected=models)
+    merger = MuDSCMerger.from_pretrained(models, token=args.token, allow_pickle=bool(recipe.get("allow_pickle")),
+                                         trust_remote_code=bool(recipe.get("trust_remote_code")), **load,
+                                         **merge_config)
+    data = None
+    if merger.config.needs_data:
+        if not recipe.get("dataset"):
+            raise CLIError(f"method '{merger.config.method}' needs calibration data: give --dataset "
+                           "(or use --method weight-matching)")
+        data = load_calibration_dataset(recipe["dataset"], recipe.get("split"), token=args.token)
+    result = merger.merge(data, num_samples=int(recipe.get("num_samples", 256)),
+                          batch_size=int(recipe.get("batch_size", 16)), column=recipe.get("column"))
+    out = result.save_pretrained(recipe["out"], overwrite=bool(recipe.get("overwrite")),
+                                 max_shard_size=recipe.get("max_shard_size", "5GB"))
+    print(f"merged {len(models)} models with {merger.config.method} into {out}")
+    if recipe.get("push_to_hub"):
+        from .io.hub import push_folder
+
+        url = push_folder(out, recipe["push_to_hub"], token=args.token, private=recipe.get("private"))
+        print(f"pushed to {url}")
+    return 0
+
+
+def _apply(args: argparse.Namespace) -> int:
+    from .merger import reapply
+
+    result = reapply(args.merged, token=args.token)
+    out = result.save_pretrained(args.out, overwrite=args.overwrite)
+    print(f"re-applied the merge of {Path(args.merged)} into {out}")
+    return 0
+
+
+def _push(args: argparse.Namespace) -> int:
+    from .io.hub import push_folder
+
+    print(f"pushed to {push_folder(args.folder, args.repo_id, token=args.token, private=args.private or None)}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(out=args.out, cache_dir=args.cache_dir)
+    return 0
+
+
+def load_calibration_dataset(source: str, split: str | None = None, token: str | None = None):
+    """A Hub id, anything ``datasets.load_dataset`` reads from a local path, or a folder
+    written by ``Dataset.save_to_disk``; a dataset dict gives ``split`` (default train)."""
+    import datasets
+
+    path = Path(source)
+    try:
+        if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
+            data = datasets.load_from_disk(str(path))
+        elif path.is_file():
+            kind = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".txt": "text"}.get(
+                path.suffix.lower())
+            if kind is None:
+                raise CLIError(f"cannot read dataset file '{source}': use .csv, .json, .jsonl, .parquet or .txt")
+            data = datasets.load_dataset(kind, data_files=str(path))
+        elif path.is_dir() or not path.exists() and ("/" not in source or source.count("/") == 1) and not source.startswith((".", "/")):
+            data = datasets.load_dataset(source, token=token)
+        else:
+            raise CLIError(f"dataset '{source}' not found")
+    except CLIError:
+        raise
+    except Exception as err:  # datasets raises many kinds; keep one line
+        raise CLIError(f"cannot load dataset '{source}': {' '.join(str(err).split())[:300]}") from None
+    if isinstance(data, (datasets.DatasetDict, datasets.IterableDatasetDict)):
+        name = split or ("train" if "train" in data else next(iter(data)))
+        if name not in data:
+            raise CLIError(f"dataset '{source}' has no split '{name}' (splits: {', '.join(data)})")
+        data = data[name]
+    return data
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
