@@ -4,11 +4,7 @@ __version__ = "0.1.0"
 from .config import MergeConfig, PRESETS  # noqa: E402
 from .merger import MergeResult, MuDSCMerger, reapply  # noqa: E402
 from .unitmaps import register_unit_map, supported_model_types  # noqa: E402
-
-try:  # registers the joint model with the Auto classes
-    from . import joint_model  # noqa: E402,F401
-except ImportError:  # pragma: no cover - while the module is being written
-    pass
+from . import joint_model  # noqa: E402,F401  (registers the joint model with the Auto classes)
 
 __all__ = ["MergeConfig", "MergeResult", "MuDSCMerger", "PRESETS", "reapply", "register_unit_map",
            "supported_model_types"]

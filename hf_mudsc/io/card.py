@@ -125,7 +125,7 @@ def _metadata(
     license: str | None,
 ) -> ModelCardData:
     return ModelCardData(
-        base_model=list(base_models),
+        base_model=list(base_models) or None,
         base_model_relation="merge",
         tags=["merge", "mudsc", method, "hf-mudsc"],
         library_name=library_name,
@@ -170,7 +170,8 @@ def _method_section(method_title: str, papers: Sequence[Paper], recipe: Mapping[
 def _calibration_section(calibration: Mapping[str, Any] | None) -> str:
     if not calibration:
         return _section("Calibration data", "None: the merge is data-free (weights only).")
-    lines = [f"- **{key}**: {_cell(value)}" for key, value in scrub_secrets(dict(calibration)).items()]
+    lines = [f"- **{key}**: {_cell(value)}" for key, value in scrub_secrets(dict(calibration)).items()
+             if value not in (None, "", {}, [])]
     return _section("Calibration data", "\n".join(lines))
 
 

@@ -12,13 +12,14 @@ from typing import Any, Sequence
 import numpy as np
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Solution:
     """``assign[i][j]``: merged unit (in ``[0, k)``) of unit ``j`` of model ``i``.
 
     Every merged unit has at least one member; merged units are numbered by the smallest
-    global index of their members. ``objective`` is :func:`pair_objective` of the
-    original similarity matrix.
+    global index of their members (by ``solve_heads``: head by head, and so inside each
+    head). ``objective`` is :func:`pair_objective` of the original similarity matrix.
+    Compared by identity (it holds arrays).
     """
 
     assign: list[np.ndarray]

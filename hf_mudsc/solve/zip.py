@@ -79,7 +79,10 @@ class _Clusters:
     def forbid(self, work: np.ndarray, model: int) -> np.ndarray:
         """Forbid every pair of live clusters that both hold model ``model``; return them."""
         rows = np.flatnonzero(self.alive & self.has[:, model])
-        work[np.ix_(rows, rows)] = NEG
+        if len(rows) and rows[-1] - rows[0] == len(rows) - 1:  # a block: much faster
+            work[rows[0]:rows[-1] + 1, rows[0]:rows[-1] + 1] = NEG
+        else:
+            work[np.ix_(rows, rows)] = NEG
         return rows
 
     def forbid_exhausted(self, work: np.ndarray) -> None:
@@ -96,7 +99,13 @@ class _Clusters:
 def _greedy(work: np.ndarray, clusters: _Clusters, decay: float, k: int) -> bool:
     """Merge the best allowed pair of ``work`` (cluster similarities, ``-inf`` = not
     allowed) until ``k`` clusters remain; False if stuck before. Updates ``work`` and
-    ``clusters`` in place."""
+    ``clusters`` in place.
+
+    Columns of clusters that can no longer merge (merged away, or merged with
+    ``decay = 0``) are not written (strided writes dominate the cost): ``live`` masks
+    them wherever a row is read.
+    """
+    live = clusters.alive.copy()
     best_idx = work.argmax(axis=1)
     best_val = work[np.arange(len(work)), best_idx]
     while clusters.count() > k:
@@ -104,16 +113,22 @@ def _greedy(work: np.ndarray, clusters: _Clusters, decay: float, k: int) -> bool
         if best_val[a] == NEG:
             return False
         b = int(best_idx[a])
-        row = decay * np.minimum(work[a], work[b]) if decay > 0 else np.full(len(work), NEG)
-        work[a], work[:, a], work[:, b] = row, row, NEG
+        live[b] = False
+        if decay > 0:
+            row = decay * np.minimum(work[a], work[b])
+            row[~live] = NEG
+            work[a], work[:, a] = row, row
+        else:
+            live[a] = False
+            row = np.full(len(work), NEG)
         stale = (best_idx == a) | (best_idx == b)
         for model in clusters.merge(a, b):
             stale[clusters.forbid(work, model)] = True
-        stale &= clusters.alive
-        stale[a] = True
-        best_val[b] = NEG
+        stale &= live
+        stale[a] = live[a]
+        best_val[a] = best_val[b] = NEG
         _improve(best_val, best_idx, row, a, ~stale)
-        _recompute(work, best_val, best_idx, np.flatnonzero(stale))
+        _recompute(work, live, best_val, best_idx, np.flatnonzero(stale))
     return True
 
 
@@ -127,9 +142,10 @@ def _improve(best_val: np.ndarray, best_idx: np.ndarray, column: np.ndarray, col
     best_idx[better] = col
 
 
-def _recompute(work: np.ndarray, best_val: np.ndarray, best_idx: np.ndarray,
-               rows: np.ndarray) -> None:
-    vals = work[rows]
+def _recompute(work: np.ndarray, live: np.ndarray, best_val: np.ndarray,
+               best_idx: np.ndarray, rows: np.ndarray) -> None:
+    """Best live partner of each of ``rows``."""
+    vals = np.where(live, work[rows], NEG)
     idx = vals.argmax(axis=1)
     best_idx[rows] = idx
     best_val[rows] = vals[np.arange(len(rows)), idx]

@@ -1,0 +1,278 @@
+"""The joint multi-task model (DESIGN §3.5, §3.6): one shared trunk serving every task at once.
+
+After a merge each task ``i`` has a standard model of one common class whose parameters are either
+*shared* (identical across tasks) or *private* (its head and, in partial merges, its later layers).
+``MuDSCJointModel`` stores task 0's complete model as ``model`` and, for every task ``i >= 1``, only
+its private parameters, in ``private[str(i)]``: an ``nn.ParameterDict`` whose keys are the parameter
+names with every ``'.'`` written ``'__'`` (module attribute names cannot hold dots). No tensor is
+stored twice, so ``save_pretrained`` writes plain safetensors. Task ``i >= 1`` runs as task 0's module
+with its private tensors swapped in (``torch.func.functional_call``).
+
+``forward`` follows ZipIt's joint protocol: each task's logits go through ``log_softmax`` and are
+concatenated, so the argmax is over the union of the tasks' labels (and a pipeline's softmax ranks
+the union by each task's own probability). Importing this module registers the model with the Auto
+classes.
+"""
+from __future__ import annotations
+
+from typing import Any, Collection, Sequence
+
+import torch
+import torch.nn.functional as F
+import transformers
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForImageClassification,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    PretrainedConfig,
+    PreTrainedModel,
+)
+from transformers import initialization as init
+from transformers.modeling_outputs import ImageClassifierOutput, SequenceClassifierOutput, TokenClassifierOutput
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+# Config fields that may differ between tasks: labels and bookkeeping. Everything else must match,
+# since every task runs through task 0's module.
+_LABEL_FIELDS = frozenset(
+    {"id2label", "label2id", "problem_type", "finetuning_task", "architectures", "_name_or_path", "dtype", "transformers_version"}
+)
+
+
+def _escape(name: str) -> str:
+    """A parameter name as a ``ParameterDict`` key: ``'.'`` is written ``'__'``."""
+    return name.replace(".", "__")
+
+
+class MuDSCJointConfig(PretrainedConfig):
+    """Configuration of a :class:`MuDSCJointModel`.
+
+    ``task_configs[i]``: task ``i``'s config as a dict (with ``architectures``); ``private_shapes[i]``:
+    name -> shape of task ``i``'s private parameters (task 0's live in ``model``, the others in
+    ``private``); ``task_names``; ``label_offsets``: task ``i``'s logits are the union indices
+    ``label_offsets[i]:label_offsets[i + 1]``. ``id2label``/``label2id`` describe the union.
+    """
+
+    model_type = "mudsc-joint"
+
+    task_configs: list[dict[str, Any]] | None = None
+    private_shapes: list[dict[str, list[int]]] | None = None
+    task_names: list[str] | None = None
+    label_offsets: list[int] | None = None
+
+    def task_config(self, i: int) -> PretrainedConfig:
+        """Task ``i``'s own config object."""
+        d = dict(self.task_configs[i])
+        return CONFIG_MAPPING[d["model_type"]].from_dict(d)
+
+
+def _architecture(config: PretrainedConfig) -> type[PreTrainedModel]:
+    """The transformers class named by ``config.architectures[0]``."""
+    name = (config.architectures or [None])[0]
+    cls = getattr(transformers, name, None) if name else None
+    if cls is None:
+        raise ValueError(f"task config names no transformers architecture: {config.architectures}")
+    return cls
+
+
+class MuDSCJointModel(PreTrainedModel):
+    """Every merged task at once: shared trunk, per-task private tensors, logits over the union of labels."""
+
+    config_class = MuDSCJointConfig
+
+    def __init__(self, config: MuDSCJointConfig) -> None:
+        if not config.task_configs:
+            raise ValueError("MuDSCJointConfig has no task_configs; build the model with from_task_models")
+        super().__init__(config)
+        first = config.task_config(0)
+        self.model = _architecture(first)(first)
+        self.main_input_name = self.model.main_input_name
+        self.private = nn.ModuleDict(
+            {
+                str(i): nn.ParameterDict({_escape(n): nn.Parameter(torch.zeros(s)) for n, s in shapes.items()})
+                for i, shapes in enumerate(config.private_shapes)
+                if i > 0
+            }
+        )
+        self.post_init()
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """Private tensors start at zero (they are always loaded or copied in)."""
+        if isinstance(module, nn.ParameterDict):
+            for p in module.values():
+                init.zeros_(p)
+
+    @property
+    def num_tasks(self) -> int:
+        """How many tasks the model serves."""
+        return len(self.config.task_configs)
+
+    @classmethod
+    def from_task_models(
+        cls,
+        task_models: Sequence[PreTrainedModel],
+        shared: Collection[str],
+        task_names: Sequence[str],
+    ) -> MuDSCJointModel:
+        """The joint model of merged task models whose parameters named in ``shared`` are identical.
+
+        All tasks must be of one head class with configs equal up to their labels; every parameter
+        not in ``shared`` is private to its task. Raises ``ValueError`` otherwise.
+        """
+        shared = set(shared)
+        _check_tasks(task_models, shared, task_names)
+        first = task_models[0]
+        task_configs, id2label_per_task = [], []
+        for m in task_models:
+            d = m.config.to_dict()
+            d["architectures"] = [type(m).__name__]
+            d["dtype"] = str(m.dtype).removeprefix("torch.")
+            task_configs.append(d)
+            id2label_per_task.append([m.config.id2label[k] for k in sorted(m.config.id2label)])
+        labels, offsets = _union_labels(id2label_per_task, task_names)
+        private_shapes = [
+            {n: list(p.shape) for n, p in m.named_parameters() if n not in shared} for m in task_models
+        ]
+        config = MuDSCJointConfig(
+            task_configs=task_configs,
+            private_shapes=private_shapes,
+            task_names=list(task_names),
+            label_offsets=offsets,
+            id2label=dict(enumerate(labels)),
+            label2id={label: j for j, label in enumerate(labels)},
+        )
+        with init.no_init_weights():
+            joint = cls(config).to(first.dtype)
+        with torch.no_grad():
+            joint.model.load_state_dict(first.state_dict())
+            for name, buf in first.named_buffers():
+                joint.model.get_buffer(name).copy_(buf)
+            for i, m in enumerate(task_models[1:], start=1):
+                store = joint.private[str(i)]
+                for name in private_shapes[i]:
+                    store[_escape(name)].copy_(m.get_parameter(name))
+        return joint.train(first.training)
+
+    def private_tensors(self, i: int) -> dict[str, torch.Tensor]:
+        """Task ``i``'s private parameters by their names in the task model."""
+        if i == 0:
+            return {n: self.model.get_parameter(n) for n in self.config.private_shapes[0]}
+        store = self.private[str(i)]
+        return {n: store[_escape(n)] for n in self.config.private_shapes[i]}
+
+    def task_model(self, i: int) -> PreTrainedModel:
+        """A standalone standard model of task ``i`` (its own class and config), copied from the joint weights."""
+        config = self.config.task_config(i)
+        with init.no_init_weights():
+            model = _architecture(config)(config).to(self.model.dtype)
+        state = {**self.model.state_dict(), **self.private_tensors(i)}
+        model.load_state_dict({k: v.detach() for k, v in state.items()})
+        with torch.no_grad():
+            for name, buf in self.model.named_buffers():
+                model.get_buffer(name).copy_(buf)
+        return model.train(self.training)
+
+    def _task_output(self, i: int, args: tuple, kwargs: dict[str, Any]) -> Any:
+        """Task ``i``'s model output (task 0's module with task ``i``'s private tensors)."""
+        if i == 0:
+            return self.model(*args, **kwargs)
+        return torch.func.functional_call(self.model, self.private_tensors(i), args, kwargs, strict=False)
+
+    def task_logits(self, *args: Any, **kwargs: Any) -> list[torch.Tensor]:
+        """Each task's raw logits, in task order (``labels`` and ``return_dict`` are ignored)."""
+        kwargs.pop("labels", None)
+        kwargs["return_dict"] = True
+        outs = [self._task_output(i, args, kwargs) for i in range(self.num_tasks)]
+        if not all(hasattr(o, "logits") for o in outs):
+            raise TypeError(f"{type(self.model).__name__} returns no logits")
+        return [o.logits for o in outs]
+
+    def forward(
+        self, *args: Any, labels: torch.Tensor | None = None, return_dict: bool | None = None, **kwargs: Any
+    ) -> SequenceClassifierOutput | ImageClassifierOutput | TokenClassifierOutput | tuple:
+        """Joint logits: each task's ``log_softmax`` concatenated on the last axis (the union of labels).
+
+        ``labels`` (union indices, -100 ignored) give ``loss``: the cross-entropy over the union.
+        """
+        logits = torch.cat([F.log_softmax(t, dim=-1) for t in self.task_logits(*args, **kwargs)], dim=-1)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.to(logits.device).reshape(-1))
+        if logits.dim() == 3:
+            out = TokenClassifierOutput(loss=loss, logits=logits)
+        elif self.main_input_name == "pixel_values":
+            out = ImageClassifierOutput(loss=loss, logits=logits)
+        else:
+            out = SequenceClassifierOutput(loss=loss, logits=logits)
+        return out if (return_dict if return_dict is not None else self.config.return_dict) else out.to_tuple()
+
+
+def _check_tasks(task_models: Sequence[PreTrainedModel], shared: set[str], task_names: Sequence[str]) -> None:
+    """Raise ``ValueError`` unless the task models can form one joint model."""
+    if not task_models:
+        raise ValueError("at least one task model is needed")
+    if len(task_names) != len(task_models) or len(set(task_names)) != len(task_names):
+        raise ValueError(f"one distinct name per task model is needed, got {list(task_names)}")
+    first = task_models[0]
+    cls = type(first)
+    if first.base_model is first:
+        raise ValueError(f"a joint model needs task heads; {cls.__name__} has none")
+    base = {k: v for k, v in first.config.to_dict().items() if k not in _LABEL_FIELDS}
+    params = dict(first.named_parameters())
+    unknown = sorted(shared - params.keys())
+    if unknown:
+        raise ValueError(f"shared names that are no parameters of {cls.__name__}: {unknown[:3]}")
+    buffers = dict(first.named_buffers())
+    for i, m in enumerate(task_models[1:], start=1):
+        if type(m) is not cls:
+            raise ValueError(
+                f"all tasks must share one architecture class: task {i} ({task_names[i]}) is "
+                f"{type(m).__name__}, task 0 is {cls.__name__}"
+            )
+        if m.dtype != first.dtype:
+            raise ValueError(f"task {i} ({task_names[i]}) is {m.dtype}, task 0 is {first.dtype}")
+        other = {k: v for k, v in m.config.to_dict().items() if k not in _LABEL_FIELDS}
+        diff = sorted(k for k in base.keys() | other.keys() if base.get(k) != other.get(k))
+        if diff:
+            raise ValueError(f"task {i} ({task_names[i]}) has a config that differs beyond labels: {diff}")
+        theirs = dict(m.named_parameters())
+        for name in (n for n in params if n in shared):  # in parameter order: the first difference is named
+            a, b = params[name], theirs[name]
+            if a.shape != b.shape or a.dtype != b.dtype or not torch.equal(a, b.to(a.device)):
+                raise ValueError(f"shared tensor {name!r} differs between task 0 and task {i} ({task_names[i]})")
+        for name, buf in m.named_buffers():
+            if not torch.equal(buffers[name], buf.to(buffers[name].device)):
+                raise ValueError(f"buffer {name!r} differs between task 0 and task {i} ({task_names[i]})")
+
+
+def _union_labels(id2label_per_task: Sequence[Sequence[str]], task_names: Sequence[str]) -> tuple[list[str], list[int]]:
+    """Union label names in task order (a name found in several tasks is prefixed ``"{task}/"``) and offsets."""
+    seen: dict[str, int] = {}
+    for labels in id2label_per_task:
+        for label in set(labels):
+            seen[label] = seen.get(label, 0) + 1
+    names, offsets = [], [0]
+    for task, labels in zip(task_names, id2label_per_task):
+        names += [f"{task}/{label}" if seen[label] > 1 else label for label in labels]
+        offsets.append(len(names))
+    if len(set(names)) != len(names):
+        raise ValueError(f"union label names are not unique: {names}")
+    return names, offsets
+
+
+def register_auto_classes() -> None:
+    """Register the joint model with ``AutoConfig`` and the Auto model classes (safe to call again)."""
+    AutoConfig.register(MuDSCJointConfig.model_type, MuDSCJointConfig, exist_ok=True)
+    for auto in (
+        AutoModel,
+        AutoModelForSequenceClassification,
+        AutoModelForImageClassification,
+        AutoModelForTokenClassification,
+    ):
+        auto.register(MuDSCJointConfig, MuDSCJointModel, exist_ok=True)
+
+
+register_auto_classes()

@@ -1,0 +1,183 @@
+"""The joint multi-task model: exact per-task outputs, storage, Auto round trip, pipelines."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+import transformers as tf
+from conftest import tiny_inputs, tiny_model
+from PIL import Image
+from safetensors import safe_open
+from transformers.modeling_outputs import ImageClassifierOutput, SequenceClassifierOutput, TokenClassifierOutput
+
+from hf_mudsc.joint_model import MuDSCJointConfig, MuDSCJointModel, register_auto_classes
+
+KINDS = ["vit-cls", "bert-seq", "bert-token", "deit-teacher"]
+
+
+def is_shared(name: str, partial: bool) -> bool:
+    """Full merge: the trunk is shared, heads are private; partial: only embeddings and layer 0 are shared."""
+    if partial:
+        return "embeddings" in name or re.search(r"\.layers?\.0\.", name) is not None
+    return name.split(".")[0] in ("vit", "bert", "deit")
+
+
+def task_pair(
+    kind: str, partial: bool = False, labels: tuple[dict[int, str], dict[int, str]] | None = None, **overrides
+) -> tuple[list[torch.nn.Module], set[str]]:
+    """Two float32 task models (3 and 2 labels) whose shared parameters are equal, and the shared names."""
+    kw = [dict(id2label=l) for l in labels] if labels else [{}, {}]
+    a = tiny_model(kind, seed=0, num_labels=3, dtype=torch.float32, **overrides, **kw[0])
+    b = tiny_model(kind, seed=1, num_labels=2, dtype=torch.float32, **overrides, **kw[1])
+    shared = {n for n, _ in a.named_parameters() if is_shared(n, partial)}
+    with torch.no_grad():
+        for n in shared:
+            b.get_parameter(n).copy_(a.get_parameter(n))
+    return [a, b], shared
+
+
+def joint_reference(models: list[torch.nn.Module], inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([m(**inputs).logits.log_softmax(-1) for m in models], dim=-1)
+
+
+@pytest.mark.parametrize("partial", [False, True], ids=["full", "partial"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_joint_logits_are_concatenated_task_log_softmax(kind: str, partial: bool) -> None:
+    models, shared = task_pair(kind, partial)
+    joint = MuDSCJointModel.from_task_models(models, shared, ["a", "b"]).eval()
+    inputs = tiny_inputs(models[0])
+    with torch.no_grad():
+        out = joint(**inputs)
+        raw = joint.task_logits(**inputs)
+    torch.testing.assert_close(out.logits, joint_reference(models, inputs), atol=1e-6, rtol=0)
+    for logits, m in zip(raw, models):
+        with torch.no_grad():
+            torch.testing.assert_close(logits, m(**inputs).logits, atol=1e-6, rtol=0)
+    assert out.logits.shape[-1] == joint.config.num_labels == 5
+    assert joint.config.label_offsets == [0, 3, 5]
+    expected = {"bert-token": TokenClassifierOutput, "bert-seq": SequenceClassifierOutput}.get(kind, ImageClassifierOutput)
+    assert type(out) is expected
+
+
+@pytest.mark.parametrize("partial", [False, True], ids=["full", "partial"])
+def test_save_stores_each_tensor_once_and_round_trips(tmp_path, partial: bool) -> None:
+    models, shared = task_pair("vit-cls", partial)
+    joint = MuDSCJointModel.from_task_models(models, shared, ["a", "b"]).eval()
+    joint.save_pretrained(tmp_path)
+    with safe_open(tmp_path / "model.safetensors", "pt") as f:
+        sizes = {k: f.get_slice(k).get_shape() for k in f.keys()}
+    private = [{n: p for n, p in m.named_parameters() if n not in shared} for m in models]
+    assert len(sizes) == len(shared) + sum(len(p) for p in private)
+    assert sum(int(np.prod(s)) for s in sizes.values()) == sum(
+        models[0].get_parameter(n).numel() for n in shared
+    ) + sum(p.numel() for task in private for p in task.values())
+    models[0].save_pretrained(tmp_path / "task0")  # task 0's tensors are saved under its own checkpoint names
+    with safe_open(tmp_path / "task0" / "model.safetensors", "pt") as f:
+        task0_keys = {f"model.{k}" for k in f.keys()}
+    assert set(sizes) == task0_keys | {f"private.1.{n.replace('.', '__')}" for n in private[1]}
+
+    inputs = tiny_inputs(models[0])
+    reference = joint_reference(models, inputs)
+    for auto in (tf.AutoModel, tf.AutoModelForImageClassification):
+        loaded = auto.from_pretrained(tmp_path).eval()
+        assert type(loaded) is MuDSCJointModel and loaded.config.task_names == ["a", "b"]
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(**inputs).logits, reference, atol=1e-6, rtol=0)
+        assert isinstance(tf.AutoConfig.from_pretrained(tmp_path), MuDSCJointConfig)
+
+
+@pytest.mark.parametrize("kind", ["vit-cls", "bert-seq"])
+def test_task_model_rebuilds_each_standalone_model(tmp_path, kind: str) -> None:
+    models, shared = task_pair(kind, partial=True)
+    MuDSCJointModel.from_task_models(models, shared, ["a", "b"]).save_pretrained(tmp_path)
+    joint = tf.AutoModel.from_pretrained(tmp_path).eval()
+    inputs = tiny_inputs(models[0])
+    for i, m in enumerate(models):
+        task = joint.task_model(i)
+        assert type(task) is type(m) and task.config.id2label == m.config.id2label and not task.training
+        with torch.no_grad():
+            torch.testing.assert_close(task(**inputs).logits, m(**inputs).logits, atol=1e-6, rtol=0)
+        assert all(p.data_ptr() != q.data_ptr() for p, q in zip(task.parameters(), joint.parameters()))
+
+
+def test_colliding_labels_get_task_prefixes() -> None:
+    labels = ({0: "cat", 1: "dog", 2: "bird"}, {0: "dog", 1: "frog"})
+    models, shared = task_pair("vit-cls", labels=labels)
+    joint = MuDSCJointModel.from_task_models(models, shared, ["pets", "pond"])
+    assert joint.config.id2label == {0: "cat", 1: "pets/dog", 2: "bird", 3: "pond/dog", 4: "frog"}
+    assert joint.config.label2id["pond/dog"] == 3
+
+
+def test_labels_give_union_cross_entropy_and_gradients() -> None:
+    models, shared = task_pair("bert-seq")
+    joint = MuDSCJointModel.from_task_models(models, shared, ["a", "b"])
+    inputs = tiny_inputs(models[0])
+    labels = torch.tensor([0, 2, 3, 4])
+    out = joint(**inputs, labels=labels)
+    torch.testing.assert_close(out.loss, torch.nn.functional.cross_entropy(out.logits, labels))
+    out.loss.backward()
+    assert all(p.grad is not None for p in joint.private["1"].values())
+    loss, logits = joint(**inputs, labels=labels, return_dict=False)
+    torch.testing.assert_close(logits, out.logits)
+
+
+def test_refuses_incompatible_tasks() -> None:
+    models, shared = task_pair("vit-cls")
+    other = tiny_model("deit-cls", num_labels=2, dtype=torch.float32)
+    with pytest.raises(ValueError, match="one architecture class"):
+        MuDSCJointModel.from_task_models([models[0], other], shared, ["a", "b"])
+    name = "vit.layers.0.attention.q_proj.weight"
+    with torch.no_grad():
+        models[1].get_parameter(name).add_(1e-3)
+    with pytest.raises(ValueError, match=name):
+        MuDSCJointModel.from_task_models(models, shared, ["a", "b"])
+    models, shared = task_pair("vit-cls")
+    with pytest.raises(ValueError, match="one distinct name"):
+        MuDSCJointModel.from_task_models(models, shared, ["a", "a"])
+    bases = [tiny_model("vit-base", dtype=torch.float32)] * 2
+    with pytest.raises(ValueError, match="task heads"):
+        MuDSCJointModel.from_task_models(bases, {n for n, _ in bases[0].named_parameters()}, ["a", "b"])
+    with pytest.raises(ValueError, match="float64"):
+        MuDSCJointModel.from_task_models([models[0], models[1].double()], set(), ["a", "b"])
+    wider = tiny_model("vit-cls", num_labels=2, dtype=torch.float32, layer_norm_eps=1e-5)
+    with pytest.raises(ValueError, match="layer_norm_eps"):
+        MuDSCJointModel.from_task_models([models[0], wider], set(), ["a", "b"])
+
+
+def test_registration_is_idempotent() -> None:
+    register_auto_classes()
+    register_auto_classes()
+    assert isinstance(tf.AutoConfig.for_model("mudsc-joint"), MuDSCJointConfig)
+
+
+def test_image_classification_pipeline_returns_union_labels(tmp_path) -> None:
+    # The pipeline converts every image to RGB, so this pair has 3 channels.
+    models, shared = task_pair("vit-cls", num_channels=3)
+    joint = MuDSCJointModel.from_task_models(models, shared, ["a", "b"])
+    joint.save_pretrained(tmp_path)
+    processor = tf.ViTImageProcessorPil(size={"height": 16, "width": 16}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    processor.save_pretrained(tmp_path)
+    image = Image.fromarray(np.random.RandomState(0).randint(0, 255, (20, 20)).astype("uint8"), mode="L")
+    predictions = tf.pipeline("image-classification", model=str(tmp_path))(image, top_k=5)
+    assert {p["label"] for p in predictions} == set(joint.config.id2label.values())
+    with torch.no_grad():
+        probs = joint.eval()(**processor(image.convert("RGB"), return_tensors="pt")).logits.softmax(-1)[0]
+    assert predictions[0]["label"] == joint.config.id2label[int(probs.argmax())]
+    assert predictions[0]["score"] == pytest.approx(float(probs.max()), abs=1e-5)
+
+
+def test_text_classification_pipeline_returns_union_labels(tmp_path) -> None:
+    labels = ({0: "sport", 1: "news", 2: "art"}, {0: "pos", 1: "neg"})
+    models, shared = task_pair("bert-seq", labels=labels)
+    MuDSCJointModel.from_task_models(models, shared, ["topic", "sentiment"]).save_pretrained(tmp_path)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(94)]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tf.BertTokenizer(vocab_file=str(tmp_path / "vocab.txt")).save_pretrained(tmp_path)
+    classify = tf.pipeline("text-classification", model=str(tmp_path), tokenizer=str(tmp_path))
+    predictions = classify("w1 w2 w3", top_k=None)
+    assert {p["label"] for p in predictions} == {"sport", "news", "art", "pos", "neg"}
+    assert sum(p["score"] for p in predictions) == pytest.approx(1.0)
+    assert classify(["w5 w7", "w9"])[0]["label"] in {"sport", "news", "art", "pos", "neg"}
