@@ -8,6 +8,7 @@ from conftest import outputs, tiny_inputs, tiny_model
 from hf_mudsc import MuDSCMerger
 from hf_mudsc.config import ConfigError
 from hf_mudsc.loading import ParentError
+from hf_mudsc.statistics import plan_space_groups
 
 
 def calibration(model, n=4, size=8):
@@ -77,3 +78,17 @@ def test_parents_are_checked_before_any_forward_pass():
         MuDSCMerger.from_pretrained([tiny_model("vit-cls"), tiny_model("vit-cls", intermediate_size=48)])
     with pytest.raises(ConfigError, match="exceeds the parents' 2 layers"):
         MuDSCMerger.from_pretrained([tiny_model("vit-cls"), tiny_model("vit-cls", seed=1)], merge_layers=3)
+
+
+def test_memory_budget_splits_the_statistics_into_passes_with_the_same_result():
+    a, b = tiny_model("bert-seq", seed=0), tiny_model("bert-seq", seed=1)
+    one = MuDSCMerger.from_pretrained([a, b], "zipit")
+    one.collect(calibration(a), num_samples=32, progress=False)
+    # the largest space (FFN, 2 x 64 units) needs 8 * 128^2 bytes; allow two of them per pass
+    budget = 2 * 8 * 128**2
+    assert len(plan_space_groups(one.unit_maps, budget)) > 1
+    several = MuDSCMerger.from_pretrained([a, b], "zipit")
+    several.collect(calibration(a), num_samples=32, progress=False, memory_budget_gb=budget / 2**30)
+    assert one._activation.keys() == several._activation.keys()
+    for name, corr in one._activation.items():
+        assert (corr == several._activation[name]).all(), name
