@@ -22,19 +22,22 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
+import datasets
 import numpy as np
 import torch
-import datasets
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
 from PIL import Image as PILImage
+from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
 __all__ = [
     "FASHION_MNIST_CLASSES",
     "FASHION_MNIST_DIR",
     "DIGITS_RECIPE",
+    "FASHION_RECIPE",
     "cached_parent",
     "default_cache_dir",
     "digit_parents",
+    "fashion_parents",
     "image_processor",
     "load_digits_dataset",
     "load_fashion_mnist",
@@ -50,11 +53,16 @@ FASHION_MNIST_CLASSES = (
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )
 # Bump when the training code changes what a recipe produces: old cache entries stop matching.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 # The digit parents: 8x8 images in 2x2 patches (16 patches + CLS), no resizing at all.
 DIGITS_RECIPE: dict[str, Any] = dict(
     image_size=8, patch_size=2, hidden_size=64, layers=4, heads=4, intermediate=128,
-    epochs=40, batch_size=64, lr=2e-3,
+    epochs=40, batch_size=64, lr=1e-3,
+)
+# The Fashion-MNIST parents (DESIGN.md §8): 28x28 images in 7x7 patches, 30000 images a task.
+FASHION_RECIPE: dict[str, Any] = dict(
+    image_size=28, patch_size=7, hidden_size=64, layers=4, heads=4, intermediate=128,
+    epochs=6, batch_size=128, lr=2e-3,
 )
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
@@ -109,7 +117,7 @@ def _idx_file(root: Path, name: str) -> Path:
     for candidate in (root / name, root / f"{name}.gz"):
         if candidate.is_file():
             return candidate
-    listing = sorted(p.name for p in root.iterdir()) if root.is_dir() else []
+    listing = sorted(p.name for p in root.iterdir())
     raise FileNotFoundError(f"{name}[.gz] not found in {root} (it holds: {listing})")
 
 
@@ -177,17 +185,20 @@ def split_classes(dataset: Dataset, groups: Sequence[Sequence[int]]) -> list[Dat
 
 
 # ----------------------------------------------------------------------------------- training
-def image_processor(image_size: int):
-    """The 1-channel image processor of a parent: resize to ``image_size``, scale to [-1, 1]."""
-    from transformers import ViTImageProcessor
+def image_processor(image_size: int) -> ViTImageProcessor:
+    """The image processor of a parent: RGB, resized to ``image_size``, scaled to [-1, 1].
 
+    Grey images become three equal channels: transformers' ``pipeline`` converts every PIL
+    image to RGB before the processor sees it, so a 1-channel model could not be served by it.
+    Resizing to the images' own size is exact (no interpolation).
+    """
     return ViTImageProcessor(
-        do_resize=True, size={"height": image_size, "width": image_size},
-        do_rescale=True, rescale_factor=1 / 255, do_normalize=True, image_mean=[0.5], image_std=[0.5],
+        do_resize=True, size={"height": image_size, "width": image_size}, do_convert_rgb=True,
+        do_rescale=True, rescale_factor=1 / 255, do_normalize=True, image_mean=[0.5] * 3, image_std=[0.5] * 3,
     )
 
 
-def _pixel_values(processor, images: Sequence[PILImage.Image], batch_size: int = 1024) -> torch.Tensor:
+def _pixel_values(processor: ViTImageProcessor, images: Sequence[PILImage.Image], batch_size: int = 1024) -> torch.Tensor:
     """``processor``'s pixel values for ``images``, computed in chunks."""
     chunks = [
         processor(images=list(images[i:i + batch_size]), return_tensors="pt")["pixel_values"]
@@ -212,27 +223,49 @@ def train_vit_parent(
     lr: float,
     weight_decay: float = 0.05,
 ) -> Path:
-    """Train a small 1-channel ``ViTForImageClassification`` on ``train`` from ``seed``; save it.
+    """Train a small ``ViTForImageClassification`` on ``train`` from ``seed``; save it to ``out_dir``.
 
-    The inputs are exactly what the saved image processor produces. AdamW with a one-cycle
-    learning rate (peak ``lr``); the seed fixes the initialisation and the batch order. The
-    folder gets the model, its ``id2label``/``label2id`` (from the ``label`` ClassLabel), and the
-    image processor. Returns ``out_dir``.
+    The model reads RGB (see :func:`image_processor`); its inputs are exactly what the saved
+    image processor produces. AdamW with a one-cycle learning rate (peak ``lr``); the seed
+    fixes the initialisation and the batch order. The folder gets the model, its
+    ``id2label``/``label2id`` (from the ``label`` ClassLabel) and the image processor.
+    Training runs on one CPU thread, so a recipe gives the same weights whatever the core count
+    (and two small models do not fight over the cores). Returns ``out_dir``.
     """
-    from transformers import ViTConfig, ViTForImageClassification
-
     names = train.features["label"].names
     processor = image_processor(image_size)
     pixels = _pixel_values(processor, list(train["image"]))
     labels = torch.tensor(list(train["label"]), dtype=torch.long)
     config = ViTConfig(
-        image_size=image_size, patch_size=patch_size, num_channels=1,
+        image_size=image_size, patch_size=patch_size, num_channels=3,
         hidden_size=hidden_size, num_hidden_layers=layers, num_attention_heads=heads,
         intermediate_size=intermediate, num_labels=len(names),
         id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},
     )
-    torch.manual_seed(seed)
-    model = ViTForImageClassification(config)
+    with _one_thread():
+        torch.manual_seed(seed)
+        model = ViTForImageClassification(config)
+        _fit(model, pixels, labels, seed=seed, epochs=epochs, batch_size=batch_size, lr=lr,
+             weight_decay=weight_decay)
+    out_dir = Path(out_dir)
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    return out_dir
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit(model: torch.nn.Module, pixels: torch.Tensor, labels: torch.Tensor, *, seed: int, epochs: int,
+         batch_size: int, lr: float, weight_decay: float) -> None:
+    """Train ``model`` in place (AdamW, one-cycle LR, batch order from ``seed``); leave it in eval mode."""
     generator = torch.Generator().manual_seed(seed)
     steps_per_epoch = -(-len(labels) // batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -250,10 +283,6 @@ def train_vit_parent(
             optimizer.step()
             schedule.step()
     model.eval()
-    out_dir = Path(out_dir)
-    model.save_pretrained(out_dir)
-    processor.save_pretrained(out_dir)
-    return out_dir
 
 
 # -------------------------------------------------------------------------------------- cache
@@ -334,4 +363,17 @@ def digit_parents(
     return task_parents(
         data, [range(5), range(5, 10)], seeds, DIGITS_RECIPE,
         {"name": "sklearn-digits", "test_size": 0.25, "split_seed": 0}, cache_dir,
+    )
+
+
+def fashion_parents(
+    root: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    seeds: Sequence[int] = (0, 1),
+) -> tuple[list[Path], list[Dataset]]:
+    """The benchmark pair: two ViTs trained from ``seeds`` on Fashion-MNIST classes 0-4 and
+    5-9 (cached; a few minutes each on one core). Returns their folders and the test sets."""
+    data = load_fashion_mnist(root)
+    return task_parents(
+        data, [range(5), range(5, 10)], seeds, FASHION_RECIPE, {"name": "fashion-mnist"}, cache_dir,
     )
