@@ -14,8 +14,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 # Recipe fields: (type, help). The same names serve the command line and YAML recipes.
 MERGE_FIELDS: dict[str, tuple[Any, str]] = {
@@ -60,9 +61,16 @@ class CLIError(ValueError):
     """Bad command-line input."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line, like every other error (``--help`` still prints the usage)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"hf-mudsc: error: {' '.join(message.split())} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hf-mudsc", description="Merge models trained from different "
-                                     "initialisations, without training (MuDSC, ZipIt!, Git Re-Basin).")
+    parser = _Parser(prog="hf-mudsc", description="Merge models trained from different "
+                     "initialisations, without training (MuDSC, ZipIt!, Git Re-Basin).")
     sub = parser.add_subparsers(dest="command", required=True)
 
     merge = sub.add_parser("merge", help="merge two or more models")
@@ -94,9 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
-        return {"merge": _merge, "apply": _apply, "push": _push, "demo": _demo}[args.command](args)
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # --help (0) or a usage error (2, its one line already printed)
+        return done.code if isinstance(done.code, int) else 0 if done.code is None else 2
+    try:
+        with _progress_bars(_interactive()):
+            return {"merge": _merge, "apply": _apply, "push": _push, "demo": _demo}[args.command](args)
     except KeyboardInterrupt:
         print("hf-mudsc: interrupted; nothing was written", file=sys.stderr)
         return 130
@@ -106,6 +118,59 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = " ".join(str(err).split()) or type(err).__name__
         print(f"hf-mudsc: error: {message}", file=sys.stderr)
         return 2
+
+
+def _interactive() -> bool:
+    """Progress bars only on a terminal: in logs and pipes they are noise around the one-line errors."""
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+@contextmanager
+def _progress_bars(enabled: bool) -> Iterator[None]:
+    """Turn the progress bars of transformers, huggingface_hub and datasets off (unless ``enabled``),
+    and restore their previous state afterwards (``main`` may run inside a Python process)."""
+    if enabled:
+        yield
+        return
+    import datasets
+    import huggingface_hub.utils as hub_utils
+    from transformers.utils import logging as tf_logging
+
+    before = (tf_logging.is_progress_bar_enabled(), hub_utils.are_progress_bars_disabled(),
+              datasets.is_progress_bar_enabled())
+    tf_logging.disable_progress_bar()
+    hub_utils.disable_progress_bars()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if before[0]:
+            tf_logging.enable_progress_bar()
+        (hub_utils.disable_progress_bars if before[1] else hub_utils.enable_progress_bars)()
+        if before[2]:
+            datasets.enable_progress_bars()
+
+
+def _check_types(path: str, data: dict[str, Any]) -> None:
+    """Recipe values must have the type of their command-line option."""
+    for fields in (MERGE_FIELDS, DATA_FIELDS, LOAD_FIELDS, OUTPUT_FIELDS):
+        for name, (kind, _) in fields.items():
+            value = data.get(name)
+            ok = (value is None or (kind is str and isinstance(value, str))
+                  or (name == "max_shard_size" and isinstance(value, int) and not isinstance(value, bool))
+                  or (kind is int and isinstance(value, int) and not isinstance(value, bool))
+                  or (kind is float and isinstance(value, (int, float)) and not isinstance(value, bool)))
+            if not ok:
+                raise CLIError(f"recipe '{path}': field '{name}' must be {kind.__name__}, got {value!r}")
+    for name in FLAGS:
+        if name in data and not isinstance(data[name], bool):
+            raise CLIError(f"recipe '{path}': field '{name}' must be true or false, got {data[name]!r}")
+    models = data.get("models")
+    if models is not None and not (isinstance(models, list) and all(isinstance(m, str) for m in models)):
+        raise CLIError(f"recipe '{path}': 'models' must be a list of Hub ids or folders, got {models!r}")
 
 
 def load_recipe(path: str) -> dict[str, Any]:
@@ -125,7 +190,22 @@ def load_recipe(path: str) -> dict[str, Any]:
         raise CLIError(f"recipe '{path}' has unknown fields: {', '.join(unknown)} (known: {', '.join(sorted(RECIPE_KEYS))})")
     if "token" in data:
         raise CLIError(f"recipe '{path}' holds a token: keep secrets out of recipes (use --token or HF_TOKEN)")
-    return {k.replace("-", "_"): v for k, v in data.items()}
+    data = {k.replace("-", "_"): v for k, v in data.items()}
+    _check_types(path, data)
+    return data
+
+
+def shard_size_of(value: Any) -> int | str:
+    """``max_shard_size`` as huggingface_hub takes it: a byte count (int) or a size such as 500MB.
+    Checked before any work (a bad value would otherwise fail only when the folder is written)."""
+    import re
+
+    text = str(value).strip()
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    if not re.fullmatch(r"(?i)\d+(\.\d+)?\s*[KMGT]B", text) or float(re.match(r"[\d.]+", text)[0]) <= 0:
+        raise CLIError(f"max_shard_size must be a byte count or a size such as 500MB or 2GB, got '{value}'")
+    return text
 
 
 def _merge(args: argparse.Namespace) -> int:
@@ -140,6 +220,7 @@ def _merge(args: argparse.Namespace) -> int:
         raise CLIError("give at least two models to merge (positional MODEL arguments or 'models:' in the recipe)")
     if not recipe.get("out"):
         raise CLIError("give an output folder with --out")
+    shard_size = shard_size_of(recipe.get("max_shard_size", "5GB"))
     merge_config = {k: recipe[k] for k in MERGE_FIELDS if k in recipe}
     load = {k: recipe[k] for k in LOAD_FIELDS if k in recipe}
     check_output_dir(recipe["out"], overwrite=bool(recipe.get("overwrite")), protected=models)
@@ -153,9 +234,10 @@ def _merge(args: argparse.Namespace) -> int:
                            "(or use --method weight-matching)")
         data = load_calibration_dataset(recipe["dataset"], recipe.get("split"), token=args.token)
     result = merger.merge(data, num_samples=int(recipe.get("num_samples", 256)),
-                          batch_size=int(recipe.get("batch_size", 16)), column=recipe.get("column"))
+                          batch_size=int(recipe.get("batch_size", 16)), column=recipe.get("column"),
+                          progress=_interactive())
     out = result.save_pretrained(recipe["out"], overwrite=bool(recipe.get("overwrite")),
-                                 max_shard_size=recipe.get("max_shard_size", "5GB"))
+                                 max_shard_size=shard_size)
     print(f"merged {len(models)} models with {merger.config.method} into {out}")
     if recipe.get("push_to_hub"):
         from .io.hub import push_folder
@@ -210,6 +292,8 @@ def load_calibration_dataset(source: str, split: str | None = None, token: str |
     except CLIError:
         raise
     except Exception as err:  # datasets raises many kinds; keep one line
+        if _holds_no_rows(path):  # datasets fails on empty files and empty save_to_disk folders
+            raise CLIError(f"the calibration dataset '{source}' is empty") from None
         raise CLIError(f"cannot load dataset '{source}': {' '.join(str(err).split())[:300]}") from None
     if isinstance(data, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         name = split or ("train" if "train" in data else next(iter(data)))
@@ -217,6 +301,21 @@ def load_calibration_dataset(source: str, split: str | None = None, token: str |
             raise CLIError(f"dataset '{source}' has no split '{name}' (splits: {', '.join(data)})")
         data = data[name]
     return data
+
+
+def _holds_no_rows(path: Path) -> bool:
+    """A local file with no line beyond a header, or a save_to_disk folder without data files."""
+    import json
+
+    try:
+        if path.is_file():
+            with open(path, "rb") as f:
+                lines = [line for _, line in zip(range(3), f) if line.strip()]
+            return len(lines) <= (1 if path.suffix.lower() == ".csv" else 0)
+        state = path / "state.json"
+        return state.is_file() and json.loads(state.read_text()).get("_data_files") == []
+    except (OSError, ValueError):
+        return False
 
 
 if __name__ == "__main__":  # pragma: no cover

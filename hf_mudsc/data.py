@@ -32,8 +32,11 @@ class Calibration:
     world_size: int = 1
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        if self.column is None:  # ready batches of model inputs
-            yield from _ready_batches(self.source, self.num_samples)
+        if self.column is None:  # ready batches of model inputs; in multi-process runs batch j goes to rank j % W
+            batches = _ready_batches(self.source, self.num_samples)
+            if self.world_size > 1 and not _prepared_by_accelerate(self.source):
+                batches = islice(batches, self.rank, None, self.world_size)
+            yield from batches
             return
         rows = islice(iter(self.source), self.rank, self.num_samples, self.world_size)
         while True:
@@ -131,6 +134,15 @@ def _ready_batches(source: Iterable, num_samples: int) -> Iterator[dict[str, tor
         seen += len(next(iter(batch.values())))
         if seen >= num_samples:
             return
+
+
+def _prepared_by_accelerate(source: Any) -> bool:
+    """A loader from ``accelerator.prepare`` is sharded already (``num_samples`` then counts per rank)."""
+    try:
+        from accelerate.data_loader import DataLoaderStateMixin
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(source, DataLoaderStateMixin)
 
 
 def _as_rgb_or_gray(value: Any, processor: Any) -> Any:

@@ -56,6 +56,7 @@ def load_parent(
         name = getattr(source, "name_or_path", "") or type(source).__name__
         return Parent(str(name), source.eval(), unit_map_of(source), None)
     name = str(source)
+    _check_local(name)
     hub = dict(revision=revision, token=token, trust_remote_code=trust_remote_code)
     try:
         config = AutoConfig.from_pretrained(name, **hub)
@@ -65,13 +66,32 @@ def load_parent(
     try:
         model = cls.from_pretrained(name, config=config, device_map=device_map, dtype=torch_dtype,
                                     use_safetensors=None if allow_pickle else True, **hub)
-    except (OSError, ValueError, RuntimeError) as err:
-        hint = " (pickle checkpoints are refused; pass allow_pickle=True if you trust them)" \
-            if "safetensors" in str(err).lower() and not allow_pickle else ""
+    except Exception as err:  # safetensors raises its own SafetensorError on a truncated file
+        if type(err).__name__ == "SafetensorError":
+            hint = " (the safetensors file is truncated or corrupt)"
+        elif "safetensors" in str(err).lower() and not allow_pickle:
+            hint = " (pickle checkpoints are refused; pass allow_pickle=True if you trust them)"
+        else:
+            hint = ""
         raise ParentError(f"cannot load the weights of parent '{name}': {_first_line(err)}{hint}") from None
     model.eval()
+    _check_in_memory(name, model)
     _check_finite(name, model)
     return Parent(name, model, unit_map_of(model), _load_processor(name, model, hub))
+
+
+def _check_local(name: str) -> None:
+    """A name that can only be a local path must be a folder with a config.json (else the Hub
+    client answers with a confusing message about repo id syntax)."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ParentError(f"parent folder '{name}' has no config.json: not a saved transformers model")
+        return
+    if path.exists():
+        raise ParentError(f"parent '{name}' is a file, not a model folder")
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name:
+        raise ParentError(f"parent folder '{name}' not found")
 
 
 def check_compatible(parents: Sequence[Parent]) -> None:
@@ -130,6 +150,16 @@ def _load_processor(name: str, model: PreTrainedModel, hub: dict) -> Any:
         return loader.from_pretrained(name, **hub)
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def _check_in_memory(name: str, model: torch.nn.Module) -> None:
+    """Merging reads every weight: parameters offloaded by a ``device_map`` (left on the meta
+    device, e.g. with ``"disk"`` entries) cannot be merged."""
+    offloaded = [n for n, p in model.named_parameters() if p.device.type == "meta"]
+    if offloaded:
+        raise ParentError(f"parent '{name}' has {len(offloaded)} parameters offloaded by its device_map "
+                          f"(e.g. '{offloaded[0]}'); merging needs every weight on a device: use a device_map "
+                          "without 'disk' entries")
 
 
 def _check_finite(name: str, model: torch.nn.Module) -> None:

@@ -17,7 +17,7 @@ from .data import Calibration, calibration
 from .loading import Parent, check_compatible, load_parent
 from .similarity import weight_similarity
 from .solve.descent import SolveSettings, coordinate_descent, solve_units
-from .statistics import collect_statistics
+from .statistics import collect_statistics, plan_space_groups
 from .transforms import TRANSFORMS_NAME, SpaceTransform, Transforms, identity_transforms, load_transforms
 from .unitmaps.spaces import UnitMap
 
@@ -85,19 +85,31 @@ class MuDSCMerger:
         column: str | None = None,
         accelerator: Any = None,
         progress: bool = True,
+        memory_budget_gb: float | None = None,
     ) -> None:
-        """Stream calibration data through every parent once and keep each merged space's
-        activation correlation (all that a later :meth:`solve` needs from the data)."""
+        """Stream calibration data through every parent and keep each merged space's activation
+        correlation (all that a later :meth:`solve` needs from the data).
+
+        One pass, or several when the float64 accumulators of all spaces would exceed
+        ``memory_budget_gb``: spaces are then collected in groups that fit, one pass per group.
+        """
         first = self.parents[0]
         calib = calibration(data, first.processor, first.modality, num_samples=num_samples,
                             batch_size=batch_size, column=column)
         if accelerator is not None and accelerator.num_processes > 1:
             calib = dataclasses.replace(calib, rank=accelerator.process_index, world_size=accelerator.num_processes)
         maps = [_residual_sites(m, self.config.residual_layers) for m in self.unit_maps]
-        moments = collect_statistics([p.model for p in self.parents], maps, calib,
-                                     spaces=self.merged_spaces(), seed=self.config.seed,
-                                     max_tokens_per_batch=self.config.max_tokens_per_batch,
-                                     progress=progress, accelerator=accelerator)
+        merged = self.merged_spaces()
+        groups = [merged]
+        if memory_budget_gb is not None:
+            planned = plan_space_groups(maps, int(memory_budget_gb * 2**30))
+            groups = [g for g in ([n for n in group if n in merged] for group in planned) if g]
+        moments = {}
+        for group in groups:
+            moments.update(collect_statistics([p.model for p in self.parents], maps, calib, spaces=group,
+                                              seed=self.config.seed,
+                                              max_tokens_per_batch=self.config.max_tokens_per_batch,
+                                              progress=progress, accelerator=accelerator))
         samples = {name: m.n for name, m in moments.items()}
         if not samples or min(samples.values()) == 0:
             raise ValueError("the calibration data gave no samples (all padding, or empty batches)")
@@ -255,7 +267,10 @@ class MergeResult:
 
 def reapply(folder: str | Path, **load: Any) -> MergeResult:
     """Re-apply a saved merge (recipe + transforms) to its parents, without any data."""
-    recipe = json.loads(Path(folder, RECIPE_NAME).read_text())
+    path = Path(folder, RECIPE_NAME)
+    if not path.is_file() or not Path(folder, TRANSFORMS_NAME).is_file():
+        raise ValueError(f"'{folder}' is not a merge folder: it needs {RECIPE_NAME} and {TRANSFORMS_NAME}")
+    recipe = json.loads(path.read_text())
     config = MergeConfig.from_dict(recipe["config"])
     merger = MuDSCMerger.from_pretrained(recipe["parents"], **load, **_config_kwargs(config))
     result = merger.apply(load_transforms(str(Path(folder, TRANSFORMS_NAME))), config, recipe.get("report"))

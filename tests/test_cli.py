@@ -1,0 +1,332 @@
+"""The ``hf-mudsc`` command: ``merge`` (data from a save_to_disk folder, .csv, .jsonl; a YAML recipe),
+``apply``, ``push`` and ``merge --push-to-hub`` against a fake Hub, and its errors: one line on
+stderr, a non-zero exit, and nothing written."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub import ModelCard, constants
+
+from conftest import tiny_model
+from hf_mudsc import MuDSCMerger
+from hf_mudsc.cli import load_calibration_dataset, main
+from hub_server import FakeHub
+from parents_on_disk import (
+    BERT_LABELS,
+    VOCAB,
+    all_weight_bytes,
+    bert_parents,
+    image_processor,
+    save_bert,
+    save_gpt2,
+    save_image_data,
+    save_text_data,
+    tree,
+    vit_parents,
+)
+
+TOKEN = "hf_" + "CliToken0123456789" * 2
+N = 12
+TEXT_ARGS = ["--num-samples", str(N), "--batch-size", "4", "--method", "zipit", "--zip-budget", "0.2"]
+IMAGE_ARGS = ["--num-samples", str(N), "--batch-size", "4", "--method", "mudsc", "--alpha", "0.5", "--max-sweeps", "2"]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> dict[str, Path]:
+    """Parents, broken parents, data sets and recipes; no command may change anything here."""
+    root = tmp_path_factory.mktemp("inputs")
+    p: dict[str, Path] = {"root": root}
+    p["vit0"], p["vit1"] = vit_parents(root)
+    p["bert0"], p["bert1"] = bert_parents(root)
+    text = save_text_data(root / "data")
+    p.update(text_disk=text["disk"], csv=text["csv"], jsonl=text["jsonl"], image_disk=save_image_data(root / "data"))
+    # a text column that is not found by name: --column is needed
+    p["body_csv"] = root / "data" / "body.csv"
+    p["body_csv"].write_text(text["csv"].read_text().replace("text,label", "body,label", 1))
+    from datasets import Dataset, Features, Image
+
+    Dataset.from_dict({"image": []}, features=Features({"image": Image()})).save_to_disk(str(root / "data" / "empty"))
+    p["empty_disk"] = root / "data" / "empty"
+    p["empty_csv"] = root / "data" / "empty.csv"
+    p["empty_csv"].write_text("text,label\n")
+    # broken or unsuitable parents
+    p["corrupt"] = root / "corrupt"
+    shutil.copytree(p["vit1"], p["corrupt"])
+    weights = p["corrupt"] / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    other_vocab = VOCAB[:5] + [w + "x" for w in VOCAB[5:]]
+    p["bert_vocab"] = save_bert(root / "bert_vocab", 1, list(BERT_LABELS[1]), words=other_vocab)
+    p["gpt2"] = save_gpt2(root / "gpt2")
+    nan = tiny_model("vit-cls", seed=1, num_labels=2, dtype=torch.float32, num_channels=3)
+    with torch.no_grad():
+        nan.get_parameter("vit.layers.1.mlp.fc1.weight")[3, 2] = float("nan")
+    nan.save_pretrained(root / "nan")
+    image_processor().save_pretrained(root / "nan")
+    p["nan"] = root / "nan"
+    p["no_config"] = root / "no_config"
+    p["no_config"].mkdir()
+    (p["no_config"] / "model.safetensors").write_bytes(b"x")
+    # recipes
+    p["unknown_yaml"] = root / "unknown.yaml"
+    p["unknown_yaml"].write_text(f"models: [{p['vit0']}, {p['vit1']}]\ndataset: {p['image_disk']}\nbogus: 1\n")
+    p["token_yaml"] = root / "token.yaml"
+    p["token_yaml"].write_text(f"models: [{p['vit0']}, {p['vit1']}]\ndataset: {p['image_disk']}\ntoken: {TOKEN}\n")
+    p["typed_yaml"] = root / "typed.yaml"
+    p["typed_yaml"].write_text(f"models: {p['vit0']}\ndataset: {p['image_disk']}\n")
+    return p
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def python_merge(parents, data, **settings):
+    return MuDSCMerger.from_pretrained([str(p) for p in parents], **settings).merge(
+        data, num_samples=N, batch_size=4, progress=False)
+
+
+def result_folder_bytes(result, folder: Path) -> dict[str, dict[str, bytes]]:
+    result.save_pretrained(folder)
+    return all_weight_bytes(folder)
+
+
+# --------------------------------------------------------------------------- merge
+def test_merge_images_from_a_save_to_disk_folder_equals_the_python_api(inputs, tmp_path, capsys):
+    from transformers.utils import logging as tf_logging
+
+    bars = tf_logging.is_progress_bar_enabled()
+    out = tmp_path / "merged"
+    code, stdout, stderr = run(capsys, "merge", inputs["vit0"], inputs["vit1"], "--dataset", inputs["image_disk"],
+                               *IMAGE_ARGS, "--out", out)
+    assert (code, stderr) == (0, "")  # no progress bars when stderr is not a terminal
+    assert stdout.strip() == f"merged 2 models with mudsc into {out}"
+    assert tf_logging.is_progress_bar_enabled() == bars  # the library's state is restored
+    import datasets
+
+    expected = python_merge([inputs["vit0"], inputs["vit1"]], datasets.load_from_disk(str(inputs["image_disk"])),
+                            method="mudsc", alpha=0.5, max_sweeps=2)
+    assert all_weight_bytes(out) == result_folder_bytes(expected, tmp_path / "python")
+    card = ModelCard.load(out / "README.md").data
+    assert card.pipeline_tag == "image-classification" and "mudsc" in card.tags
+
+
+@pytest.fixture(scope="module")
+def text_merge(inputs, tmp_path_factory) -> Path:
+    """The text parents merged from the save_to_disk folder, in process."""
+    out = tmp_path_factory.mktemp("text") / "merged"
+    assert main(["merge", str(inputs["bert0"]), str(inputs["bert1"]), "--dataset", str(inputs["text_disk"]),
+                 *TEXT_ARGS, "--out", str(out)]) == 0
+    return out
+
+
+@pytest.mark.parametrize("source,extra", [("csv", ["--split", "train"]), ("jsonl", ["--column", "text"]),
+                                          ("body_csv", ["--column", "body"])])
+def test_merge_text_from_csv_and_jsonl_files(inputs, text_merge, tmp_path, capsys, source, extra):
+    out = tmp_path / "merged"
+    code, _, stderr = run(capsys, "merge", inputs["bert0"], inputs["bert1"], "--dataset", inputs[source],
+                          *TEXT_ARGS, *extra, "--out", out)
+    assert (code, stderr) == (0, "")
+    assert all_weight_bytes(out) == all_weight_bytes(text_merge)  # the same sentences, read from another format
+    column = "body" if source == "body_csv" else "text"
+    import json
+
+    assert json.loads((out / "merge_recipe.json").read_text())["calibration"]["column"] == column
+
+
+def test_column_is_needed_when_not_found_by_name(inputs, tmp_path, capsys):
+    code, _, stderr = run(capsys, "merge", inputs["bert0"], inputs["bert1"], "--dataset", inputs["body_csv"],
+                          *TEXT_ARGS, "--out", tmp_path / "merged")
+    assert code == 2 and stderr.startswith("hf-mudsc: error: no text column found among body, label")
+    assert not (tmp_path / "merged").exists()
+
+
+def test_yaml_recipe_and_command_line_values_win(inputs, text_merge, tmp_path, capsys, monkeypatch):
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        f"models: [{inputs['bert0']}, {inputs['bert1']}]\ndataset: {inputs['jsonl']}\nsplit: train\n"
+        "num_samples: 20\nbatch_size: 4\nmethod: zipit\nzip_budget: 0.2\nout: from-yaml\nmax_shard_size: 20000\n")
+    code, stdout, stderr = run(capsys, "merge", "--config", recipe, "--num-samples", N, "--out", "from-cli")
+    assert (code, stderr) == (0, "")
+    assert not (tmp_path / "from-yaml").exists()
+    saved = json.loads((tmp_path / "from-cli" / "merge_recipe.json").read_text())
+    assert saved["config"]["method"] == "zipit" and saved["config"]["zip_budget"] == 0.2  # from the recipe
+    assert saved["calibration"]["num_samples"] == N  # from the command line
+    assert all_weight_bytes(tmp_path / "from-cli") == all_weight_bytes(text_merge)
+    assert len(list((tmp_path / "from-cli").glob("model-*-of-*.safetensors"))) > 2  # max_shard_size from the recipe
+    # the recipe alone: its own values
+    code, _, stderr = run(capsys, "merge", "--config", recipe)
+    assert (code, stderr) == (0, "")
+    assert json.loads((tmp_path / "from-yaml" / "merge_recipe.json").read_text())["calibration"]["num_samples"] == 20
+
+
+def test_apply_gives_byte_identical_weights(text_merge, tmp_path, capsys):
+    code, stdout, stderr = run(capsys, "apply", text_merge, "--out", tmp_path / "again")
+    assert (code, stderr) == (0, "")
+    assert "re-applied" in stdout
+    assert all_weight_bytes(tmp_path / "again") == all_weight_bytes(text_merge)
+    assert (tmp_path / "again" / "README.md").read_text() == (text_merge / "README.md").read_text()
+
+
+def test_non_empty_output_is_refused_without_overwrite_and_replaced_with_it(inputs, text_merge, tmp_path, capsys):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    argv = ["merge", inputs["bert0"], inputs["bert1"], "--dataset", inputs["text_disk"], *TEXT_ARGS, "--out", out]
+    code, _, stderr = run(capsys, *argv)
+    assert code == 2 and stderr.count("\n") == 1 and "not empty" in stderr and "--overwrite" in stderr
+    assert tree(out) == {"old.txt": b"old"} and sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+    code, _, stderr = run(capsys, *argv, "--overwrite")
+    assert (code, stderr) == (0, "")
+    assert "old.txt" not in tree(out) and all_weight_bytes(out) == all_weight_bytes(text_merge)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+
+
+# --------------------------------------------------------------------------- the Hub
+@pytest.fixture
+def hub(monkeypatch):
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    with FakeHub() as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        monkeypatch.setattr(constants, "ENDPOINT", server.url)
+        yield server
+
+
+def check_one_commit(hub: FakeHub, repo: str, folder: Path) -> None:
+    assert [c.repo_id for c in hub.commits] == [repo]
+    files = hub.commits[0].files
+    assert files == tree(folder)
+    assert {"README.md", "config.json", "model.safetensors", "merge_recipe.json", "tasks/0/model.safetensors",
+            "tasks/1/tokenizer.json"} <= files.keys()
+    assert ModelCard(files["README.md"].decode()).data.base_model_relation == "merge"
+    # every repo call carries the token; huggingface_hub's own unauthenticated registry fetch
+    # (GET /api/agent-harnesses, answered 404 here) carries none
+    repo_calls = [r for r in hub.requests if r.method == "POST"]
+    assert [r.path for r in repo_calls][0] == "/api/repos/create" and repo_calls[-1].path.endswith("/commit/main")
+    assert all(r.headers.get("authorization") == f"Bearer {TOKEN}" for r in repo_calls)
+    assert all(r.headers.get("authorization") in (None, f"Bearer {TOKEN}") for r in hub.requests)
+    assert not any(TOKEN.encode() in content for content in files.values())
+
+
+def test_push_uploads_the_folder_in_one_commit(text_merge, hub, capsys):
+    code, stdout, stderr = run(capsys, "push", text_merge, "me/merged", "--token", TOKEN)
+    assert (code, stderr) == (0, "")
+    assert stdout.strip().startswith(f"pushed to {hub.url}/me/merged/commit/")
+    check_one_commit(hub, "me/merged", text_merge)
+    assert TOKEN not in stdout
+
+
+def test_merge_with_push_to_hub(inputs, hub, tmp_path, capsys):
+    out = tmp_path / "merged"
+    code, stdout, stderr = run(capsys, "merge", inputs["bert0"], inputs["bert1"], "--dataset", inputs["csv"],
+                               *TEXT_ARGS, "--out", out, "--push-to-hub", "me/pushed", "--private", "--token", TOKEN)
+    assert (code, stderr) == (0, "")
+    assert out.is_dir() and f"pushed to {hub.url}/me/pushed/commit/" in stdout
+    check_one_commit(hub, "me/pushed", out)
+    assert hub.repos["me/pushed"].visibility == "private"
+
+
+# --------------------------------------------------------------------------- errors
+def merge(*parents_and_options):
+    return ["merge", *parents_and_options]
+
+
+ERRORS = {
+    "missing parent": (lambda p, o: merge(p["root"] / "nope", p["vit1"], "--dataset", p["image_disk"], "--out", o),
+                       ["parent folder", "nope", "not found"]),
+    "folder without config": (lambda p, o: merge(p["no_config"], p["vit1"], "--dataset", p["image_disk"], "--out", o),
+                              ["no config.json"]),
+    "truncated weights": (lambda p, o: merge(p["vit0"], p["corrupt"], "--dataset", p["image_disk"], "--out", o),
+                          ["cannot load the weights of parent", "corrupt", "truncated or corrupt"]),
+    "different families": (lambda p, o: merge(p["vit0"], p["bert1"], "--dataset", p["image_disk"], "--out", o),
+                           ["different families", "vit", "bert"]),
+    "different tokenizers": (lambda p, o: merge(p["bert0"], p["bert_vocab"], "--dataset", p["text_disk"], "--out", o),
+                             ["different tokenizers", "bert_vocab"]),
+    "one parent": (lambda p, o: merge(p["vit0"], "--dataset", p["image_disk"], "--out", o), ["at least two models"]),
+    "unsupported architecture": (lambda p, o: merge(p["gpt2"], p["vit1"], "--dataset", p["image_disk"], "--out", o),
+                                 ["'gpt2' is not supported", "bert", "vit", "register_unit_map"]),
+    "dataset missing": (lambda p, o: merge(p["vit0"], p["vit1"], "--dataset", p["root"] / "no-data", "--out", o),
+                        ["dataset", "no-data", "not found"]),
+    "no dataset": (lambda p, o: merge(p["vit0"], p["vit1"], "--out", o), ["needs calibration data", "--dataset"]),
+    "wrong modality": (lambda p, o: merge(p["vit0"], p["vit1"], "--dataset", p["text_disk"], "--out", o),
+                       ["take image input", "text column 'text'"]),
+    "missing column": (lambda p, o: merge(p["vit0"], p["vit1"], "--dataset", p["image_disk"], "--column", "photo",
+                                          "--out", o), ["no column 'photo'", "image, label"]),
+    "empty save_to_disk": (lambda p, o: merge(p["vit0"], p["vit1"], "--dataset", p["empty_disk"], "--out", o),
+                           ["is empty"]),
+    "empty csv": (lambda p, o: merge(p["bert0"], p["bert1"], "--dataset", p["empty_csv"], "--out", o), ["is empty"]),
+    "too few examples": (lambda p, o: merge(p["vit0"], p["vit1"], "--dataset", p["image_disk"], "--num-samples", 25,
+                                            "--out", o), ["24 examples, fewer than num_samples=25"]),
+    "alpha 1.5": (lambda p, o: merge(p["vit0"], p["vit1"], "--dataset", p["image_disk"], "--alpha", 1.5, "--out", o),
+                  ["alpha must be in [0, 1], got 1.5"]),
+    "alpha not a number": (lambda p, o: merge(p["vit0"], p["vit1"], "--alpha", "half", "--out", o),
+                           ["argument --alpha: invalid float value: 'half'"]),
+    "bad shard size": (lambda p, o: merge(p["vit0"], p["vit1"], "--dataset", p["image_disk"], "--max-shard-size",
+                                          "lots", "--out", o), ["max_shard_size must be a byte count", "'lots'"]),
+    "merge layers 99": (lambda p, o: merge(p["vit0"], p["vit1"], "--dataset", p["image_disk"], "--merge-layers", 99,
+                                           "--out", o), ["merge_layers=99 exceeds the parents' 2 layers"]),
+    "zip budget -1": (lambda p, o: merge(p["vit0"], p["vit1"], "--dataset", p["image_disk"], "--zip-budget", -1,
+                                         "--out", o), ["zip_budget must be in [0, 1]"]),
+    "num samples 0": (lambda p, o: merge(p["vit0"], p["vit1"], "--dataset", p["image_disk"], "--num-samples", 0,
+                                         "--out", o), ["num_samples must be a positive integer, got 0"]),
+    "NaN weights": (lambda p, o: merge(p["vit0"], p["nan"], "--dataset", p["image_disk"], "--out", o),
+                    ["NaN or infinite", "'vit.layers.1.mlp.fc1.weight'"]),
+    "output is a parent": (lambda p, o: merge(p["vit0"], p["vit1"], "--dataset", p["image_disk"], "--out", p["vit0"],
+                                              "--overwrite"), ["input folder"]),
+    "output inside a parent": (lambda p, o: merge(p["vit0"], p["vit1"], "--dataset", p["image_disk"],
+                                                  "--out", p["vit1"] / "merged"), ["input folder"]),
+    "no output": (lambda p, o: merge(p["vit0"], p["vit1"], "--dataset", p["image_disk"]), ["--out"]),
+    "unknown YAML field": (lambda p, o: ["merge", "--config", p["unknown_yaml"], "--out", o],
+                           ["unknown fields: bogus"]),
+    "token in YAML": (lambda p, o: ["merge", "--config", p["token_yaml"], "--out", o], ["holds a token"]),
+    "YAML models not a list": (lambda p, o: ["merge", "--config", p["typed_yaml"], "--out", o],
+                               ["'models' must be a list"]),
+    "missing YAML": (lambda p, o: ["merge", "--config", p["root"] / "none.yaml", "--out", o], ["cannot read recipe"]),
+    "apply a folder that is no merge": (lambda p, o: ["apply", p["vit0"], "--out", o], ["not a merge folder"]),
+    "push a missing folder": (lambda p, o: ["push", p["root"] / "nope", "me/repo"], ["is not a folder"]),
+}
+
+
+@pytest.mark.parametrize("case", list(ERRORS))
+def test_errors_are_one_line_and_write_nothing(inputs, tmp_path, capsys, case):
+    argv, fragments = ERRORS[case]
+    before = tree(inputs["root"])
+    out = tmp_path / "outputs" / "merged"  # not even its parent folder may appear
+    code, stdout, stderr = run(capsys, *argv(inputs, out))
+    assert code == 2
+    lines = stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hf-mudsc: error: "), stderr
+    assert "Traceback" not in stderr and TOKEN not in stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+    assert not (tmp_path / "outputs").exists()
+    assert list(tmp_path.iterdir()) == []
+    assert tree(inputs["root"]) == before  # no output, no temporary folder, parents and data untouched
+
+
+def test_load_calibration_dataset_reads_every_local_format(inputs):
+    texts = [list(load_calibration_dataset(str(inputs[k]), "train")["text"]) for k in ("text_disk", "csv", "jsonl")]
+    assert texts[0] == texts[1] == texts[2] and len(texts[0]) == 24
+
+
+# --------------------------------------------------------------------------- the console script
+def test_console_script_runs_in_a_subprocess(inputs, text_merge, tmp_path):
+    script = Path(sys.executable).with_name("hf-mudsc")
+    command = [str(script)] if script.is_file() else [sys.executable, "-m", "hf_mudsc.cli"]
+    out = tmp_path / "merged"
+    done = subprocess.run([*command, "merge", str(inputs["bert0"]), str(inputs["bert1"]), "--dataset",
+                           str(inputs["jsonl"]), *TEXT_ARGS, "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"merged 2 models with zipit into {out}"
+    assert "Traceback" not in done.stderr and "Loading weights" not in done.stderr
+    assert all_weight_bytes(out) == all_weight_bytes(text_merge)
