@@ -233,9 +233,14 @@ def _merge(args: argparse.Namespace) -> int:
             raise CLIError(f"method '{merger.config.method}' needs calibration data: give --dataset "
                            "(or use --method weight-matching)")
         data = load_calibration_dataset(recipe["dataset"], recipe.get("split"), token=args.token)
+    accelerator = _launched_accelerator()
     result = merger.merge(data, num_samples=int(recipe.get("num_samples", 256)),
                           batch_size=int(recipe.get("batch_size", 16)), column=recipe.get("column"),
-                          progress=_interactive())
+                          progress=_interactive(), accelerator=accelerator)
+    if accelerator is not None:  # every rank streamed its shard; only the main one writes and pushes
+        accelerator.wait_for_everyone()
+        if not accelerator.is_main_process:
+            return 0
     out = result.save_pretrained(recipe["out"], overwrite=bool(recipe.get("overwrite")),
                                  max_shard_size=shard_size)
     print(f"merged {len(models)} models with {merger.config.method} into {out}")
@@ -245,6 +250,15 @@ def _merge(args: argparse.Namespace) -> int:
         url = push_folder(out, recipe["push_to_hub"], token=args.token, private=recipe.get("private"))
         print(f"pushed to {url}")
     return 0
+
+
+def _launched_accelerator():
+    """An ``Accelerator`` when run by ``accelerate launch`` with several processes, else None."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import Accelerator
+
+    return Accelerator()
 
 
 def _apply(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ operation is an ``index_add`` along one axis, so a 3072-unit space costs O(d), n
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -144,10 +145,11 @@ def invert(transform: SpaceTransform) -> torch.Tensor:
 
 
 def save_transforms(transforms: Mapping[str, SpaceTransform], path: str) -> None:
-    """Write transforms as safetensors: one int64 tensor per (space, model), k in metadata."""
+    """Write transforms as safetensors: one int64 tensor per (space, model); the merged widths
+    in one JSON metadata entry (a single key, so the file is byte-reproducible)."""
     tensors = {f"{name}/{i}": a.contiguous() for name, t in transforms.items() for i, a in enumerate(t.assign)}
-    meta = {f"k/{name}": str(t.k) for name, t in transforms.items()}
-    save_file(tensors, path, metadata=meta)
+    widths = json.dumps({name: t.k for name, t in transforms.items()}, sort_keys=True)
+    save_file(tensors, path, metadata={"merged_units": widths})
 
 
 def load_transforms(path: str) -> Transforms:
@@ -155,13 +157,10 @@ def load_transforms(path: str) -> Transforms:
     from safetensors import safe_open
 
     with safe_open(path, framework="pt") as f:
-        meta = f.metadata() or {}
+        widths = json.loads((f.metadata() or {}).get("merged_units", "{}"))
     tensors = load_file(path)
     out: Transforms = {}
-    for key, value in meta.items():
-        if not key.startswith("k/"):
-            continue
-        name = key[2:]
+    for name, k in widths.items():
         n = sum(1 for t in tensors if t.rsplit("/", 1)[0] == name)
-        out[name] = SpaceTransform(tuple(tensors[f"{name}/{i}"] for i in range(n)), int(value))
+        out[name] = SpaceTransform(tuple(tensors[f"{name}/{i}"] for i in range(n)), int(k))
     return out

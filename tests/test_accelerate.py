@@ -84,15 +84,32 @@ def launch_two_ranks(parents: list[str], results: Path) -> None:
     debug_launcher(on_each_rank, num_processes=2)
 
 
-def test_two_processes_give_the_single_process_merge(parents, single, tmp_path):
-    """The launch runs in a fresh interpreter: debug_launcher forks, and a child forked from a
+def launch_cli_on_two_ranks(argv: list[str]) -> None:
+    """``hf-mudsc merge`` as ``accelerate launch`` would run it: every rank, one writer."""
+    from accelerate import debug_launcher
+
+    from hf_mudsc.cli import main
+
+    def on_each_rank() -> None:
+        code = main(argv)
+        if code:
+            raise SystemExit(code)
+
+    debug_launcher(on_each_rank, num_processes=2)
+
+
+def run_fresh(*args: str) -> None:
+    """Run this file in a fresh interpreter: debug_launcher forks, and a child forked from a
     process that already ran OpenMP-parallel torch code (any earlier test) hangs in libgomp."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    done = subprocess.run([sys.executable, __file__, *args], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_two_processes_give_the_single_process_merge(parents, single, tmp_path):
     results = tmp_path / "results"
     results.mkdir()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    done = subprocess.run([sys.executable, __file__, *parents, str(results)], env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_fresh(*parents, str(results))
 
     assert sorted(p.name for p in results.iterdir()) == sorted(
         f"{n}{suffix}" for n in ("dataset", "batches") for suffix in (".safetensors", "-ranks.safetensors", "-merged"))
@@ -132,5 +149,21 @@ def test_parents_offloaded_to_disk_are_refused_with_a_clear_message(parents):
         MuDSCMerger.from_pretrained(parents, **SETTINGS, device_map=offload)
 
 
-if __name__ == "__main__":  # python test_accelerate.py PARENT PARENT RESULTS
-    launch_two_ranks(sys.argv[1:3], Path(sys.argv[3]))
+def test_cli_under_two_processes_writes_once_the_single_process_merge(parents, tmp_path):
+    from hf_mudsc.cli import main
+
+    data = tmp_path / "calib"
+    text_dataset(N).save_to_disk(str(data))
+    argv = ["merge", *parents, "--dataset", str(data), "--num-samples", str(N), "--batch-size", str(BS),
+            "--max-sweeps", "1"]
+    run_fresh("cli", *argv, "--out", str(tmp_path / "two"))
+    assert main([*argv, "--out", str(tmp_path / "one")]) == 0
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
+    assert all_weight_bytes(tmp_path / "two") == all_weight_bytes(tmp_path / "one")
+
+
+if __name__ == "__main__":  # python test_accelerate.py PARENT PARENT RESULTS | cli ARGS...
+    if sys.argv[1] == "cli":
+        launch_cli_on_two_ranks(sys.argv[2:])
+    else:
+        launch_two_ranks(sys.argv[1:3], Path(sys.argv[3]))

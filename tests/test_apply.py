@@ -132,3 +132,15 @@ def test_transform_matrices_agree_with_index_ops():
     torch.testing.assert_close(t.project(x, 0, 0), torch.linalg.pinv(u) @ x)
     assert not t.is_permutation()
     assert SpaceTransform((torch.tensor([1, 0]), torch.tensor([0, 1])), 2).is_permutation()
+
+
+def test_transforms_file_round_trips_byte_for_byte(tmp_path):
+    from hf_mudsc.transforms import load_transforms, save_transforms
+
+    umap = unit_map_of(tiny_model("bert-seq"))
+    t = random_permutation(umap, 3)
+    save_transforms(t, str(tmp_path / "a.safetensors"))
+    back = load_transforms(str(tmp_path / "a.safetensors"))
+    assert back.keys() == t.keys() and all(torch.equal(back[n].assign[0], t[n].assign[0]) for n in t)
+    save_transforms(back, str(tmp_path / "b.safetensors"))
+    assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
