@@ -57,7 +57,7 @@ class Calibration:
             return dict(enc)
         if self.column == "pixel_values":
             return {"pixel_values": torch.stack([torch.as_tensor(v) for v in values])}
-        images = [_as_rgb_or_gray(v, self.processor) for v in values]
+        images = [_as_image(v) for v in values]
         return {"pixel_values": self.processor(images, return_tensors="pt")["pixel_values"]}
 
 
@@ -145,7 +145,7 @@ def _prepared_by_accelerate(source: Any) -> bool:
     return isinstance(source, DataLoaderStateMixin)
 
 
-def _as_rgb_or_gray(value: Any, processor: Any) -> Any:
+def _as_image(value: Any) -> Any:
     """PIL images pass through; arrays and nested lists become PIL images."""
     from PIL import Image
 

@@ -5,7 +5,6 @@ message that names it.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -172,7 +171,3 @@ def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return text[0] if text else type(err).__name__
 
-
-def num_params(model: torch.nn.Module) -> int:
-    """Number of parameters (for reports)."""
-    return sum(math.prod(p.shape) for p in model.parameters())

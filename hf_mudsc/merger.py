@@ -13,10 +13,11 @@ from tqdm.auto import tqdm
 
 from .apply import MergedWeights, apply_transforms, build_task_model, is_merged
 from .config import RECIPE_NAME, MergeConfig
-from .data import Calibration, calibration
+from .data import calibration
 from .loading import Parent, check_compatible, load_parent
 from .similarity import weight_similarity
 from .solve.descent import SolveSettings, coordinate_descent, solve_units
+from .solve.solution import pair_objective
 from .statistics import collect_statistics, plan_space_groups
 from .transforms import TRANSFORMS_NAME, SpaceTransform, Transforms, identity_transforms, load_transforms
 from .unitmaps.spaces import UnitMap
@@ -148,8 +149,6 @@ class MuDSCMerger:
 
     def _diagnostics(self, transforms: Transforms, names: list[str], config: MergeConfig,
                      objectives: dict[str, float] | None = None) -> list[dict[str, Any]]:
-        from .solve.solution import pair_objective
-
         rows = []
         states = None
         for name in names:
