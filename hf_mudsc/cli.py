@@ -34,7 +34,7 @@ MERGE_FIELDS: dict[str, tuple[Any, str]] = {
 DATA_FIELDS: dict[str, tuple[Any, str]] = {
     "dataset": (str, "calibration data: Hub id, local file/folder for datasets.load_dataset, or a save_to_disk folder"),
     "split": (str, "dataset split (default: train, else the first)"),
-    "column": (str, "text or image column (default: found by name)"),
+    "column": (str, "text or image column, or two text columns 'a,b' (default: found by name)"),
     "num_samples": (int, "calibration examples (default 256)"),
     "batch_size": (int, "batch size (default 16)"),
 }

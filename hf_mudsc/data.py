@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
 
 TEXT_COLUMNS = ("text", "sentence", "content", "review", "question", "document")
+# Sentence-pair tasks: both columns go to the tokenizer as a pair (looked for before single columns).
+TEXT_PAIRS = (("sentence1", "sentence2"), ("premise", "hypothesis"), ("question1", "question2"),
+              ("question", "sentence"), ("sentence_A", "sentence_B"))
 IMAGE_COLUMNS = ("image", "img", "picture", "pixel_values")
 MAX_TEXT_LENGTH = 128
 
@@ -24,7 +27,7 @@ class Calibration:
     source: Any
     processor: Any
     modality: str
-    column: str | None
+    column: tuple[str, ...] | None
     num_samples: int
     batch_size: int
     name: str | None = None
@@ -43,7 +46,8 @@ class Calibration:
             chunk = list(islice(rows, self.batch_size))
             if not chunk:
                 return
-            yield self._prepare([r[self.column] for r in chunk])
+            yield self._prepare([r[self.column[0]] if len(self.column) == 1 else tuple(r[c] for c in self.column)
+                                 for r in chunk])
 
     def _prepare(self, values: list) -> dict[str, torch.Tensor]:
         if self.modality == "text":
@@ -55,7 +59,7 @@ class Calibration:
                 enc = self.processor([str(v) for v in values], padding=True, truncation=True,
                                      max_length=MAX_TEXT_LENGTH, return_tensors="pt")
             return dict(enc)
-        if self.column == "pixel_values":
+        if self.column == ("pixel_values",):
             return {"pixel_values": torch.stack([torch.as_tensor(v) for v in values])}
         images = [_as_image(v) for v in values]
         return {"pixel_values": self.processor(images, return_tensors="pt")["pixel_values"]}
@@ -68,12 +72,13 @@ def calibration(
     *,
     num_samples: int,
     batch_size: int,
-    column: str | None = None,
+    column: str | Sequence[str] | None = None,
 ) -> Calibration:
     """Check ``data`` against the parents' modality and wrap it as batches of inputs.
 
-    ``data``: a ``datasets.Dataset`` or ``IterableDataset`` with a text or image column (found
-    by name, or ``column``), or any re-iterable of dicts of input tensors (a DataLoader).
+    ``data``: a ``datasets.Dataset`` or ``IterableDataset`` with a text or image column, or a
+    pair of text columns (found by name, or ``column``: a name, two names, or ``"a,b"``), or
+    any re-iterable of dicts of input tensors (a DataLoader).
     """
     if not isinstance(num_samples, int) or num_samples < 1:
         raise DataError(f"num_samples must be a positive integer, got {num_samples}")
@@ -86,10 +91,13 @@ def calibration(
                             f"got {type(data).__name__}")
         return Calibration(data, processor, modality, None, num_samples, batch_size)
     names = list(features)
-    col = column or _find_column(names, modality)
-    if col not in names:
-        raise DataError(f"the calibration data has no column '{col}' (columns: {', '.join(names)})")
-    if processor is None and col != "pixel_values":
+    cols = _named_columns(column) if column else _find_columns(names, modality)
+    for col in cols:
+        if col not in names:
+            raise DataError(f"the calibration data has no column '{col}' (columns: {', '.join(names)})")
+    if len(cols) > 1 and modality != "text":
+        raise DataError(f"a pair of columns {cols} only makes sense for text parents")
+    if processor is None and cols != ("pixel_values",):
         kind = "tokenizer" if modality == "text" else "image processor"
         raise DataError(f"the parents have no {kind}: save one with the model, or pass ready batches of inputs")
     size = _length(data)
@@ -99,14 +107,25 @@ def calibration(
         raise DataError(f"the calibration data has {size} examples, fewer than num_samples={num_samples}; "
                         "lower num_samples or give more data")
     name = getattr(getattr(data, "info", None), "dataset_name", None)
-    return Calibration(data, processor, modality, col, num_samples, batch_size, name)
+    return Calibration(data, processor, modality, cols, num_samples, batch_size, name)
 
 
-def _find_column(names: list[str], modality: str) -> str:
+def _named_columns(column: str | Sequence[str]) -> tuple[str, ...]:
+    cols = tuple(c.strip() for c in column.split(",")) if isinstance(column, str) else tuple(column)
+    if not 1 <= len(cols) <= 2 or not all(cols):
+        raise DataError(f"column must name one column or a pair of text columns, got {column!r}")
+    return cols
+
+
+def _find_columns(names: list[str], modality: str) -> tuple[str, ...]:
+    if modality == "text":
+        for pair in TEXT_PAIRS:
+            if all(c in names for c in pair):
+                return pair
     wanted, other = (TEXT_COLUMNS, IMAGE_COLUMNS) if modality == "text" else (IMAGE_COLUMNS, TEXT_COLUMNS)
     for c in wanted:
         if c in names:
-            return c
+            return (c,)
     if any(c in names for c in other):
         found = next(c for c in other if c in names)
         raise DataError(f"the parents take {modality} input but the calibration data has a "

@@ -83,7 +83,7 @@ class MuDSCMerger:
         *,
         num_samples: int = 256,
         batch_size: int = 16,
-        column: str | None = None,
+        column: str | Sequence[str] | None = None,
         accelerator: Any = None,
         progress: bool = True,
         memory_budget_gb: float | None = None,
@@ -105,17 +105,20 @@ class MuDSCMerger:
         if memory_budget_gb is not None:
             planned = plan_space_groups(maps, int(memory_budget_gb * 2**30))
             groups = [g for g in ([n for n in group if n in merged] for group in planned) if g]
+        # accumulate where the first parent runs (float64 on a GPU beats a copy to the CPU per hook)
+        stats_device = next(first.model.parameters()).device
         moments = {}
         for group in groups:
             moments.update(collect_statistics([p.model for p in self.parents], maps, calib, spaces=group,
-                                              seed=self.config.seed,
+                                              seed=self.config.seed, stats_device=stats_device,
                                               max_tokens_per_batch=self.config.max_tokens_per_batch,
                                               progress=progress, accelerator=accelerator))
         samples = {name: m.n for name, m in moments.items()}
         if not samples or min(samples.values()) == 0:
             raise ValueError("the calibration data gave no samples (all padding, or empty batches)")
         self._activation = {name: m.corr().numpy() for name, m in moments.items()}
-        self.calibration = {"name": calib.name, "column": calib.column, "num_samples": num_samples,
+        self.calibration = {"name": calib.name, "column": ", ".join(calib.column) if calib.column else None,
+                            "num_samples": num_samples,
                             "batch_size": batch_size, "samples_per_space": samples}
 
     # -- solve ------------------------------------------------------------------------
@@ -172,7 +175,7 @@ class MuDSCMerger:
         *,
         num_samples: int = 256,
         batch_size: int = 16,
-        column: str | None = None,
+        column: str | Sequence[str] | None = None,
         accelerator: Any = None,
         progress: bool = True,
         **overrides: Any,

@@ -298,3 +298,23 @@ def test_push_to_hub_is_one_commit_with_card_weights_and_config(merged, hub, cap
     assert all(r.headers.get("authorization") in (None, f"Bearer {TOKEN}") for r in hub.requests)
     assert not any(TOKEN.encode() in content for content in files.values())
     assert TOKEN not in caplog.text
+
+
+def test_sentence_pair_columns_are_found_and_tokenized_as_pairs(tmp_path):
+    from datasets import Dataset
+
+    from hf_mudsc.data import calibration
+    from parents_on_disk import save_bert
+
+    from transformers import AutoTokenizer
+
+    folder = save_bert(tmp_path / "bert", 0, ["a", "b"])
+    tok = AutoTokenizer.from_pretrained(folder)
+    data = Dataset.from_dict({"sentence1": ["one two", "three"], "sentence2": ["four", "five six"], "label": [0, 1]})
+    calib = calibration(data, tok, "text", num_samples=2, batch_size=2)
+    assert calib.column == ("sentence1", "sentence2")
+    (batch,) = list(calib)
+    assert batch["token_type_ids"].max() == 1  # the second sentence is segment B
+    same = calibration(data.rename_columns({"sentence1": "x", "sentence2": "y"}), tok, "text", num_samples=2,
+                       batch_size=2, column="x,y")
+    assert torch.equal(next(iter(same))["input_ids"], batch["input_ids"])
