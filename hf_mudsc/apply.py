@@ -87,7 +87,7 @@ def _transform(
     shared: bool,
 ) -> torch.Tensor:
     """Apply model ``i``'s transforms on every axis in ``pairs`` (float64 inside)."""
-    x = tensor.detach().to(torch.float64)
+    x = tensor.detach().to(device="cpu", dtype=torch.float64)  # parents may sit on different devices
     for space, member in pairs:
         t = transforms[space.name]
         if member.role == "in":

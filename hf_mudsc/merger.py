@@ -116,7 +116,7 @@ class MuDSCMerger:
         samples = {name: m.n for name, m in moments.items()}
         if not samples or min(samples.values()) == 0:
             raise ValueError("the calibration data gave no samples (all padding, or empty batches)")
-        self._activation = {name: m.corr().numpy() for name, m in moments.items()}
+        self._activation = {name: m.corr().cpu().numpy() for name, m in moments.items()}
         self.calibration = {"name": calib.name, "column": ", ".join(calib.column) if calib.column else None,
                             "num_samples": num_samples,
                             "batch_size": batch_size, "samples_per_space": samples}

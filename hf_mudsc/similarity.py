@@ -29,7 +29,8 @@ def weight_similarity(
     within the model), so that units of different models are compared in one frame.
     Task heads are left out: their label axes mean different things in different tasks.
     """
-    moments = Moments(sum(m[space].dim for m in unit_maps))
+    device = next(iter(state_dicts[0].values())).device  # the weights' device: a GPU when the parents are there
+    moments = Moments(sum(m[space].dim for m in unit_maps), device=device)
     for member in unit_maps[0][space].members:
         if member.param in unit_maps[0].task_heads:
             continue
@@ -40,7 +41,7 @@ def weight_similarity(
         moments.update(torch.cat(rows).T)
     if moments.n == 0:
         return np.eye(moments.dim)
-    return moments.corr().numpy()
+    return moments.corr().cpu().numpy()
 
 
 def _unit_rows(param: str, axis: int, i: int, umap: UnitMap, state_dict: Mapping[str, torch.Tensor],
