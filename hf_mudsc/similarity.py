@@ -27,6 +27,9 @@ def weight_similarity(
     writes the space, its column where it reads it); each tensor's *other* axes are first
     brought into the merged frame by the current ``transforms`` (model i alone, averaged
     within the model), so that units of different models are compared in one frame.
+    Every feature is standardised across the units of all models first, so that a member
+    whose values share a large offset (LayerNorm gammas near 1) adds its deviations, not a
+    constant that would make every pair of units look alike.
     Task heads are left out: their label axes mean different things in different tasks.
     """
     device = next(iter(state_dicts[0].values())).device  # the weights' device: a GPU when the parents are there
@@ -38,7 +41,7 @@ def weight_similarity(
                 for i in range(len(unit_maps))]
         if len({r.shape[1] for r in rows}) != 1:
             continue  # other axes of different sizes (width heterogeneity outside the merged frame)
-        moments.update(torch.cat(rows).T)
+        moments.update(_standardise(torch.cat(rows)).T)
     if moments.n == 0:
         return np.eye(moments.dim)
     return moments.corr().cpu().numpy()
@@ -52,6 +55,13 @@ def _unit_rows(param: str, axis: int, i: int, umap: UnitMap, state_dict: Mapping
         if member.axis != axis and other.name in transforms:
             x = transforms[other.name].project(x, i, member.axis)
     return x.movedim(axis, 0).reshape(x.shape[axis], -1)
+
+
+def _standardise(x: torch.Tensor) -> torch.Tensor:
+    """Zero mean and unit variance per feature (column) across units; constant features -> 0."""
+    x = x - x.mean(dim=0, keepdim=True)
+    std = x.std(dim=0, unbiased=False, keepdim=True)
+    return torch.where(std > 0, x / std.clamp(min=1e-300), torch.zeros_like(x))
 
 
 def blend(alpha: float, weight: np.ndarray | None, activation: np.ndarray | None) -> np.ndarray:
