@@ -102,7 +102,7 @@ def _transform(
 def build_task_model(parent: torch.nn.Module, state_dict: Mapping[str, torch.Tensor]) -> torch.nn.Module:
     """A standard model of the parent's class carrying ``state_dict`` (buffers from the parent)."""
     config = copy.deepcopy(parent.config)
-    model = type(parent)(config).to(dtype=parent.dtype)
+    model = _without_absent_modules(type(parent)(config), parent).to(dtype=parent.dtype)
     missing, unexpected = model.load_state_dict(dict(state_dict), strict=False)
     params = {n for n, _ in model.named_parameters()}
     if unexpected or params & set(missing):
@@ -111,3 +111,18 @@ def build_task_model(parent: torch.nn.Module, state_dict: Mapping[str, torch.Ten
     for name, buf in parent.named_buffers():
         model.get_buffer(name).copy_(buf)
     return model.eval()
+
+
+def _without_absent_modules(model: torch.nn.Module, parent: torch.nn.Module) -> torch.nn.Module:
+    """Drop the optional submodules that the parent was built without (``None`` there), which its
+    config alone does not tell: e.g. ``BertModel(config, add_pooling_layer=False)`` has ``pooler=None``."""
+    for name in [n for n, _ in model.named_modules() if n]:
+        owner, _, attr = name.rpartition(".")
+        try:
+            absent = getattr(parent.get_submodule(owner), attr, False) is None
+            holder = model.get_submodule(owner)
+        except AttributeError:  # inside a module dropped already, or not in the parent at all
+            continue
+        if absent and getattr(holder, attr, None) is not None:
+            setattr(holder, attr, None)
+    return model

@@ -7,7 +7,8 @@
     hf-mudsc demo                              (two small ViTs on digits, every preset)
 
 Errors are one line on stderr and a non-zero exit (2 for bad input, 130 when interrupted);
-set ``HF_MUDSC_DEBUG=1`` to see the traceback.
+set ``HF_MUDSC_DEBUG=1`` to see the traceback. Warnings that a merge may be poor (too little
+calibration data, constant activations) are one line each: ``hf-mudsc: warning: ...``.
 """
 from __future__ import annotations
 
@@ -107,10 +108,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as done:  # --help (0) or a usage error (2, its one line already printed)
         return done.code if isinstance(done.code, int) else 0 if done.code is None else 2
     try:
-        with _progress_bars(_interactive()):
+        with _progress_bars(_interactive()), _one_line_warnings():
             return {"merge": _merge, "apply": _apply, "push": _push, "demo": _demo}[args.command](args)
-    except KeyboardInterrupt:
-        print("hf-mudsc: interrupted; nothing was written", file=sys.stderr)
+    except KeyboardInterrupt as stop:  # Ctrl-C: output folders are all or nothing (see io.writer)
+        told = stop.args[0] if stop.args and isinstance(stop.args[0], str) else None
+        default = ("the upload may not have finished (it is one commit: all or nothing)" if args.command == "push"
+                   else "nothing was written")
+        print(f"hf-mudsc: interrupted; {told or default}", file=sys.stderr)
         return 130
     except Exception as err:  # one line, no traceback: a user error or a clear failure
         if os.environ.get("HF_MUDSC_DEBUG"):
@@ -118,6 +122,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = " ".join(str(err).split()) or type(err).__name__
         print(f"hf-mudsc: error: {message}", file=sys.stderr)
         return 2
+
+
+@contextmanager
+def _one_line_warnings() -> Iterator[None]:
+    """Warnings about the quality of a merge as one line each (``hf-mudsc: warning: ...``), every
+    time they occur; other warnings as Python shows them. The previous state is restored."""
+    import warnings
+
+    from .statistics import MergeQualityWarning
+
+    with warnings.catch_warnings():
+        shown = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, MergeQualityWarning):
+                print(f"hf-mudsc: warning: {' '.join(str(message).split())}", file=sys.stderr)
+            else:
+                shown(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        warnings.simplefilter("always", MergeQualityWarning)
+        yield
 
 
 def _interactive() -> bool:
@@ -247,7 +273,14 @@ def _merge(args: argparse.Namespace) -> int:
     if recipe.get("push_to_hub"):
         from .io.hub import push_folder
 
-        url = push_folder(out, recipe["push_to_hub"], token=args.token, private=recipe.get("private"))
+        try:
+            url = push_folder(out, recipe["push_to_hub"], token=args.token, private=recipe.get("private"))
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(f"the merge was written to {out}, the upload to {recipe['push_to_hub']} may "
+                                    "not have finished (it is one commit: all or nothing)") from None
+        except Exception as err:
+            raise CLIError(f"the merge was written to {out}, but the upload to {recipe['push_to_hub']} failed: "
+                           f"{err}") from err
         print(f"pushed to {url}")
     return 0
 
@@ -314,6 +347,11 @@ def load_calibration_dataset(source: str, split: str | None = None, token: str |
         if name not in data:
             raise CLIError(f"dataset '{source}' has no split '{name}' (splits: {', '.join(data)})")
         data = data[name]
+    elif split is not None and split != str(getattr(data, "split", None) or "train"):
+        # a single table (save_to_disk of one Dataset) is its own split, 'train' as for a data file;
+        # another split name would otherwise be ignored
+        raise CLIError(f"dataset '{source}' is a single table (split '{getattr(data, 'split', None) or 'train'}'), "
+                       f"it has no split '{split}'; drop --split")
     return data
 
 

@@ -6,6 +6,7 @@ blend ``alpha`` of weight similarity (1) and activation similarity (0).
 from __future__ import annotations
 
 import json
+import numbers
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -98,6 +99,10 @@ class MergeConfig:
             raise ConfigError(f"max_tokens_per_batch must be a positive integer, got {self.max_tokens_per_batch}")
         if self.residual_layers is not None:
             object.__setattr__(self, "residual_layers", tuple(int(i) for i in self.residual_layers))
+        # torch's generators take seeds below 2**64 only (a larger one would fail at the statistics pass)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or not 0 <= self.seed < 2**64:
+            raise ConfigError(f"seed must be an integer in [0, 2**64), got {self.seed}")
+        object.__setattr__(self, "seed", int(self.seed))
 
     @property
     def preset(self) -> Preset:

@@ -56,10 +56,16 @@ def load_parent(
         return Parent(str(name), source.eval(), unit_map_of(source), None)
     name = str(source)
     _check_local(name)
+    if not allow_pickle:
+        _refuse_pickle_only(name)
     hub = dict(revision=revision, token=token, trust_remote_code=trust_remote_code)
     try:
+        if not trust_remote_code:
+            _refuse_custom_code(name, revision=revision, token=token)
         config = AutoConfig.from_pretrained(name, **hub)
     except (OSError, ValueError) as err:
+        if isinstance(err, ParentError):
+            raise
         raise ParentError(f"cannot load parent '{name}': {_first_line(err)}") from None
     cls = _model_class(config)
     try:
@@ -69,7 +75,7 @@ def load_parent(
         if type(err).__name__ == "SafetensorError":
             hint = " (the safetensors file is truncated or corrupt)"
         elif "safetensors" in str(err).lower() and not allow_pickle:
-            hint = " (pickle checkpoints are refused; pass allow_pickle=True if you trust them)"
+            hint = f" ({_PICKLE_HINT})"
         else:
             hint = ""
         raise ParentError(f"cannot load the weights of parent '{name}': {_first_line(err)}{hint}") from None
@@ -91,6 +97,38 @@ def _check_local(name: str) -> None:
         raise ParentError(f"parent '{name}' is a file, not a model folder")
     if name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name:
         raise ParentError(f"parent folder '{name}' not found")
+
+
+_PICKLE_HINT = ("pickle checkpoints are refused: loading one can run arbitrary code; pass allow_pickle=True "
+                "(command line: --allow-pickle) only if you trust its source")
+_PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.bin", "model.pt", "model.pth")
+
+
+def _refuse_pickle_only(name: str) -> None:
+    """A local folder whose weights exist only as a pickle checkpoint is refused up front, with
+    a message that says how to allow it (transformers would only say that no safetensors file exists)."""
+    path = Path(name).expanduser()
+    if not path.is_dir() or any(path.glob("*.safetensors")) or (path / "model.safetensors.index.json").exists():
+        return
+    found = [f for f in _PICKLE_WEIGHTS if (path / f).is_file()]
+    if found:
+        raise ParentError(f"parent '{name}' is stored as a pickle checkpoint ({found[0]}); {_PICKLE_HINT}")
+
+
+def _refuse_custom_code(name: str, *, revision: str | None, token: str | bool | None) -> None:
+    """A config that names custom code (``auto_map``) is refused unless trust_remote_code is set:
+    transformers would either refuse with no hint of the option, or silently load its built-in
+    class in place of the model's own code."""
+    from transformers import PretrainedConfig
+
+    config, _ = PretrainedConfig.get_config_dict(name, revision=revision, token=token)
+    auto_map = config.get("auto_map")
+    if auto_map:
+        values = [v for entry in auto_map.values() for v in (entry if isinstance(entry, (list, tuple)) else [entry])]
+        code = ", ".join(sorted({str(v) for v in values if v}))
+        raise ParentError(f"parent '{name}' needs custom code ({code}), which is not run unless you pass "
+                          "trust_remote_code=True (command line: --trust-remote-code); do so only if you trust "
+                          "its source")
 
 
 def check_compatible(parents: Sequence[Parent]) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -18,7 +20,7 @@ from .loading import Parent, check_compatible, load_parent
 from .similarity import weight_similarity
 from .solve.descent import SolveSettings, coordinate_descent, solve_units
 from .solve.solution import pair_objective
-from .statistics import collect_statistics, plan_space_groups
+from .statistics import MergeQualityWarning, calibration_issues, collect_statistics, plan_space_groups
 from .transforms import TRANSFORMS_NAME, SpaceTransform, Transforms, identity_transforms, load_transforms
 from .unitmaps.spaces import UnitMap
 
@@ -116,10 +118,36 @@ class MuDSCMerger:
         samples = {name: m.n for name, m in moments.items()}
         if not samples or min(samples.values()) == 0:
             raise ValueError("the calibration data gave no samples (all padding, or empty batches)")
-        self._activation = {name: m.corr().cpu().numpy() for name, m in moments.items()}
+        corr = {name: m.corr() for name, m in moments.items()}
+        self._activation = {name: c.cpu().numpy() for name, c in corr.items()}
         self.calibration = {"name": calib.name, "column": ", ".join(calib.column) if calib.column else None,
                             "num_samples": num_samples,
                             "batch_size": batch_size, "samples_per_space": samples}
+        if accelerator is None or accelerator.is_main_process:  # every rank holds the same totals
+            told = self._warn(calibration_issues(moments, self.unit_maps, corr))
+            if told:  # the model card and the recipe keep them
+                self.calibration["warnings"] = told
+
+    def _warn(self, issues: dict[str, list[dict[str, Any]]]) -> list[str]:
+        """One :class:`MergeQualityWarning` per kind of issue found in the statistics; returns the messages."""
+        messages = []
+        few = [f"'{i['space']}' has {i['samples']} sample{'s' * (i['samples'] != 1)} for {i['units']} units"
+               for i in sorted(issues["few_samples"], key=lambda i: i["samples"] / i["units"])]  # worst first
+        if few:
+            messages.append(f"too little calibration data: {_listed(few)}; the activation correlations of these "
+                            "spaces are poorly determined and the merge may be poor: give more calibration data "
+                            "(num_samples / --num-samples)")
+        names = [p.name for p in self.parents]
+        constant = [f"'{i['space']}' " + ", ".join(f"{c} of {d} units of '{n}'"
+                                                  for c, d, n in zip(i["constant"], i["units"], names) if c)
+                    for i in sorted(issues["constant"], key=lambda i: -sum(i["constant"]) / sum(i["units"]))]
+        if constant:
+            messages.append(f"units with constant activations on the calibration data: {_listed(constant)}; their "
+                            "activation similarity is 0, so they are matched by their weights alone or arbitrarily "
+                            "(dead units, zeroed layers, or too few or too uniform examples)")
+        for message in messages:
+            warnings.warn(message, MergeQualityWarning, stacklevel=_caller_level())
+        return messages
 
     # -- solve ------------------------------------------------------------------------
     def solve(self, progress: bool = True, **overrides: Any) -> tuple[Transforms, list[dict[str, Any]]]:
@@ -229,7 +257,7 @@ class MergeResult:
             from .joint_model import MuDSCJointModel
 
             self._model = MuDSCJointModel.from_task_models(self.task_models, set(self.weights.shared),
-                                                           [p.name for p in self.parents])
+                                                           _distinct([p.name for p in self.parents]))
         return self._model
 
     def recipe(self) -> dict[str, Any]:
@@ -278,6 +306,28 @@ def reapply(folder: str | Path, **load: Any) -> MergeResult:
     result = merger.apply(load_transforms(str(Path(folder, TRANSFORMS_NAME))), config, recipe.get("report"))
     result.calibration = recipe.get("calibration")
     return result
+
+
+def _caller_level() -> int:
+    """``stacklevel`` for a warning issued by this function's caller that points at the first frame
+    outside hf_mudsc (the user's ``merge`` or ``collect`` call)."""
+    package = str(Path(__file__).resolve().parent)
+    frame, level = sys._getframe(1), 1
+    while frame is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _distinct(names: list[str]) -> list[str]:
+    """Task names for the joint model: a name given to several parents (two loaded models without a
+    ``name_or_path``, one Hub id at two revisions, one folder twice) gets the parent's index."""
+    return [f"{n}#{i}" if names.count(n) > 1 else n for i, n in enumerate(names)]
+
+
+def _listed(items: list[str], most: int = 4) -> str:
+    """``items`` joined by '; ', the first ``most`` of them and a count of the rest."""
+    shown = "; ".join(items[:most])
+    return shown if len(items) <= most else f"{shown} (and {len(items) - most} more spaces)"
 
 
 def _config_kwargs(config: MergeConfig) -> dict[str, Any]:

@@ -20,7 +20,9 @@ from tqdm.auto import tqdm
 from hf_mudsc.unitmaps.spaces import Site, UnitMap
 
 __all__ = [
+    "MergeQualityWarning",
     "Moments",
+    "calibration_issues",
     "collect_statistics",
     "model_slices",
     "plan_space_groups",
@@ -31,6 +33,11 @@ __all__ = [
 # around a constant: it is treated as constant (correlation 0 with everything).
 _CONSTANT_RTOL = 1e-12
 _BYTES_PER_UNIT_SQUARED = 8  # one float64 entry of the D x D accumulator
+
+
+class MergeQualityWarning(UserWarning):
+    """The merge ran, but its result may be poor (too little calibration data, units whose
+    activations are constant, ...): the message says where and why."""
 
 
 class Moments:
@@ -115,7 +122,8 @@ class Moments:
         live = std > _CONSTANT_RTOL * self.mean.abs()
         inv = torch.zeros_like(std)
         inv[live] = std[live].reciprocal()
-        corr = (cov * torch.outer(inv, inv)).clamp_(-1.0, 1.0)
+        # scaled one side at a time: inv_i * inv_j alone may overflow for tiny variances (0 * inf = NaN)
+        corr = (cov * inv.unsqueeze(1) * inv.unsqueeze(0)).clamp_(-1.0, 1.0)
         corr.diagonal().copy_(live.to(corr.dtype))
         return corr
 
@@ -138,6 +146,37 @@ class Moments:
     def _require_samples(self) -> None:
         if self.n == 0:
             raise ValueError("no samples were accumulated")
+
+
+# --------------------------------------------------------------------------- diagnostics
+
+
+def calibration_issues(moments: Mapping[str, Moments], unit_maps: Sequence[UnitMap],
+                       corr: Mapping[str, Tensor] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """What in the collected statistics may make a merge poor, per kind of issue:
+
+    - ``few_samples``: spaces with fewer samples than units (of the widest parent): the
+      activation correlations are then rank-deficient, so the matching is poorly determined;
+      ``{"space", "samples", "units"}``;
+    - ``constant``: spaces with units whose activation is constant on the calibration data
+      (dead units, zeroed layers, a single example): their activation similarity is 0;
+      ``{"space", "constant": [count per model], "units": [units per model]}``.
+
+    ``corr``: the correlations of ``moments`` when already computed (their diagonal is 0
+    exactly for constant units).
+    """
+    few, constant = [], []
+    for name, m in moments.items():
+        units = [um[name].dim for um in unit_maps]
+        if m.n < max(units):
+            few.append({"space": name, "samples": m.n, "units": max(units)})
+        if m.n == 0:
+            continue
+        diag = (corr[name] if corr is not None else m.corr()).diagonal().cpu()
+        dead = [int((diag[sl] == 0).sum()) for sl in model_slices(unit_maps, name)]
+        if any(dead):
+            constant.append({"space": name, "constant": dead, "units": units})
+    return {"few_samples": few, "constant": constant}
 
 
 # --------------------------------------------------------------------------- planning

@@ -87,6 +87,12 @@ def run(capsys, *argv) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
+def not_warnings(stderr: str) -> str:
+    """``stderr`` without its one-line warnings (the tiny text merges use 12 examples for a pooler of
+    32 units: too little calibration data, and the command says so)."""
+    return "".join(line for line in stderr.splitlines(keepends=True) if not line.startswith("hf-mudsc: warning: "))
+
+
 def python_merge(parents, data, **settings):
     return MuDSCMerger.from_pretrained([str(p) for p in parents], **settings).merge(
         data, num_samples=N, batch_size=4, progress=False)
@@ -105,7 +111,7 @@ def test_merge_images_from_a_save_to_disk_folder_equals_the_python_api(inputs, t
     out = tmp_path / "merged"
     code, stdout, stderr = run(capsys, "merge", inputs["vit0"], inputs["vit1"], "--dataset", inputs["image_disk"],
                                *IMAGE_ARGS, "--out", out)
-    assert (code, stderr) == (0, "")  # no progress bars when stderr is not a terminal
+    assert (code, stderr) == (0, "")  # no progress bars nor warnings when stderr is not a terminal
     assert stdout.strip() == f"merged 2 models with mudsc into {out}"
     assert tf_logging.is_progress_bar_enabled() == bars  # the library's state is restored
     import datasets
@@ -132,7 +138,7 @@ def test_merge_text_from_csv_and_jsonl_files(inputs, text_merge, tmp_path, capsy
     out = tmp_path / "merged"
     code, _, stderr = run(capsys, "merge", inputs["bert0"], inputs["bert1"], "--dataset", inputs[source],
                           *TEXT_ARGS, *extra, "--out", out)
-    assert (code, stderr) == (0, "")
+    assert (code, not_warnings(stderr)) == (0, "")
     assert all_weight_bytes(out) == all_weight_bytes(text_merge)  # the same sentences, read from another format
     column = "body" if source == "body_csv" else "text"
     import json
@@ -156,7 +162,7 @@ def test_yaml_recipe_and_command_line_values_win(inputs, text_merge, tmp_path, c
         f"models: [{inputs['bert0']}, {inputs['bert1']}]\ndataset: {inputs['jsonl']}\nsplit: train\n"
         "num_samples: 20\nbatch_size: 4\nmethod: zipit\nzip_budget: 0.2\nout: from-yaml\nmax_shard_size: 20000\n")
     code, stdout, stderr = run(capsys, "merge", "--config", recipe, "--num-samples", N, "--out", "from-cli")
-    assert (code, stderr) == (0, "")
+    assert (code, not_warnings(stderr)) == (0, "")
     assert not (tmp_path / "from-yaml").exists()
     saved = json.loads((tmp_path / "from-cli" / "merge_recipe.json").read_text())
     assert saved["config"]["method"] == "zipit" and saved["config"]["zip_budget"] == 0.2  # from the recipe
@@ -165,13 +171,13 @@ def test_yaml_recipe_and_command_line_values_win(inputs, text_merge, tmp_path, c
     assert len(list((tmp_path / "from-cli").glob("model-*-of-*.safetensors"))) > 2  # max_shard_size from the recipe
     # the recipe alone: its own values
     code, _, stderr = run(capsys, "merge", "--config", recipe)
-    assert (code, stderr) == (0, "")
+    assert (code, not_warnings(stderr)) == (0, "")
     assert json.loads((tmp_path / "from-yaml" / "merge_recipe.json").read_text())["calibration"]["num_samples"] == 20
 
 
 def test_apply_gives_byte_identical_weights(text_merge, tmp_path, capsys):
     code, stdout, stderr = run(capsys, "apply", text_merge, "--out", tmp_path / "again")
-    assert (code, stderr) == (0, "")
+    assert (code, not_warnings(stderr)) == (0, "")
     assert "re-applied" in stdout
     assert all_weight_bytes(tmp_path / "again") == all_weight_bytes(text_merge)
     assert (tmp_path / "again" / "README.md").read_text() == (text_merge / "README.md").read_text()
@@ -186,7 +192,7 @@ def test_non_empty_output_is_refused_without_overwrite_and_replaced_with_it(inpu
     assert code == 2 and stderr.count("\n") == 1 and "not empty" in stderr and "--overwrite" in stderr
     assert tree(out) == {"old.txt": b"old"} and sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
     code, _, stderr = run(capsys, *argv, "--overwrite")
-    assert (code, stderr) == (0, "")
+    assert (code, not_warnings(stderr)) == (0, "")
     assert "old.txt" not in tree(out) and all_weight_bytes(out) == all_weight_bytes(text_merge)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
 
@@ -219,7 +225,7 @@ def check_one_commit(hub: FakeHub, repo: str, folder: Path) -> None:
 
 def test_push_uploads_the_folder_in_one_commit(text_merge, hub, capsys):
     code, stdout, stderr = run(capsys, "push", text_merge, "me/merged", "--token", TOKEN)
-    assert (code, stderr) == (0, "")
+    assert (code, not_warnings(stderr)) == (0, "")
     assert stdout.strip().startswith(f"pushed to {hub.url}/me/merged/commit/")
     check_one_commit(hub, "me/merged", text_merge)
     assert TOKEN not in stdout
@@ -229,7 +235,7 @@ def test_merge_with_push_to_hub(inputs, hub, tmp_path, capsys):
     out = tmp_path / "merged"
     code, stdout, stderr = run(capsys, "merge", inputs["bert0"], inputs["bert1"], "--dataset", inputs["csv"],
                                *TEXT_ARGS, "--out", out, "--push-to-hub", "me/pushed", "--private", "--token", TOKEN)
-    assert (code, stderr) == (0, "")
+    assert (code, not_warnings(stderr)) == (0, "")
     assert out.is_dir() and f"pushed to {hub.url}/me/pushed/commit/" in stdout
     check_one_commit(hub, "me/pushed", out)
     assert hub.repos["me/pushed"].visibility == "private"

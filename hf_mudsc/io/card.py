@@ -170,8 +170,10 @@ def _method_section(method_title: str, papers: Sequence[Paper], recipe: Mapping[
 def _calibration_section(calibration: Mapping[str, Any] | None) -> str:
     if not calibration:
         return _section("Calibration data", "None: the merge is data-free (weights only).")
-    lines = [f"- **{key}**: {_cell(value)}" for key, value in scrub_secrets(dict(calibration)).items()
-             if value not in (None, "", {}, [])]
+    lines = [f"- **{key}**:" + ("".join(f"\n  - {_cell(v)}" for v in value)  # a list of messages: one each
+                               if isinstance(value, list) and all(isinstance(v, str) for v in value)
+                               else f" {_cell(value)}")
+             for key, value in scrub_secrets(dict(calibration)).items() if value not in (None, "", {}, [])]
     return _section("Calibration data", "\n".join(lines))
 
 
