@@ -161,7 +161,8 @@ class MuDSCMerger:
         maps = self.unit_maps
         sizes = {n: [m[n].dim for m in maps] for n in names}
         if not config.preset.match:
-            return identity_transforms(maps), self._diagnostics(identity_transforms(maps), names, config)
+            identity = identity_transforms(maps)
+            return identity, self._diagnostics(identity, names, config)
         if config.needs_data and self._activation is None:
             raise ValueError(f"method '{config.method}' with alpha={config.resolved_alpha} needs calibration data: "
                              "call merge(data) or collect(data) first, or use alpha=1 (weight matching)")
