@@ -343,7 +343,7 @@ def _params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _weight_sim(maps: list[UnitMap], states: list[dict[str, torch.Tensor]]) -> Callable[[str, Transforms], np.ndarray]:
-    return lambda name, transforms: weight_similarity(name, maps, states, transforms)
+    return lambda name, transforms, aligned=None: weight_similarity(name, maps, states, transforms, aligned)
 
 
 def _residual_sites(umap: UnitMap, layers: Sequence[int] | None) -> UnitMap:

@@ -5,7 +5,7 @@ All matrices are square over the concatenated units of all models (model i's uni
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Collection, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -20,6 +20,7 @@ def weight_similarity(
     unit_maps: Sequence[UnitMap],
     state_dicts: Sequence[Mapping[str, torch.Tensor]],
     transforms: Transforms,
+    aligned: Collection[str] | None = None,
 ) -> np.ndarray:
     """Correlation of every unit's weights across all members of ``space``.
 
@@ -31,11 +32,16 @@ def weight_similarity(
     whose values share a large offset (LayerNorm gammas near 1) adds its deviations, not a
     constant that would make every pair of units look alike.
     Task heads are left out: their label axes mean different things in different tasks.
+    ``aligned``: when given, only members whose other axes all lie in these spaces (or in no
+    space) count, so that nothing is compared across models in frames not yet aligned.
     """
     device = next(iter(state_dicts[0].values())).device  # the weights' device: a GPU when the parents are there
     moments = Moments(sum(m[space].dim for m in unit_maps), device=device)
     for member in unit_maps[0][space].members:
         if member.param in unit_maps[0].task_heads:
+            continue
+        if aligned is not None and any(m.axis != member.axis and other.name not in aligned
+                                       for other, m in unit_maps[0].param_members()[member.param]):
             continue
         rows = [_unit_rows(member.param, member.axis, i, unit_maps[i], state_dicts[i], transforms)
                 for i in range(len(unit_maps))]

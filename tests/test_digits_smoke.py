@@ -29,6 +29,6 @@ def test_matching_beats_plain_averaging(digit_pair):
     assert min(a["per_task"] for a in alone) > 0.8  # the parents did learn their tasks
     merger.collect(calibration, num_samples=128, batch_size=64, progress=False)
     average = evaluate_models(merger.merge(method="average", progress=False).task_models, scoring)
-    for method in ("zipit", "activation-matching"):
+    for method in ("zipit", "activation-matching", "weight-matching"):
         merged = evaluate_models(merger.merge(method=method, progress=False).task_models, scoring)
         assert merged["joint"] > average["joint"] + 0.03, (method, merged, average)

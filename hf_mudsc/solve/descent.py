@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Collection, Mapping, Sequence
 
 import numpy as np
 
@@ -23,7 +23,7 @@ from .heads import solve_heads
 from .solution import Solution
 from .zip import solve_zip
 
-WeightSim = Callable[[str, Transforms], np.ndarray]
+WeightSim = Callable[[str, Transforms, Collection[str] | None], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -86,30 +86,42 @@ def coordinate_descent(
     progress: Callable[[str], None] | None = None,
 ) -> DescentResult:
     """Run the descent. ``activation``: S_act per space (None when alpha = 1); ``weight_sim``:
-    S_w of a space under given transforms (None when alpha = 0); ``start``: transforms of
-    every space (the neighbours' frame before a space is first solved)."""
+    S_w of a space under given transforms, counting only members whose other axes lie in the
+    given aligned spaces when these are given (None when alpha = 0); ``start``: transforms of
+    every space (the neighbours' frame before a space is first solved).
+
+    Without activations the start is built in map order (the residual stream first, from its
+    embeddings, norms and biases), each space from the members whose other axes are already
+    aligned: starting from the identity everywhere, the layers would align to the unaligned
+    residual stream and the descent would stay there.
+    """
     transforms = dict(start)
     alpha = settings.alpha
 
-    def sweep(order: Sequence[tuple[MergeSpace, ...]], use_weights: bool) -> dict[str, float]:
+    def sweep(order: Sequence[tuple[MergeSpace, ...]], use_weights: bool,
+              aligned: set[str] | None = None) -> dict[str, float]:
         objectives: dict[str, float] = {}
         for unit in order:
             sims = []
             for s in unit:
-                w = weight_sim(s.name, transforms) if use_weights and weight_sim is not None else None
+                w = weight_sim(s.name, transforms, aligned) if use_weights and weight_sim is not None else None
                 a = activation.get(s.name) if activation is not None else None
                 sims.append(blend(alpha if use_weights else 0.0, w, a))
             for s, sol in zip(unit, solve_unit(unit, sims, [sizes[s.name] for s in unit], settings)):
                 transforms[s.name] = SpaceTransform(tuple(sol.assign), sol.k)
                 objectives[s.name] = sol.objective
+                if aligned is not None:
+                    aligned.add(s.name)
             if progress is not None:
                 progress(unit[0].group or unit[0].name)
         return objectives
 
-    if alpha < 1.0:  # the activation-only solution
+    if alpha < 1.0 and activation is not None:  # the activation-only solution
         objectives = sweep(units, use_weights=False)
         if alpha == 0.0 or weight_sim is None:
             return DescentResult(transforms, objectives, [_mean(objectives)])
+    else:  # data-free: align the spaces in map order, each from the members already in one frame
+        sweep(units, use_weights=True, aligned=set())
     best = DescentResult(dict(transforms), {}, [])
     best_score, stale = -np.inf, 0
     rng = random.Random(settings.seed)
