@@ -322,6 +322,8 @@ def load_calibration_dataset(source: str, split: str | None = None, token: str |
     written by ``Dataset.save_to_disk``; a dataset dict gives ``split`` (default train)."""
     import datasets
 
+    from .io.hub import could_be_hub_id
+
     path = Path(source)
     try:
         if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
@@ -332,7 +334,7 @@ def load_calibration_dataset(source: str, split: str | None = None, token: str |
             if kind is None:
                 raise CLIError(f"cannot read dataset file '{source}': use .csv, .json, .jsonl, .parquet or .txt")
             data = datasets.load_dataset(kind, data_files=str(path))
-        elif path.is_dir() or not path.exists() and ("/" not in source or source.count("/") == 1) and not source.startswith((".", "/")):
+        elif path.is_dir() or could_be_hub_id(source):
             data = datasets.load_dataset(source, token=token)
         else:
             raise CLIError(f"dataset '{source}' not found")

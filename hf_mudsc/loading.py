@@ -13,6 +13,7 @@ import torch
 import transformers
 from transformers import AutoConfig, PreTrainedModel
 
+from .io.hub import could_be_hub_id
 from .unitmaps import UnitMap, unit_map_of
 
 
@@ -95,7 +96,7 @@ def _check_local(name: str) -> None:
         return
     if path.exists():
         raise ParentError(f"parent '{name}' is a file, not a model folder")
-    if name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name:
+    if not could_be_hub_id(name):
         raise ParentError(f"parent folder '{name}' not found")
 
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import yaml
 from huggingface_hub import ModelCard, ModelCardData
+
+from .hub import could_be_hub_id
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,7 @@ def _section(title: str, *parts: str) -> str:
 
 def hub_ids(names: Sequence[str]) -> list[str]:
     """The names that can stand in ``base_model`` metadata: Hub ids, not local folders."""
-    return [n for n in names if not Path(n).exists() and n.count("/") <= 1 and not n.startswith((".", "/", "~"))]
+    return [n for n in names if could_be_hub_id(n)]
 
 
 def _parents_section(base_models: Sequence[str], task_folders: Sequence[str]) -> str:
