@@ -10,7 +10,6 @@ from typing import Collection, Mapping, Sequence
 import numpy as np
 import torch
 
-from .statistics import Moments
 from .transforms import Transforms
 from .unitmaps.spaces import UnitMap
 
@@ -36,7 +35,11 @@ def weight_similarity(
     space) count, so that nothing is compared across models in frames not yet aligned.
     """
     device = next(iter(state_dicts[0].values())).device  # the weights' device: a GPU when the parents are there
-    moments = Moments(sum(m[space].dim for m in unit_maps), device=device)
+    dim = sum(m[space].dim for m in unit_maps)
+    # standardised features are O(1): float32 products and sums are accurate to ~1e-6 here
+    gram = torch.zeros(dim, dim, dtype=torch.float32, device=device)
+    sums = torch.zeros(dim, dtype=torch.float64, device=device)
+    features = 0
     for member in unit_maps[0][space].members:
         if member.param in unit_maps[0].task_heads:
             continue
@@ -47,16 +50,24 @@ def weight_similarity(
                 for i in range(len(unit_maps))]
         if len({r.shape[1] for r in rows}) != 1:
             continue  # other axes of different sizes (width heterogeneity outside the merged frame)
-        moments.update(_standardise(torch.cat(rows)).T)
-    if moments.n == 0:
-        return np.eye(moments.dim)
-    return moments.corr().cpu().numpy()
+        z = _standardise(torch.cat(rows))
+        gram.addmm_(z, z.T)
+        sums += z.sum(dim=1, dtype=torch.float64)
+        features += z.shape[1]
+    if features == 0:
+        return np.eye(dim)
+    mean = sums / features
+    cov = gram.to(torch.float64).div_(features).sub_(torch.outer(mean, mean))
+    std = cov.diagonal().clamp(min=0).sqrt()
+    inv = torch.where(std > 1e-6, 1.0 / std.clamp(min=1e-300), torch.zeros_like(std))  # constant unit -> 0
+    corr = cov.mul_(inv[:, None]).mul_(inv[None, :]).clamp_(-1.0, 1.0)
+    return ((corr + corr.T) / 2).cpu().numpy()
 
 
 def _unit_rows(param: str, axis: int, i: int, umap: UnitMap, state_dict: Mapping[str, torch.Tensor],
                transforms: Transforms) -> torch.Tensor:
-    """Model i's tensor with its other axes in the merged frame, as (units, features)."""
-    x = state_dict[param].detach().to(torch.float64)
+    """Model i's tensor (float32) with its other axes in the merged frame, as (units, features)."""
+    x = state_dict[param].detach().to(torch.float32)
     for other, member in umap.param_members()[param]:
         if member.axis != axis and other.name in transforms:
             x = transforms[other.name].project(x, i, member.axis)
@@ -64,10 +75,10 @@ def _unit_rows(param: str, axis: int, i: int, umap: UnitMap, state_dict: Mapping
 
 
 def _standardise(x: torch.Tensor) -> torch.Tensor:
-    """Zero mean and unit variance per feature (column) across units; constant features -> 0."""
-    x = x - x.mean(dim=0, keepdim=True)
-    std = x.std(dim=0, unbiased=False, keepdim=True)
-    return torch.where(std > 0, x / std.clamp(min=1e-300), torch.zeros_like(x))
+    """Zero mean and unit variance per feature (column) across units, in place; constant features -> 0."""
+    std, mean = torch.std_mean(x, dim=0, unbiased=False, keepdim=True)
+    inv = torch.where(std > 0, 1.0 / std.clamp(min=1e-30), 0.0)
+    return x.sub_(mean).mul_(inv)
 
 
 def blend(alpha: float, weight: np.ndarray | None, activation: np.ndarray | None) -> np.ndarray:
