@@ -252,13 +252,26 @@ class MergeResult:
         return self._task_models
 
     @property
-    def model(self):
-        """The joint multi-task model (shared trunk, per-task tails and heads)."""
-        if self._model is None:
-            from .joint_model import MuDSCJointModel
+    def has_heads(self) -> bool:
+        """Whether the parents carry task heads (a classifier), not only the base model."""
+        first = self.parents[0].model
+        return first.base_model is not first
 
-            self._model = MuDSCJointModel.from_task_models(self.task_models, set(self.weights.shared),
-                                                           _distinct([p.name for p in self.parents]))
+    @property
+    def model(self):
+        """The merged model: the joint multi-task model (shared trunk, per-task tails and heads)
+        when the parents have task heads; the merged base model itself when they have none."""
+        if self._model is None:
+            if not self.has_heads:
+                if any(self.weights.private):
+                    raise ValueError("a partial merge of models without task heads gives one model per parent, "
+                                     "not one model: use result.task_models (tasks/<i>/ in the saved folder)")
+                self._model = self.task_models[0]
+            else:
+                from .joint_model import MuDSCJointModel
+
+                self._model = MuDSCJointModel.from_task_models(self.task_models, set(self.weights.shared),
+                                                               _distinct([p.name for p in self.parents]))
         return self._model
 
     def recipe(self) -> dict[str, Any]:

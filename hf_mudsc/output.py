@@ -1,5 +1,6 @@
-"""The merged folder (DESIGN §3.6): the joint model at the top, one standard checkpoint per
-parent under ``tasks/<i>/``, the recipe and transforms, and model cards."""
+"""The merged folder (DESIGN §3.6): the merged model at the top (the joint model, or for parents
+without task heads the merged base model; none for a partial merge of those), one standard
+checkpoint per parent under ``tasks/<i>/``, the recipe and transforms, and model cards."""
 from __future__ import annotations
 
 import json
@@ -36,21 +37,24 @@ def write_merge_folder(result: "MergeResult", folder: Path, *, max_shard_size: s
                        evaluation: list[dict[str, Any]] | None = None) -> None:
     """Write everything of ``result`` into ``folder`` (an empty temporary folder)."""
     names = [p.name for p in result.parents]
-    result.model.save_pretrained(folder, max_shard_size=max_shard_size)
-    _save_processor(result.parents[0].processor, folder)
+    top = "joint" if result.has_heads else "none" if any(result.weights.private) else "standard"
+    if top != "none":  # a partial merge of parents without heads is one model per parent, no single model
+        result.model.save_pretrained(folder, max_shard_size=max_shard_size)
+        _save_processor(result.parents[0].processor, folder)
     for i, (parent, task) in enumerate(zip(result.parents, result.task_models)):
         sub = folder / "tasks" / str(i)
         task.save_pretrained(sub, max_shard_size=max_shard_size)
         _save_processor(parent.processor, sub)
         _card(result, [names[i]], task, notes=[f"Task {i} of a merge of: {', '.join(names)}."],
-              task_folders=["."]).save(sub / "README.md")
+              task_folders=["."], top="none").save(sub / "README.md")
     save_transforms(result.transforms, str(folder / TRANSFORMS_NAME))
     (folder / RECIPE_NAME).write_text(json.dumps(result.recipe(), indent=2, default=str))
-    _card(result, names, result.task_models[0], evaluation=evaluation).save(folder / "README.md")
+    _card(result, names, result.task_models[0], evaluation=evaluation, top=top).save(folder / "README.md")
 
 
 def _card(result: "MergeResult", names: list[str], model: Any, *, notes: list[str] = (),
-          evaluation: list[dict[str, Any]] | None = None, task_folders: list[str] | None = None):
+          evaluation: list[dict[str, Any]] | None = None, task_folders: list[str] | None = None,
+          top: str = "joint"):
     config = result.config
     recipe = {**config.to_dict(), "mode": config.resolved_mode, "alpha": config.resolved_alpha}
     calib = result.calibration or {}
@@ -61,7 +65,7 @@ def _card(result: "MergeResult", names: list[str], model: Any, *, notes: list[st
         recipe=recipe, pipeline_tag=pipeline_tag(model),
         datasets=[calib["name"]] if calib.get("name") else None, calibration=calib or None,
         diagnostics=result.report, evaluation=evaluation, notes=list(notes) + extra,
-        task_folders=task_folders or [f"tasks/{i}" for i in range(len(names))],
+        task_folders=task_folders or [f"tasks/{i}" for i in range(len(names))], top=top,
     )
 
 

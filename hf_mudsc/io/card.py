@@ -179,7 +179,7 @@ def _calibration_section(calibration: Mapping[str, Any] | None) -> str:
 
 
 def _usage_section(
-    model_id: str, pipeline_task: str | None, task_folders: Sequence[str], library_name: str
+    model_id: str, pipeline_task: str | None, task_folders: Sequence[str], library_name: str, top: str
 ) -> str:
     task = pipeline_task or "<task>"
     tasks = (
@@ -187,19 +187,20 @@ def _usage_section(
         f'path = snapshot_download("{model_id}")  # or the path of a local copy\n'
         f'task_model = pipeline("{task}", model=f"{{path}}/{task_folders[0]}")\n```'
     )
-    joint = (
-        "```python\nimport hf_mudsc  # registers the joint model with the Auto classes\n"
-        f"from transformers import AutoModel\n\njoint = AutoModel.from_pretrained(\"{model_id}\")\n```"
-    )
-    return _section(
-        "How to load",
+    parts = [
         f"Each parent's merged model is a standard `{library_name}` checkpoint under "
-        + ", ".join(f"`{f}/`" for f in task_folders)
-        + ":",
+        + ", ".join(f"`{f}/`" for f in task_folders) + ":",
         tasks,
-        "The joint model predicts over the union of the parents' labels:",
-        joint,
-    )
+    ]
+    if top == "joint":
+        parts += ["The joint model predicts over the union of the parents' labels:",
+                  ("```python\nimport hf_mudsc  # registers the joint model with the Auto classes\n"
+                   f"from transformers import AutoModel\n\njoint = AutoModel.from_pretrained(\"{model_id}\")\n```")]
+    elif top == "standard":
+        parts += [("The parents have no task heads and every layer is merged, so all of them share one model, "
+                   "a standard checkpoint at the top of the folder:"),
+                  f"```python\nfrom transformers import AutoModel\n\nmodel = AutoModel.from_pretrained(\"{model_id}\")\n```"]
+    return _section("How to load", *parts)
 
 
 def build_model_card(
@@ -220,12 +221,14 @@ def build_model_card(
     heterogeneous: bool = False,
     model_id: str = "<repo-id or local folder>",
     task_folders: Sequence[str] | None = None,
+    top: str = "joint",
 ) -> ModelCard:
     """Build the README.md card of a merged model.
 
     ``task_name``: the ``pipeline`` task of the usage snippet (defaults to ``pipeline_tag``);
     ``task_folders``: where each parent's merged checkpoint lives (default ``tasks/<i>``);
-    ``model_id``: the Hub id or folder the snippets load from.
+    ``model_id``: the Hub id or folder the snippets load from; ``top``: what the folder holds at its
+    top: ``joint`` (the joint model), ``standard`` (one merged standard model) or ``none``.
     """
     folders = list(task_folders) if task_folders is not None else [f"tasks/{i}" for i in range(len(base_models))]
     papers = cited_papers(method, str(recipe.get("mode", "")) or None, heterogeneous)
@@ -238,7 +241,7 @@ def build_model_card(
         body.append(_section("Evaluation", markdown_table(evaluation)))
     if notes:
         body.append(_section("Notes", "\n".join(f"- {note}" for note in notes)))
-    body.append(_usage_section(model_id, task_name or pipeline_tag, folders, library_name))
+    body.append(_usage_section(model_id, task_name or pipeline_tag, folders, library_name, top))
     if papers:
         body.append(_section("Citation", "```bibtex\n" + "\n\n".join(p.bibtex for p in papers) + "\n```"))
     data = _metadata(
