@@ -100,16 +100,20 @@ def _transform(
 
 
 def build_task_model(parent: torch.nn.Module, state_dict: Mapping[str, torch.Tensor]) -> torch.nn.Module:
-    """A standard model of the parent's class carrying ``state_dict`` (buffers from the parent)."""
+    """A standard model of the parent's class on the CPU carrying ``state_dict`` (in the parent's
+    dtype, copied) and the parent's buffers. Built on the meta device: no random init to discard."""
     config = copy.deepcopy(parent.config)
-    model = _without_absent_modules(type(parent)(config), parent).to(dtype=parent.dtype)
-    missing, unexpected = model.load_state_dict(dict(state_dict), strict=False)
+    with torch.device("meta"):
+        model = _without_absent_modules(type(parent)(config), parent)
+    state = {k: v.detach().to(device="cpu", dtype=parent.dtype, copy=True) for k, v in state_dict.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     params = {n for n, _ in model.named_parameters()}
     if unexpected or params & set(missing):
         raise ValueError(f"merged weights do not fit {type(parent).__name__}: missing {sorted(params & set(missing))[:3]}, "
                          f"unexpected {sorted(unexpected)[:3]}")
     for name, buf in parent.named_buffers():
-        model.get_buffer(name).copy_(buf)
+        owner, _, attr = name.rpartition(".")
+        model.get_submodule(owner)._buffers[attr] = buf.detach().to("cpu", copy=True)
     return model.eval()
 
 
