@@ -1,7 +1,7 @@
 """Zip mode: the fast greedy solver against the plain O(n^3) loop, and the rule itself."""
 from __future__ import annotations
 
-import sys
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +12,12 @@ from hypothesis import strategies as st
 
 from hf_mudsc.solve import Solution, pair_objective, solve_zip
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from reference_zip import reference_zip  # noqa: E402
+# loaded by path: putting benchmarks/speed on sys.path would expose its module names to every test
+_spec = importlib.util.spec_from_file_location(
+    "reference_zip", Path(__file__).resolve().parents[1] / "benchmarks" / "speed" / "reference_zip.py")
+_module = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_module)
+reference_zip = _module.reference_zip
 
 
 def check_valid(sol: Solution, sizes: list[int], k: int, budget: float | None) -> None:

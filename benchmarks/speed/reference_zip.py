@@ -1,12 +1,12 @@
 """The straightforward O(n^3) loop of the zip rule of ``hf_mudsc.solve.solve_zip``.
 
 Not part of the package: the tests check the fast solver against it and
-``speed_solvers.py`` times both. Every step masks the whole cluster similarity matrix and
+``solvers.py`` times both. Every step masks the whole cluster similarity matrix and
 takes its first maximum in row-major order.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

