@@ -118,13 +118,14 @@ class MuDSCMerger:
         samples = {name: m.n for name, m in moments.items()}
         if not samples or min(samples.values()) == 0:
             raise ValueError("the calibration data gave no samples (all padding, or empty batches)")
-        corr = {name: m.corr() for name, m in moments.items()}
+        # one space at a time, so that the sums and the correlations are never all in memory at once
+        corr = {name: moments.pop(name).corr() for name in list(moments)}
         self._activation = {name: c.cpu().numpy() for name, c in corr.items()}
         self.calibration = {"name": calib.name, "column": ", ".join(calib.column) if calib.column else None,
                             "num_samples": num_samples,
                             "batch_size": batch_size, "samples_per_space": samples}
         if accelerator is None or accelerator.is_main_process:  # every rank holds the same totals
-            told = self._warn(calibration_issues(moments, self.unit_maps, corr))
+            told = self._warn(calibration_issues(samples, self.unit_maps, corr))
             if told:  # the model card and the recipe keep them
                 self.calibration["warnings"] = told
 

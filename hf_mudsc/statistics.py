@@ -108,8 +108,8 @@ class Moments:
         """Population covariance (divides by ``n``; float64, symmetric)."""
         self._require_samples()
         m = self.s1 / self.n
-        c = self.s2 / self.n - torch.outer(m, m)
-        return (c + c.T) / 2
+        c = (self.s2 / self.n).addr_(m, m, alpha=-1.0)
+        return c.add_(c.T.clone()).mul_(0.5)  # exactly symmetric
 
     def corr(self) -> Tensor:
         """Pearson correlation, never NaN.
@@ -117,13 +117,13 @@ class Moments:
         A constant unit (zero variance) has correlation 0 with every unit, itself included:
         the diagonal is 1 for non-constant units and 0 for constant ones.
         """
-        cov = self.cov
-        std = cov.diagonal().clamp(min=0).sqrt()
+        corr = self.cov  # a fresh D x D tensor: everything below works in place on it
+        std = corr.diagonal().clamp(min=0).sqrt()
         live = std > _CONSTANT_RTOL * self.mean.abs()
         inv = torch.zeros_like(std)
         inv[live] = std[live].reciprocal()
         # scaled one side at a time: inv_i * inv_j alone may overflow for tiny variances (0 * inf = NaN)
-        corr = (cov * inv.unsqueeze(1) * inv.unsqueeze(0)).clamp_(-1.0, 1.0)
+        corr.mul_(inv.unsqueeze(1)).mul_(inv.unsqueeze(0)).clamp_(-1.0, 1.0)
         corr.diagonal().copy_(live.to(corr.dtype))
         return corr
 
@@ -151,8 +151,8 @@ class Moments:
 # --------------------------------------------------------------------------- diagnostics
 
 
-def calibration_issues(moments: Mapping[str, Moments], unit_maps: Sequence[UnitMap],
-                       corr: Mapping[str, Tensor] | None = None) -> dict[str, list[dict[str, Any]]]:
+def calibration_issues(samples: Mapping[str, int], unit_maps: Sequence[UnitMap],
+                       corr: Mapping[str, Tensor]) -> dict[str, list[dict[str, Any]]]:
     """What in the collected statistics may make a merge poor, per kind of issue:
 
     - ``few_samples``: spaces with fewer samples than units (of the widest parent): the
@@ -162,17 +162,17 @@ def calibration_issues(moments: Mapping[str, Moments], unit_maps: Sequence[UnitM
       (dead units, zeroed layers, a single example): their activation similarity is 0;
       ``{"space", "constant": [count per model], "units": [units per model]}``.
 
-    ``corr``: the correlations of ``moments`` when already computed (their diagonal is 0
-    exactly for constant units).
+    ``samples``: the samples per space; ``corr``: the correlations (:meth:`Moments.corr`, whose
+    diagonal is 0 exactly for constant units).
     """
     few, constant = [], []
-    for name, m in moments.items():
+    for name, n in samples.items():
         units = [um[name].dim for um in unit_maps]
-        if m.n < max(units):
-            few.append({"space": name, "samples": m.n, "units": max(units)})
-        if m.n == 0:
+        if n < max(units):
+            few.append({"space": name, "samples": n, "units": max(units)})
+        if n == 0:
             continue
-        diag = (corr[name] if corr is not None else m.corr()).diagonal().cpu()
+        diag = corr[name].diagonal().cpu()
         dead = [int((diag[sl] == 0).sum()) for sl in model_slices(unit_maps, name)]
         if any(dead):
             constant.append({"space": name, "constant": dead, "units": units})
