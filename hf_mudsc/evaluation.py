@@ -17,8 +17,9 @@ accuracy.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
+import numpy as np
 import torch
 from datasets import Dataset
 from torch import Tensor, nn
@@ -30,6 +31,7 @@ __all__ = [
     "joint_accuracy",
     "per_task_accuracy",
     "per_task_breakdown",
+    "text_batches",
 ]
 
 Batch = tuple[Mapping[str, Tensor], Tensor, Tensor]
@@ -160,17 +162,36 @@ def evaluate_models(models: Sequence[nn.Module | None], batches: Iterable[Batch]
     }
 
 
-def image_batches(test_sets: Sequence[Dataset], processor: Any, batch_size: int = 256) -> list[Batch]:
-    """Batches for :func:`evaluate_models` from per-task test sets (``image``/``label``
-    datasets, task ``t`` = ``test_sets[t]``), preprocessed once by ``processor``."""
+def _batches(test_sets: Sequence[Dataset], batch_size: int,
+             prepare: Callable[[dict], Mapping[str, Tensor]]) -> list[Batch]:
+    """``(prepare(rows), task_ids, labels)`` per batch of rows of each task's test set."""
     batches = []
     for t, dataset in enumerate(test_sets):
         for start in range(0, len(dataset), batch_size):
             rows = dataset[start:start + batch_size]
-            pixels = processor(images=list(rows["image"]), return_tensors="pt")["pixel_values"]
             labels = torch.tensor(list(rows["label"]), dtype=torch.long)
-            batches.append(({"pixel_values": pixels}, torch.full_like(labels, t), labels))
+            batches.append((prepare(rows), torch.full_like(labels, t), labels))
     return batches
+
+
+def image_batches(test_sets: Sequence[Dataset], processor: Any, batch_size: int = 256) -> list[Batch]:
+    """Batches for :func:`evaluate_models` from per-task test sets (``image``/``label``
+    datasets, task ``t`` = ``test_sets[t]``), preprocessed once by ``processor``."""
+    return _batches(test_sets, batch_size, lambda rows: {
+        "pixel_values": processor(images=list(rows["image"]), return_tensors="pt")["pixel_values"]})
+
+
+def text_batches(test_sets: Sequence[Dataset], tokenizer: Any, batch_size: int = 256,
+                 max_length: int = 128) -> list[Batch]:
+    """Batches for :func:`evaluate_models` from per-task ``text``/``label`` test sets, tokenized
+    once by ``tokenizer`` (cut to ``max_length`` tokens). Each task's texts are batched in order
+    of length, so that padding per batch stays short; the scores do not depend on the order."""
+    def by_length(dataset: Dataset) -> Dataset:
+        ids = tokenizer(list(dataset["text"]), truncation=True, max_length=max_length)["input_ids"]
+        return dataset.select(np.argsort([len(i) for i in ids], kind="stable"))
+
+    return _batches([by_length(d) for d in test_sets], batch_size, lambda rows: dict(tokenizer(
+        list(rows["text"]), padding=True, truncation=True, max_length=max_length, return_tensors="pt")))
 
 
 def _cell(value: Any, digits: int) -> str:

