@@ -6,9 +6,9 @@ over pairs.
     .venv/bin/python benchmarks/quality/vision.py --pairs 5  # 2 more random splits
 
 Pair 1: classes 0-4 | 5-9, seeds 0, 1; pair 2: even | odd, seeds 2, 3; pair k >= 3: a random
-split (numpy seeds 0, 1, ... in turn, skipping a split already used), seeds 2k - 2, 2k - 1. Parents are trained once into the default parent
-cache (~2 min each on one core). Writes ``benchmarks/results/quality_vision.{json,md,png}`` and
-``quality_vision_sweeps.png``.
+split (numpy seeds 0, 1, ... in turn, skipping a split already used), seeds 2k - 2, 2k - 1.
+Parents are trained once into the default parent cache (~2 min each on one core). Writes
+``benchmarks/results/quality_vision.{json,md,png}`` and ``quality_vision_sweeps.png``.
 """
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         log(f"  parents ready: {time.perf_counter() - tick:.0f} s")
         scoring = image_batches(tests, AutoImageProcessor.from_pretrained(paths[0]))
         calibration = calibration_rows(train, [c for g in pair["classes"] for c in g], args.num_samples,
-                                         args.calibration_seed)
+                                       args.calibration_seed)
         pair["rows"] = score_pair(paths, scoring, calibration, RUNS, num_samples=args.num_samples,
                                   batch_size=args.batch_size, log=log)
         pair["class_names"] = [[FASHION_MNIST_CLASSES[c] for c in g] for g in pair["classes"]]
