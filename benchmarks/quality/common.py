@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -34,6 +36,7 @@ METHOD_RUNS: list[tuple[str, dict[str, Any]]] = [
 ]
 PARENT_ROWS = ("parent A alone", "parent B alone", "ensemble (2x compute)")
 FULL_MERGE = "MuDSC zip (alpha 0.5)"  # the alpha = 0.5, all-layers point of both sweeps
+ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)  # the alpha sweep (0.5 is FULL_MERGE)
 
 
 def alpha_runs(alphas: Iterable[float], mode: str = "zip") -> list[tuple[str, dict[str, Any]]]:
@@ -45,6 +48,11 @@ def partial_runs(layers: Iterable[int], num_layers: int) -> list[tuple[str, dict
     """MuDSC zip merging the embeddings and the first L layers; later layers stay per task."""
     return [(f"MuDSC zip, {n} of {num_layers} layers merged", {"method": "mudsc", "mode": "zip", "merge_layers": n})
             for n in layers]
+
+
+def benchmark_runs(depths: Iterable[int], num_layers: int) -> list[tuple[str, dict[str, Any]]]:
+    """Every preset, MuDSC zip at the other :data:`ALPHAS`, and partial merges at ``depths``."""
+    return METHOD_RUNS + alpha_runs([a for a in ALPHAS if a != 0.5]) + partial_runs(depths, num_layers)
 
 
 def score_pair(
@@ -81,6 +89,56 @@ def score_pair(
         rows.append(_row(name, evaluate_models(result.task_models, scoring), seconds))
         log(f"  {name}: joint {_fmt(rows[-1]['joint'])}, per task {_fmt(rows[-1]['per_task'])} ({seconds:.1f} s)")
     return rows
+
+
+def score_pairs(
+    pairs: Sequence[dict[str, Any]],
+    prepare: Callable[[dict[str, Any]], tuple[Sequence[Path], Sequence[Any], Any, list[list[str]]]],
+    runs: Sequence[tuple[str, dict[str, Any]]],
+    *,
+    num_samples: int,
+    batch_size: int,
+    log: Callable[[str], None] = print,
+) -> None:
+    """:func:`score_pair` on every pair of :func:`pair_definitions`, in place: ``prepare(pair)``
+    gives the parent folders, scoring batches, calibration data and class names; each pair gets
+    its ``rows``, ``class_names``, ``parents`` (folder and training recipe) and ``seconds``."""
+    for i, pair in enumerate(pairs, 1):
+        log(f"pair {i}/{len(pairs)}: classes {pair['classes']}, seeds {pair['seeds']}")
+        tick = time.perf_counter()
+        paths, scoring, calibration, class_names = prepare(pair)
+        log(f"  parents and data ready: {time.perf_counter() - tick:.0f} s")
+        pair["rows"] = score_pair(paths, scoring, calibration, runs, num_samples=num_samples,
+                                  batch_size=batch_size, log=log)
+        pair["class_names"] = class_names
+        pair["parents"] = [{"folder": str(p), "recipe": json.loads((Path(p) / "parent_recipe.json").read_text())}
+                           for p in paths]
+        pair["seconds"] = round(time.perf_counter() - tick, 1)
+        log(format_table(pair["rows"], ["model", "joint", "per_task", "by_task", "seconds"]))
+
+
+def report(name: str, title: str, pairs: Sequence[dict[str, Any]], runs: Sequence[tuple[str, dict[str, Any]]],
+           sweep: tuple[Sequence[int], int], info: dict[str, Any], start: float,
+           log: Callable[[str], None] = print) -> Path:
+    """Summarise scored ``pairs``; write ``quality_<name>.{json,md}`` (``info`` describes data,
+    calibration and scoring), the bar plot of the main rows and the sweep plot (``sweep``: the
+    partial-merge depths and the number of layers); log the summary table."""
+    summary = summarise([p["rows"] for p in pairs])
+    path = write_results(name, {
+        "command": shlex.join(["python", *sys.argv]),
+        **info,
+        "runs": [{"model": n, **o} for n, o in runs],
+        "pairs": list(pairs),
+        "summary": summary,
+        "seconds": round(time.perf_counter() - start, 1),
+    })
+    main_names = set(PARENT_ROWS) | {n for n, _ in METHOD_RUNS}
+    plot_summary([e for e in summary if e["model"] in main_names], RESULTS_DIR / f"quality_{name}.png",
+                 f"{title} ({len(pairs)} pairs)")
+    plot_sweeps(summary, RESULTS_DIR / f"quality_{name}_sweeps.png", f"{title}: MuDSC zip sweeps", *sweep)
+    log("\n" + summary_table(summary))
+    log(f"\nwrote {path} and its .md/.png in {time.perf_counter() - start:.0f} s")
+    return path
 
 
 def summarise(pairs: Sequence[Sequence[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -179,9 +237,9 @@ def calibration_rows(train: Any, classes: Sequence[int], num_samples: int, seed:
     return train.select(np.sort(picks)).remove_columns("label")
 
 
-def plot_sweeps(summary: Sequence[dict[str, Any]], path: Path, title: str, alphas: Sequence[float],
-                depths: Sequence[int], num_layers: int) -> Path:
-    """Joint and per-task accuracy against alpha (:func:`alpha_runs`) and against merged layers
+def plot_sweeps(summary: Sequence[dict[str, Any]], path: Path, title: str, depths: Sequence[int],
+                num_layers: int) -> Path:
+    """Joint and per-task accuracy against alpha (:data:`ALPHAS`) and against merged layers
     (:func:`partial_runs` at ``depths``), mean with a min-max band; :data:`FULL_MERGE` is the
     alpha 0.5, all-layers point."""
     import matplotlib
@@ -189,7 +247,7 @@ def plot_sweeps(summary: Sequence[dict[str, Any]], path: Path, title: str, alpha
     import matplotlib.pyplot as plt
 
     by_name = {e["model"]: e for e in summary}
-    alpha_names = {o["alpha"]: n for n, o in alpha_runs(alphas)} | {0.5: FULL_MERGE}
+    alpha_names = {o["alpha"]: n for n, o in alpha_runs(ALPHAS)} | {0.5: FULL_MERGE}
     layer_names = {o["merge_layers"]: n for n, o in partial_runs(depths, num_layers)} | {num_layers: FULL_MERGE}
     sweeps = (("alpha (0 = activations only, 1 = weights only)", sorted(alpha_names.items())),
               (f"merged layers (of {num_layers}; MuDSC zip, alpha 0.5)", sorted(layer_names.items())))

@@ -15,35 +15,24 @@ parent cache. Writes ``benchmarks/results/quality_text_<family>.{json,md,png}`` 
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
-import sys
 import time
 from collections.abc import Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from common import (  # this folder is on sys.path when the script runs
-    METHOD_RUNS,
-    PARENT_ROWS,
-    RESULTS_DIR,
-    alpha_runs,
+    benchmark_runs,
     calibration_rows,
     pair_definitions,
-    partial_runs,
-    plot_summary,
-    plot_sweeps,
-    score_pair,
-    summarise,
-    summary_table,
-    write_results,
+    report,
+    score_pairs,
 )
 from transformers import AutoTokenizer
 
-from hf_mudsc.evaluation import format_table, text_batches
+from hf_mudsc.evaluation import text_batches
 from hf_mudsc.parents import WORDNET_TOPICS, load_wordnet_topics, text_parents
 
-ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 # family -> (encoder layers, merged-layer depths of the partial sweep, default pairs, title)
 FAMILIES: dict[str, tuple[int, tuple[int, ...], int, str]] = {
     "scratch": (4, (0, 1, 2, 3), 3, "WordNet topics, small BERTs from different seeds"),
@@ -52,57 +41,32 @@ FAMILIES: dict[str, tuple[int, tuple[int, ...], int, str]] = {
 log = partial(print, flush=True)
 
 
-def runs(family: str) -> list[tuple[str, dict[str, Any]]]:
-    """Every preset, MuDSC zip at the other alphas, and partial merges at the family's depths."""
-    num_layers, depths, _, _ = FAMILIES[family]
-    return METHOD_RUNS + alpha_runs([a for a in ALPHAS if a != 0.5]) + partial_runs(depths, num_layers)
-
-
 def run_family(family: str, args: argparse.Namespace) -> None:
     """Score every pair of ``family``; write its results file and plots."""
     num_layers, depths, default_pairs, title = FAMILIES[family]
     data_options = {"train_per_class": args.train_per_class, "test_per_class": args.test_per_class}
     train = load_wordnet_topics(**data_options, seed=args.data_seed)["train"]
     names = list(WORDNET_TOPICS)
-    family_runs = runs(family)
+    runs = benchmark_runs(depths, num_layers)
     start = time.perf_counter()
-    pairs = pair_definitions(args.pairs or default_pairs)
-    for i, pair in enumerate(pairs, 1):
-        log(f"[{family}] pair {i}/{len(pairs)}: topics {pair['classes']}, seeds {pair['seeds']}")
-        tick = time.perf_counter()
+
+    def prepare(pair: dict[str, Any]) -> tuple[list[Path], list[Any], Any, list[list[str]]]:
         paths, tests = text_parents(family, pair["classes"], pair["seeds"], data_seed=args.data_seed, **data_options)
-        log(f"  parents ready: {time.perf_counter() - tick:.0f} s")
         scoring = text_batches(tests, AutoTokenizer.from_pretrained(paths[0]))
         calibration = calibration_rows(train, range(len(names)), args.num_samples, args.calibration_seed)
-        pair["rows"] = score_pair(paths, scoring, calibration, family_runs, num_samples=args.num_samples,
-                                  batch_size=args.batch_size, log=log)
-        pair["class_names"] = [[names[c] for c in g] for g in pair["classes"]]
-        pair["parents"] = [{"folder": str(p), "recipe": json.loads((p / "parent_recipe.json").read_text())}
-                           for p in paths]
-        pair["seconds"] = round(time.perf_counter() - tick, 1)
-        log(format_table(pair["rows"], ["model", "joint", "per_task", "by_task", "seconds"]))
+        return paths, scoring, calibration, [[names[c] for c in g] for g in pair["classes"]]
 
-    summary = summarise([p["rows"] for p in pairs])
-    path = write_results(f"text_{family}", {
-        "command": shlex.join(["python", *sys.argv]),
+    log(f"[{family}]")
+    pairs = pair_definitions(args.pairs or default_pairs)
+    score_pairs(pairs, prepare, runs, num_samples=args.num_samples, batch_size=args.batch_size, log=log)
+    report(f"text_{family}", title, pairs, runs, (depths, num_layers), {
         "family": family,
         "data": {"source": "WordNet 3.0 nouns (Debian wordnet-base), '<lemma>: <gloss>', label = lexicographer topic",
                  "topics": names, "seed": args.data_seed, **data_options},
         "calibration": {"num_samples": args.num_samples, "batch_size": args.batch_size,
                         "seed": args.calibration_seed, "source": "both tasks' training texts, unlabeled"},
         "scoring": f"both tasks' test sets ({args.test_per_class} texts per topic)",
-        "runs": [{"model": n, **o} for n, o in family_runs],
-        "pairs": pairs,
-        "summary": summary,
-        "seconds": round(time.perf_counter() - start, 1),
-    })
-    main_names = set(PARENT_ROWS) | {n for n, _ in METHOD_RUNS}
-    plot_summary([e for e in summary if e["model"] in main_names], RESULTS_DIR / f"quality_text_{family}.png",
-                 f"{title} ({len(pairs)} pairs)")
-    plot_sweeps(summary, RESULTS_DIR / f"quality_text_{family}_sweeps.png", f"{title}: MuDSC zip sweeps",
-                ALPHAS, depths, num_layers)
-    log("\n" + summary_table(summary))
-    log(f"\nwrote {path} and its .md/.png in {time.perf_counter() - start:.0f} s")
+    }, start, log=log)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
