@@ -308,15 +308,13 @@ def train_vit_parent(
     Training runs on one CPU thread, so a recipe gives the same weights whatever the core count
     (and two small models do not fight over the cores). Returns ``out_dir``.
     """
-    names = train.features["label"].names
     processor = image_processor(image_size)
     pixels = _pixel_values(processor, list(train["image"]))
     labels = torch.tensor(list(train["label"]), dtype=torch.long)
     config = ViTConfig(
         image_size=image_size, patch_size=patch_size, num_channels=3,
         hidden_size=hidden_size, num_hidden_layers=layers, num_attention_heads=heads,
-        intermediate_size=intermediate, num_labels=len(names),
-        id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},
+        intermediate_size=intermediate, **_label_config(train),
     )
     with _one_thread():
         torch.manual_seed(seed)
@@ -363,9 +361,7 @@ def train_text_parent(
     are cut to ``max_length`` tokens. AdamW with a one-cycle learning rate on one CPU thread,
     as :func:`train_vit_parent`. The folder gets the model, its labels and the tokenizer.
     """
-    names = train.features["label"].names
-    labels_config = {"num_labels": len(names), "id2label": dict(enumerate(names)),
-                     "label2id": {n: i for i, n in enumerate(names)}}
+    labels_config = _label_config(train)
     tok = AutoTokenizer.from_pretrained(tokenizer)
     inputs = dict(tok(list(train["text"]), padding="max_length", truncation=True, max_length=max_length,
                       return_tensors="pt"))
@@ -386,6 +382,12 @@ def train_text_parent(
     model.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
     return out_dir
+
+
+def _label_config(train: Dataset) -> dict[str, Any]:
+    """``num_labels``, ``id2label`` and ``label2id`` of a model config, from ``train``'s ``label`` ClassLabel."""
+    names = train.features["label"].names
+    return {"num_labels": len(names), "id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
 
 
 @contextmanager
