@@ -17,6 +17,7 @@ from accelerate.utils import broadcast
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from hf_mudsc.quality import MergeQualityWarning  # noqa: F401  (re-exported)
 from hf_mudsc.unitmaps.spaces import Site, UnitMap
 
 __all__ = [
@@ -33,11 +34,6 @@ __all__ = [
 # around a constant: it is treated as constant (correlation 0 with everything).
 _CONSTANT_RTOL = 1e-12
 _BYTES_PER_UNIT_SQUARED = 8  # one float64 entry of the D x D accumulator
-
-
-class MergeQualityWarning(UserWarning):
-    """The merge ran, but its result may be poor (too little calibration data, units whose
-    activations are constant, ...): the message says where and why."""
 
 
 class Moments:

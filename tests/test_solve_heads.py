@@ -53,17 +53,20 @@ def test_spaces_share_one_head_assignment_decided_by_the_sum() -> None:
         assert np.array_equal(head_of(sol, 1, 4), head_perm)
 
 
+@pytest.mark.parametrize("models", [2, 3, 4])
 @pytest.mark.parametrize("budget, decay", [(0.0, 0.0), (0.5, 0.5), (1.0, 1.0)])
-def test_zip_never_mixes_heads(budget: float, decay: float) -> None:
+def test_zip_never_mixes_heads(models: int, budget: float, decay: float) -> None:
     rng = np.random.default_rng(2)
-    sims = [np.round(rng.uniform(-1, 1, size=(24, 24)), 1) for _ in range(2)]
-    sols = solve_heads(sims, [12, 12], 2, HD, "zip", budget, decay)
-    heads = [head_of(sol, 1, 2) for sol in sols]
-    assert np.array_equal(heads[0], heads[1])
+    n = 12 * models
+    sims = [np.round(rng.uniform(-1, 1, size=(n, n)), 1) for _ in range(2)]  # many exact ties
+    sols = solve_heads(sims, [12] * models, 2, HD, "zip", budget, decay)
+    for model in range(1, models):
+        heads = [head_of(sol, model, 2) for sol in sols]
+        assert np.array_equal(heads[0], heads[1])
     for sol in sols:
         assert np.array_equal(head_of(sol, 0, 2), [0, 1])
         assert set(sol.labels()) == set(range(12))
-        for a in sol.assign:
+        for a in sol.assign:  # within every head, each model keeps its budget
             for h in range(2):
                 merged = len(np.unique(a[h * HD:(h + 1) * HD]))
                 assert HD - merged <= np.floor(budget * HD + 1e-9)
@@ -72,7 +75,7 @@ def test_zip_never_mixes_heads(budget: float, decay: float) -> None:
 @pytest.mark.parametrize("mode", ["permute", "zip"])
 def test_identical_models_give_identity(mode: str) -> None:
     x = np.random.default_rng(3).normal(size=(3 * HD, 60))
-    sim = np.corrcoef(np.vstack([x, x]))
+    sim = np.tile(np.corrcoef(x), (2, 2))  # identical parents, exact by construction
     for sol in solve_heads([sim, sim], [3 * HD] * 2, 3, HD, mode, budget=0.5, decay=0.5):
         assert np.array_equal(sol.assign[0], np.arange(3 * HD))
         assert np.array_equal(sol.assign[1], np.arange(3 * HD))
@@ -83,7 +86,8 @@ def test_three_models(mode: str) -> None:
     rng = np.random.default_rng(4)
     x = rng.normal(size=(2 * HD, 80))
     swap = np.r_[HD:2 * HD, 0:HD]
-    sim = np.corrcoef(np.vstack([x, x[swap], x]))
+    rows = np.r_[0:2 * HD, swap, 0:2 * HD]  # parents x, x[swap], x: exact copies by construction
+    sim = np.corrcoef(x)[np.ix_(rows, rows)]
     sol = solve_heads([sim], [2 * HD] * 3, 2, HD, mode)[0]
     assert np.array_equal(sol.assign[1], swap) and np.array_equal(sol.assign[2], np.arange(12))
 
@@ -91,12 +95,13 @@ def test_three_models(mode: str) -> None:
 @pytest.mark.parametrize("mode", ["permute", "zip"])
 def test_different_head_counts(mode: str) -> None:
     rng = np.random.default_rng(5)
-    x = rng.normal(size=(3 * HD, 80))
-    small = x[np.r_[2 * HD:3 * HD, 0:HD]]  # heads 2 and 0 of the larger model
+    corr = np.corrcoef(rng.normal(size=(3 * HD, 80)))
+    large, small = np.r_[0:3 * HD], np.r_[2 * HD:3 * HD, 0:HD]  # the small model: heads 2 and 0 of the large
     # Merged heads follow model 0's heads; the unmatched head of the larger model is last.
-    for feats, heads, expected in [([x, small], [3, 2], ([0, 1, 2], [2, 0])),
-                                   ([small, x], [2, 3], ([0, 1], [1, 2, 0]))]:
-        sim = np.corrcoef(np.vstack(feats))
+    for parts, heads, expected in [((large, small), [3, 2], ([0, 1, 2], [2, 0])),
+                                   ((small, large), [2, 3], ([0, 1], [1, 2, 0]))]:
+        rows = np.concatenate(parts)
+        sim = corr[np.ix_(rows, rows)]  # copied units are exact copies
         sol = solve_heads([sim], [h * HD for h in heads], heads, HD, mode)[0]
         assert sol.k == 3 * HD and set(sol.labels()) == set(range(3 * HD))
         assert np.array_equal(sol.assign[0], np.arange(heads[0] * HD))

@@ -2,20 +2,22 @@
 
 Not part of the package: the tests check the fast solver against it and
 ``solvers.py`` times both. Every step masks the whole cluster similarity matrix and
-takes its first maximum in row-major order.
+takes its first maximum in row-major order. Similarities are rounded to 9 decimals first,
+as the solver's ``tie_key`` does.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import numpy as np
+from scipy.optimize import linear_sum_assignment
 
 
 def reference_zip(sim: np.ndarray, sizes: Sequence[int], k: int | None = None,
                   budget: float = 0.0, decay: float = 0.0) -> list[np.ndarray]:
     """Per-model cluster labels (the smallest member's global index) of the zip rule."""
     sim = np.asarray(sim, dtype=np.float64)
-    sym = (sim + sim.T) / 2
+    sym = np.round((sim + sim.T) / 2, 9)
     n, n_models = len(sym), len(sizes)
     k = max(sizes) if k is None else k
     has = np.zeros((n, n_models), dtype=bool)
@@ -26,9 +28,11 @@ def reference_zip(sim: np.ndarray, sizes: Sequence[int], k: int | None = None,
     alive, fresh = np.ones(n, dtype=bool), np.ones(n, dtype=bool)
     scores, phase = sym.copy(), 1
     while alive.sum() > k:
-        allowed = _allowed(alive, fresh if phase == 1 and decay == 0 else alive, has,
-                           used >= caps if phase < 3 else np.zeros(n_models, dtype=bool))
+        allowed = _allowed(alive, fresh if phase == 1 and decay == 0 else alive, has, used >= caps)
         if not allowed.any():
+            if phase == 2:
+                _fill_slots(sym, sizes, members, alive, has, k)
+                break
             phase += 1
             scores = _complete_linkage(sym, members, alive)
             continue
@@ -63,3 +67,31 @@ def _complete_linkage(sym: np.ndarray, members: list[list[int]],
         for b in np.flatnonzero(alive):
             scores[a, b] = sym[np.ix_(members[a], members[b])].min()
     return scores
+
+
+def _fill_slots(sym: np.ndarray, sizes: Sequence[int], members: list[list[int]], alive: np.ndarray,
+                has: np.ndarray, k: int) -> None:
+    """The solver's last phase, plainly: keep ``k`` slot clusters (those with a unit of the
+    widest model first, then by size, then by index), free the rest, and give each model's
+    freed units to the slots lacking it by linear assignment on minimum linkage; units
+    beyond the free slots go to their best slot."""
+    anchor = int(np.argmax(sizes))
+    live = [int(r) for r in np.flatnonzero(alive)]
+    live.sort(key=lambda r: (not has[r, anchor], -len(members[r]), r))
+    slots = live[:k]
+    freed = sorted(u for r in live[k:] for u in members[r])
+    for r in live[k:]:
+        alive[r] = False
+    model_of = np.repeat(np.arange(len(sizes)), sizes)
+    for m in range(len(sizes)):
+        units = [u for u in freed if model_of[u] == m]
+        if not units:
+            continue
+        link = np.array([[min(sym[u, v] for v in members[s]) for s in slots] for u in units])
+        lacking = [j for j, s in enumerate(slots) if not has[s, m]]
+        rows, cols = linear_sum_assignment(link[:, lacking], maximize=True)
+        chosen = dict(zip(rows.tolist(), [lacking[c] for c in cols]))
+        for i, u in enumerate(units):
+            slot = slots[chosen[i]] if i in chosen else slots[int(np.argmax(link[i]))]
+            members[slot].append(u)
+            has[slot, m] = True

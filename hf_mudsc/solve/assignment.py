@@ -7,7 +7,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from .solution import Solution, as_matrix, canonical_labels, check_sizes, make_solution
+from .solution import Solution, as_matrix, canonical_labels, check_sizes, make_solution, tie_key
 
 
 def solve_permute(sim: Any, sizes: Sequence[int]) -> Solution:
@@ -19,13 +19,14 @@ def solve_permute(sim: Any, sizes: Sequence[int]) -> Solution:
     ``k = max(sizes)``. Merged units are numbered by their smallest global member, so
     ``assign[0] == arange(sizes[0])`` always; when model 0 is narrower, the merged units it
     does not reach come after its own. A narrower model leaves ``k - sizes[i]`` merged units
-    without a member of its own.
+    without a member of its own. The assignment reads :func:`tie_key` of ``sim``.
     """
     sizes = check_sizes(sizes)
     sim = as_matrix(sim, sizes)
     offsets = np.cumsum(sizes) - sizes
     blocks = [slice(o, o + s) for o, s in zip(offsets, sizes)]
-    groups = match_to_reference(lambda r, i: sim[blocks[r], blocks[i]], sizes)
+    key = tie_key(sim)
+    groups = match_to_reference(lambda r, i: key[blocks[r], blocks[i]], sizes)
     return make_solution(sim, canonical_labels(np.concatenate(groups)), sizes)
 
 

@@ -8,7 +8,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from .assignment import match_to_reference, solve_permute
-from .solution import Solution, as_matrix, canonical_labels, check_sizes, make_solution
+from .solution import Solution, as_matrix, canonical_labels, check_sizes, make_solution, tie_key
 from .zip import solve_zip
 
 Mode = Literal["permute", "zip"]
@@ -30,7 +30,8 @@ def solve_heads(sims: Sequence[Any], sizes: Sequence[int], num_heads: int | Sequ
     every space: inside it each space is solved separately on the matched heads' units
     with :func:`solve_permute` or with :func:`solve_zip` (``k = head_dim``, same
     ``budget`` and ``decay``, budgets per head), so head boundaries are never crossed.
-    Returns one :class:`Solution` per space, in the order of ``sims``.
+    Head scores and every assignment read :func:`tie_key` values. Returns one
+    :class:`Solution` per space, in the order of ``sims``.
     """
     sizes = check_sizes(sizes)
     heads = _head_counts(num_heads, sizes, head_dim)
@@ -42,7 +43,8 @@ def solve_heads(sims: Sequence[Any], sizes: Sequence[int], num_heads: int | Sequ
     offsets = np.cumsum(sizes) - sizes
     units = [[np.arange(o + h * head_dim, o + (h + 1) * head_dim) for h in range(n)]
              for o, n in zip(offsets, heads)]
-    groups = match_to_reference(lambda r, i: _head_scores(mats, units[r], units[i]), heads)
+    keys = [tie_key(sim) for sim in mats]
+    groups = match_to_reference(lambda r, i: tie_key(_head_scores(keys, units[r], units[i])), heads)
     merged = np.split(canonical_labels(np.concatenate(groups)), np.cumsum(heads)[:-1])
     tuples = [np.concatenate([units[i][h] for i in range(len(heads))
                               for h in np.flatnonzero(merged[i] == g)])

@@ -3,6 +3,10 @@
 Conventions: a similarity matrix is square over the concatenation of all models' units
 (model ``i`` owns rows/cols ``offsets[i]:offsets[i] + sizes[i]``); higher is more similar.
 A solution assigns every unit of every model to one of ``k`` merged units.
+
+Solvers decide on :func:`tie_key` of the similarities (rounded to :data:`TIE_DECIMALS`
+decimals), never on their last bits: two numpy builds that compute one correlation
+differently in the 16th digit give the same solution.
 """
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
+
+TIE_DECIMALS = 9
 
 
 @dataclass(frozen=True, eq=False)
@@ -19,12 +25,14 @@ class Solution:
     Every merged unit has at least one member; merged units are numbered by the smallest
     global index of their members (by ``solve_heads``: head by head, and so inside each
     head). ``objective`` is :func:`pair_objective` of the original similarity matrix.
-    Compared by identity (it holds arrays).
+    ``over_budget``: the models whose same-model merges exceed their budget (only a zip whose
+    ``k`` leaves no way to respect every budget). Compared by identity (it holds arrays).
     """
 
     assign: list[np.ndarray]
     k: int
     objective: float
+    over_budget: tuple[int, ...] = ()
 
     def labels(self) -> np.ndarray:
         """Merged unit of every unit, in global (concatenated) order."""
@@ -53,11 +61,18 @@ def _pair_objective(sim: np.ndarray, labels: np.ndarray) -> float:
     return total / pairs if pairs else 0.0
 
 
-def make_solution(sim: np.ndarray, labels: np.ndarray, sizes: Sequence[int]) -> Solution:
+def make_solution(sim: np.ndarray, labels: np.ndarray, sizes: Sequence[int],
+                  over_budget: Sequence[int] = ()) -> Solution:
     """Split global ``labels`` (merged units ``0..k-1``, all used) per model, score them."""
     split = np.split(labels, np.cumsum(sizes)[:-1])
     return Solution([part.copy() for part in split], int(labels.max()) + 1,
-                    _pair_objective(sim, labels))
+                    _pair_objective(sim, labels), tuple(int(m) for m in over_budget))
+
+
+def tie_key(sim: np.ndarray) -> np.ndarray:
+    """The similarities a solver compares: rounded to :data:`TIE_DECIMALS` decimals, so that
+    exact and nearly exact ties (``corrcoef`` of identical rows) resolve by index order."""
+    return np.round(sim, TIE_DECIMALS)
 
 
 def canonical_labels(labels: np.ndarray) -> np.ndarray:

@@ -7,11 +7,14 @@ forbidden, which makes 2 x 3072 units a matter of seconds.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Sequence
 
 import numpy as np
+from scipy.optimize import linear_sum_assignment
 
-from .solution import Solution, as_matrix, canonical_labels, check_sizes, make_solution
+from ..quality import MergeQualityWarning
+from .solution import Solution, as_matrix, canonical_labels, check_sizes, make_solution, tie_key
 
 NEG = -np.inf
 
@@ -30,10 +33,18 @@ def solve_zip(sim: Any, sizes: Sequence[int], k: int | None = None, budget: floa
     ``sizes[m] - #merged units reached by m`` never exceeds it); pairs over a budget are
     not allowed.
 
-    When no allowed pair is left before ``k`` is reached, the merging goes on with the
-    same greedy rule in two fallback phases: first ignoring the decay (cluster similarity
-    = the minimum over member pairs, decay 1), still within budgets; then also ignoring
-    the budgets. So exactly ``k`` merged units always come out.
+    When no allowed pair is left before ``k`` is reached (with decay 0 and three models or
+    more, merged pairs are frozen), the merging goes on with the same greedy rule ignoring
+    the decay (cluster similarity = the minimum over member pairs, decay 1), still within
+    budgets: this is how a cluster grows past two members. If that is stuck too (greedy
+    choices can leave clusters that overlap in models), :func:`_complete` finishes around
+    anchor clusters by linear assignment, still within budgets whenever ``k`` allows it.
+    So exactly ``k`` merged units always come out, and a budget is exceeded only when no
+    partition into ``k`` units respects it (``k < sizes[m] - floor(budget * sizes[m])``):
+    ``Solution.over_budget`` names those models and a :class:`MergeQualityWarning` says so.
+
+    Every comparison reads :func:`tie_key` of ``(sim + sim.T) / 2``, so ties do not depend
+    on the last bits of a float.
     """
     sizes = check_sizes(sizes)
     sim = as_matrix(sim, sizes)
@@ -43,11 +54,16 @@ def solve_zip(sim: Any, sizes: Sequence[int], k: int | None = None, budget: floa
     if not (0.0 <= budget <= 1.0 and 0.0 <= decay <= 1.0):
         raise ValueError(f"budget and decay must be in [0, 1], got {budget} and {decay}")
     clusters = _Clusters(sizes, budget)
-    if not _greedy(_initial(sim, clusters), clusters, decay, k):
-        if not _greedy(_linkage(sim, clusters), clusters, 1.0, k):
-            clusters.caps[:] = np.inf
-            _greedy(_linkage(sim, clusters), clusters, 1.0, k)
-    return make_solution(sim, canonical_labels(clusters.labels()), sizes)
+    key = tie_key((sim + sim.T) / 2)
+    if not _greedy(_initial(key, clusters), clusters, decay, k):
+        if not _greedy(_linkage(key, clusters), clusters, 1.0, k):
+            _complete(key, clusters, k)
+    over = clusters.over_budget()
+    if over:
+        warnings.warn(f"zip into {k} units: no partition respects the same-model budget {budget} of "
+                      f"model(s) {list(over)}; their extra units were merged with their best cluster",
+                      MergeQualityWarning, stacklevel=2)
+    return make_solution(sim, canonical_labels(clusters.labels()), sizes, over)
 
 
 class _Clusters:
@@ -55,7 +71,8 @@ class _Clusters:
 
     def __init__(self, sizes: list[int], budget: float) -> None:
         n = sum(sizes)
-        model = np.repeat(np.arange(len(sizes)), sizes)
+        self.sizes = np.asarray(sizes)
+        self.model = model = np.repeat(np.arange(len(sizes)), sizes)
         self.members: list[list[int]] = [[u] for u in range(n)]
         self.alive = np.ones(n, dtype=bool)
         self.has = np.zeros((n, len(sizes)), dtype=bool)
@@ -94,6 +111,11 @@ class _Clusters:
         for rep in np.flatnonzero(self.alive):
             labels[self.members[rep]] = rep
         return labels
+
+    def over_budget(self) -> list[int]:
+        """Models whose same-model merges (units minus the clusters they reach) exceed their cap."""
+        reached = self.has[self.alive].sum(axis=0)
+        return [int(m) for m in np.flatnonzero(self.sizes - reached > self.caps)]
 
 
 def _greedy(work: np.ndarray, clusters: _Clusters, decay: float, k: int) -> bool:
@@ -151,28 +173,58 @@ def _recompute(work: np.ndarray, live: np.ndarray, best_val: np.ndarray,
     best_val[rows] = vals[np.arange(len(rows)), idx]
 
 
-def _initial(sim: np.ndarray, clusters: _Clusters) -> np.ndarray:
-    """Similarity of singleton clusters: ``(sim + sim.T) / 2``, self-pairs and pairs over
-    an exhausted budget ``-inf``."""
-    work = np.add(sim, sim.T, out=np.empty_like(sim))
-    work *= 0.5
+def _initial(key: np.ndarray, clusters: _Clusters) -> np.ndarray:
+    """Similarity of singleton clusters (``key``, symmetric), self-pairs and pairs over an
+    exhausted budget ``-inf``."""
+    work = key.copy()
     np.fill_diagonal(work, NEG)
     clusters.forbid_exhausted(work)
     return work
 
 
-def _linkage(sim: np.ndarray, clusters: _Clusters) -> np.ndarray:
-    """Similarity of the current clusters ignoring decay: the minimum of
-    ``(sim + sim.T) / 2`` over their member pairs; pairs over an exhausted budget ``-inf``."""
+def _linkage(key: np.ndarray, clusters: _Clusters) -> np.ndarray:
+    """Similarity of the current clusters ignoring decay: the minimum of ``key`` over their
+    member pairs; pairs over an exhausted budget ``-inf``."""
     reps = np.flatnonzero(clusters.alive)
     order = np.concatenate([clusters.members[r] for r in reps])
     lengths = np.array([len(clusters.members[r]) for r in reps])
     starts = np.cumsum(lengths) - lengths
-    work = np.full(sim.shape, NEG)
+    work = np.full(key.shape, NEG)
     for r in reps:
-        rows = clusters.members[r]
-        row = ((sim[rows] + sim[:, rows].T) / 2).min(axis=0)
+        row = key[clusters.members[r]].min(axis=0)
         work[r, reps] = np.minimum.reduceat(row[order], starts)
     work[reps, reps] = NEG
     clusters.forbid_exhausted(work)
     return work
+
+
+def _complete(key: np.ndarray, clusters: _Clusters, k: int) -> None:
+    """Finish a stuck greedy with ``k`` clusters, within budgets whenever ``k`` allows it.
+
+    The ``k`` *slots* are the live clusters holding a unit of the anchor model (the widest,
+    lowest index among equals), then the others by size (largest first) and index; every
+    other cluster is dissolved. Model by model (in index order), the freed units join the
+    slots that lack that model, by linear assignment on their minimum similarity to the
+    slot's members; a slot lacking the model is always there for a unit while ``k`` is at
+    least the model's width. Only units beyond that join their best slot (a same-model merge).
+    """
+    anchor = int(np.argmax(clusters.sizes))
+    ranked = sorted(np.flatnonzero(clusters.alive),
+                    key=lambda r: (not clusters.has[r, anchor], -len(clusters.members[r]), r))
+    slots, freed = np.array(ranked[:k]), ranked[k:]
+    clusters.alive[freed] = False
+    free = np.sort(np.concatenate([clusters.members[r] for r in freed]))
+    for m in range(len(clusters.sizes)):
+        units = free[clusters.model[free] == m]
+        if not len(units):
+            continue
+        link = np.stack([key[np.ix_(units, clusters.members[s])].min(axis=1) for s in slots], axis=1)
+        open_ = np.flatnonzero(~clusters.has[slots, m])
+        rows, cols = linear_sum_assignment(link[:, open_], maximize=True)
+        target = np.full(len(units), -1)
+        target[rows] = open_[cols]
+        for i in np.flatnonzero(target < 0):  # only when k < width of model m
+            target[i] = int(np.argmax(link[i]))
+        for unit, slot in zip(units, slots[target]):
+            clusters.members[slot].append(int(unit))
+        clusters.has[slots[target], m] = True
