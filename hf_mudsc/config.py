@@ -17,7 +17,8 @@ RECIPE_NAME = "merge_recipe.json"
 
 @dataclass(frozen=True)
 class Preset:
-    """What a method fixes: its mode, its alpha, whether alpha may be changed."""
+    """What a method fixes: its mode, its alpha, whether they may be changed, and its default
+    zip budget and decay (used in zip mode)."""
 
     mode: Mode
     alpha: float
@@ -25,15 +26,30 @@ class Preset:
     fixed_alpha: bool = True
     fixed_mode: bool = True
     title: str = ""
+    zip_budget: float = 0.0
+    zip_decay: float = 0.0
 
+
+# ZipIt! as published (Stoica et al., ICLR 2024, Sec. 4.3 and the authors' matching code): decay
+# alpha = 0.3 and a same-model budget beta = 0.125 of all merges, split equally between the models;
+# with two parents that is 0.0625 of each model's units (this engine's zip_budget is per model).
+ZIPIT_DECAY = 0.3
+ZIPIT_BUDGET = 0.0625
 
 PRESETS: dict[str, Preset] = {
     "average": Preset("permute", 0.0, match=False, title="plain weight averaging"),
     "weight-matching": Preset("permute", 1.0, title="Git Re-Basin weight matching"),
     "activation-matching": Preset("permute", 0.0, title="Git Re-Basin activation matching"),
-    "zipit": Preset("zip", 0.0, title="ZipIt!"),
-    "mudsc": Preset("zip", 0.5, fixed_alpha=False, fixed_mode=False, title="MuDSC (dual-space merging)"),
+    "zipit": Preset("zip", 0.0, title="ZipIt!", zip_budget=ZIPIT_BUDGET, zip_decay=ZIPIT_DECAY),
+    "mudsc": Preset("zip", 0.5, fixed_alpha=False, fixed_mode=False, title="MuDSC (dual-space merging)",
+                    zip_budget=0.5, zip_decay=0.5),
+    "auto": Preset("zip", 0.5, title="automatic: the candidate merge that agrees best with its parents "
+                                     "on held-out calibration data"),
 }
+
+
+# what to_dict adds to the fields: the values the preset filled in
+RESOLVED = ("resolved_mode", "resolved_alpha", "resolved_zip_budget", "resolved_zip_decay")
 
 
 class ConfigError(ValueError):
@@ -45,13 +61,20 @@ class MergeConfig:
     """How to merge.
 
     Args:
-        method: a preset: ``mudsc``, ``zipit``, ``weight-matching``, ``activation-matching``, ``average``.
+        method: a preset: ``mudsc``, ``zipit``, ``weight-matching``, ``activation-matching``,
+            ``average``; or ``auto``: several candidates (presets and zip settings) are merged from one
+            statistics pass and the one whose task models agree best with their parents on a held-out
+            slice of the calibration data (no labels) is returned (``hf_mudsc.select``).
         mode: ``zip`` (merged units may join units of one model) or ``permute``; default: the preset's.
         alpha: weight of weight similarity in ``S = alpha*S_w + (1-alpha)*S_act``; default: the preset's.
         merge_layers: merge the embeddings and the first L layers; later layers stay per task
             (``None``: all layers).
-        zip_budget: fraction of each model's units that may be merged with units of the same model (beta).
-        zip_decay: similarity of a merged unit to the rest = decay * min of its members'.
+        zip_budget: fraction of each model's units that may be merged with units of the same model
+            (beta); default: the preset's.
+        zip_decay: similarity of a merged unit to the rest = decay * min of its members'; default: the
+            preset's.
+        holdout: with ``method="auto"``, the fraction of the calibration samples held out to score the
+            candidates (never used for the statistics).
         max_sweeps, patience: coordinate descent over spaces (only when ``0 < alpha``).
         residual_layers: which layer inputs feed the residual stream's statistics (``None``: all).
         max_tokens_per_batch: cap on tokens per batch per site (a random subset).
@@ -62,8 +85,9 @@ class MergeConfig:
     mode: Mode | None = None
     alpha: float | None = None
     merge_layers: int | None = None
-    zip_budget: float = 0.0
-    zip_decay: float = 0.0
+    zip_budget: float | None = None
+    zip_decay: float | None = None
+    holdout: float = 0.25
     max_sweeps: int = 4
     patience: int = 1
     residual_layers: tuple[int, ...] | None = None
@@ -74,6 +98,11 @@ class MergeConfig:
         if self.method not in PRESETS:
             raise ConfigError(f"unknown method '{self.method}'; choose one of: {', '.join(PRESETS)}")
         preset = PRESETS[self.method]
+        if self.method == "auto":
+            chosen = [n for n in ("mode", "alpha", "zip_budget", "zip_decay") if getattr(self, n) is not None]
+            if chosen:
+                raise ConfigError(f"method 'auto' chooses {', '.join(chosen)} itself: drop them, or pick a method "
+                                  "such as 'mudsc' to set them")
         if self.mode is not None and self.mode not in ("permute", "zip"):
             raise ConfigError(f"mode must be 'permute' or 'zip', got '{self.mode}'")
         if self.mode is not None and preset.fixed_mode and self.mode != preset.mode:
@@ -85,8 +114,12 @@ class MergeConfig:
                 raise ConfigError(f"method '{self.method}' uses alpha={preset.alpha}; use method='mudsc' to choose alpha")
         for name in ("zip_budget", "zip_decay"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not 0.0 <= float(value) <= 1.0):
                 raise ConfigError(f"{name} must be in [0, 1], got {value}")
+        if isinstance(self.holdout, bool) or not isinstance(self.holdout, (int, float)) \
+                or not 0.0 < float(self.holdout) < 1.0:
+            raise ConfigError(f"holdout must be in (0, 1), got {self.holdout}")
         if self.merge_layers is not None and (not isinstance(self.merge_layers, int) or self.merge_layers < 0):
             raise ConfigError(f"merge_layers must be a non-negative integer, got {self.merge_layers}")
         for name in ("max_sweeps", "patience"):
@@ -117,9 +150,17 @@ class MergeConfig:
         return float(self.preset.alpha if self.alpha is None else self.alpha)
 
     @property
+    def resolved_zip_budget(self) -> float:
+        return float(self.preset.zip_budget if self.zip_budget is None else self.zip_budget)
+
+    @property
+    def resolved_zip_decay(self) -> float:
+        return float(self.preset.zip_decay if self.zip_decay is None else self.zip_decay)
+
+    @property
     def needs_data(self) -> bool:
-        """Whether calibration data is used (any activation term)."""
-        return self.preset.match and self.resolved_alpha < 1.0
+        """Whether calibration data is used (any activation term, or scoring candidates)."""
+        return self.method == "auto" or (self.preset.match and self.resolved_alpha < 1.0)
 
     def check_depth(self, num_layers: int) -> None:
         """Refuse ``merge_layers`` or ``residual_layers`` beyond the model's depth."""
@@ -135,8 +176,7 @@ class MergeConfig:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data["resolved_mode"] = self.resolved_mode
-        data["resolved_alpha"] = self.resolved_alpha
+        data.update({name: getattr(self, name) for name in RESOLVED})
         if self.residual_layers is not None:
             data["residual_layers"] = list(self.residual_layers)
         return data
@@ -144,7 +184,7 @@ class MergeConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "MergeConfig":
         known = {f.name for f in fields(cls)}
-        unknown = set(data) - known - {"resolved_mode", "resolved_alpha"}
+        unknown = set(data) - known - set(RESOLVED)
         if unknown:
             raise ConfigError(f"unknown merge settings: {', '.join(sorted(unknown))}")
         return cls(**{k: v for k, v in data.items() if k in known})

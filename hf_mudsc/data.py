@@ -2,7 +2,7 @@
 prepared by the parents' own tokenizer or image processor) or ready batches of model inputs."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import islice
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
@@ -33,21 +33,31 @@ class Calibration:
     name: str | None = None
     rank: int = 0
     world_size: int = 1
+    offset: int = 0  # samples of the source skipped first (the held-out part of a split starts there)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         if self.column is None:  # ready batches of model inputs; in multi-process runs batch j goes to rank j % W
-            batches = _ready_batches(self.source, self.num_samples)
+            batches = _ready_batches(self.source, self.num_samples, self.offset)
             if self.world_size > 1 and not _prepared_by_accelerate(self.source):
                 batches = islice(batches, self.rank, None, self.world_size)
             yield from batches
             return
-        rows = islice(iter(self.source), self.rank, self.num_samples, self.world_size)
+        rows = islice(iter(self.source), self.offset + self.rank, self.offset + self.num_samples, self.world_size)
         while True:
             chunk = list(islice(rows, self.batch_size))
             if not chunk:
                 return
             yield self._prepare([r[self.column[0]] if len(self.column) == 1 else tuple(r[c] for c in self.column)
                                  for r in chunk])
+
+    def split(self, holdout: float) -> tuple["Calibration", "Calibration"]:
+        """Two disjoint parts of these samples: the first ``1 - holdout`` of them, and the rest
+        (at least one sample each)."""
+        held = min(max(1, round(holdout * self.num_samples)), self.num_samples - 1)
+        if held < 1:
+            raise DataError(f"num_samples={self.num_samples} is too few to hold out a part of them")
+        fit = replace(self, num_samples=self.num_samples - held)
+        return fit, replace(self, offset=self.offset + fit.num_samples, num_samples=held)
 
     def _prepare(self, values: list) -> dict[str, torch.Tensor]:
         if self.modality == "text":
@@ -140,18 +150,19 @@ def _length(data: Any) -> int | None:
         return None
 
 
-def _ready_batches(source: Iterable, num_samples: int) -> Iterator[dict[str, torch.Tensor]]:
-    seen = 0
+def _ready_batches(source: Iterable, num_samples: int, offset: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+    """Samples ``offset`` to ``offset + num_samples`` of the batches (the straddling ones cut)."""
+    seen, end = 0, offset + num_samples
     for batch in source:
         if not isinstance(batch, Mapping):
             raise DataError(f"calibration batches must be dicts of model inputs, got {type(batch).__name__}")
         batch = {k: v for k, v in batch.items() if k != "labels"}
         size = len(next(iter(batch.values())))
-        if seen + size > num_samples:
-            batch = {k: v[: num_samples - seen] for k, v in batch.items()}
-        yield batch
-        seen += len(next(iter(batch.values())))
-        if seen >= num_samples:
+        lo, hi = max(offset - seen, 0), min(end - seen, size)
+        seen += size
+        if hi > lo:
+            yield batch if (lo, hi) == (0, size) else {k: v[lo:hi] for k, v in batch.items()}
+        if seen >= end:
             return
 
 

@@ -104,7 +104,7 @@ def per_task_breakdown(task_logits: Sequence[Tensor | None], task_ids: Tensor, l
     ]
 
 
-def _model_inputs(model: nn.Module, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
+def model_inputs(model: nn.Module, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """``inputs`` on the model's device, floating tensors in the model's dtype."""
     param = next(model.parameters())
     return {
@@ -141,7 +141,7 @@ def evaluate_models(models: Sequence[nn.Module | None], batches: Iterable[Batch]
         for inputs, task_ids, task_labels in batches:
             for t, model in enumerate(models):
                 if model is not None:
-                    out = model(**_model_inputs(model, inputs))
+                    out = model(**model_inputs(model, inputs))
                     logits[t].append((out.logits if hasattr(out, "logits") else out).float().cpu())
             ids.append(torch.as_tensor(task_ids).cpu())
             labels.append(torch.as_tensor(task_labels).cpu())

@@ -14,9 +14,10 @@ import torch
 from tqdm.auto import tqdm
 
 from .apply import MergedWeights, apply_transforms, build_task_model, is_merged
-from .config import RECIPE_NAME, MergeConfig
-from .data import calibration
+from .config import RECIPE_NAME, RESOLVED, MergeConfig
+from .data import Calibration, calibration
 from .loading import Parent, check_compatible, load_parent
+from .select import choose
 from .similarity import weight_similarity
 from .solve.descent import SolveSettings, coordinate_descent, solve_units
 from .solve.solution import pair_objective
@@ -40,6 +41,7 @@ class MuDSCMerger:
         self.config = config
         self.calibration: dict[str, Any] | None = None
         self._activation: dict[str, np.ndarray] | None = None
+        self._heldout: Calibration | None = None
 
     @classmethod
     def from_pretrained(
@@ -89,18 +91,23 @@ class MuDSCMerger:
         accelerator: Any = None,
         progress: bool = True,
         memory_budget_gb: float | None = None,
+        holdout: float | None = None,
     ) -> None:
         """Stream calibration data through every parent and keep each merged space's activation
         correlation (all that a later :meth:`solve` needs from the data).
 
         One pass, or several when the float64 accumulators of all spaces would exceed
         ``memory_budget_gb``: spaces are then collected in groups that fit, one pass per group.
+        ``holdout``: the fraction of the samples kept out of the statistics (for ``method="auto"``).
         """
         first = self.parents[0]
         calib = calibration(data, first.processor, first.modality, num_samples=num_samples,
                             batch_size=batch_size, column=column)
         if accelerator is not None and accelerator.num_processes > 1:
             calib = dataclasses.replace(calib, rank=accelerator.process_index, world_size=accelerator.num_processes)
+        self._heldout = None
+        if holdout is not None:  # method="auto": a slice the statistics never see scores the candidates
+            calib, self._heldout = calib.split(holdout)
         maps = [_residual_sites(m, self.config.residual_layers) for m in self.unit_maps]
         merged = self.merged_spaces()
         groups = [merged]
@@ -122,8 +129,10 @@ class MuDSCMerger:
         corr = {name: moments.pop(name).corr() for name in list(moments)}
         self._activation = {name: c.cpu().numpy() for name, c in corr.items()}
         self.calibration = {"name": calib.name, "column": ", ".join(calib.column) if calib.column else None,
-                            "num_samples": num_samples,
+                            "num_samples": calib.num_samples,
                             "batch_size": batch_size, "samples_per_space": samples}
+        if self._heldout is not None:
+            self.calibration["heldout_samples"] = self._heldout.num_samples
         if accelerator is None or accelerator.is_main_process:  # every rank holds the same totals
             told = self._warn(calibration_issues(samples, self.unit_maps, corr))
             if told:  # the model card and the recipe keep them
@@ -151,13 +160,16 @@ class MuDSCMerger:
         return messages
 
     # -- solve ------------------------------------------------------------------------
-    def solve(self, progress: bool = True, **overrides: Any) -> tuple[Transforms, list[dict[str, Any]]]:
+    def solve(self, progress: bool = True, *, config: MergeConfig | None = None,
+              **overrides: Any) -> tuple[Transforms, list[dict[str, Any]]]:
         """Transforms of every merged space, and per-space diagnostics.
 
-        ``overrides`` change the recipe for this solve only (e.g. ``alpha``, ``zip_decay``): a
-        re-solve reuses the collected statistics.
+        ``overrides`` change the recipe for this solve only (e.g. ``alpha``, ``zip_decay``), or
+        ``config`` replaces it: a re-solve reuses the collected statistics.
         """
-        config = self.config.with_updates(**overrides) if overrides else self.config
+        config = (config or self.config).with_updates(**overrides) if overrides else (config or self.config)
+        if config.method == "auto":
+            raise ValueError("method 'auto' solves several candidates: call merge(data) (or pick a method to solve)")
         names = self.merged_spaces(config)
         maps = self.unit_maps
         sizes = {n: [m[n].dim for m in maps] for n in names}
@@ -167,7 +179,8 @@ class MuDSCMerger:
         if config.needs_data and self._activation is None:
             raise ValueError(f"method '{config.method}' with alpha={config.resolved_alpha} needs calibration data: "
                              "call merge(data) or collect(data) first, or use alpha=1 (weight matching)")
-        settings = SolveSettings(config.resolved_mode, config.resolved_alpha, config.zip_budget, config.zip_decay,
+        settings = SolveSettings(config.resolved_mode, config.resolved_alpha, config.resolved_zip_budget,
+                                 config.resolved_zip_decay,
                                  config.max_sweeps, config.patience, config.seed)
         units = solve_units([maps[0][n] for n in names])
         states = [_params(p.model) for p in self.parents]
@@ -210,14 +223,18 @@ class MuDSCMerger:
         progress: bool = True,
         **overrides: Any,
     ) -> "MergeResult":
-        """Collect statistics (when the method uses data), solve, and apply."""
+        """Collect statistics (when the method uses data), solve, and apply; with
+        ``method="auto"``, solve, apply and score every candidate (:mod:`hf_mudsc.select`)."""
         config = self.config.with_updates(**overrides) if overrides else self.config
-        if config.needs_data and self._activation is None:
+        auto = config.method == "auto"
+        if config.needs_data and (self._activation is None or (auto and self._heldout is None)):
             if data is None:
                 raise ValueError(f"method '{config.method}' needs calibration data (or use method='weight-matching')")
             self.collect(data, num_samples=num_samples, batch_size=batch_size, column=column,
-                         accelerator=accelerator, progress=progress)
-        transforms, report = self.solve(progress=progress, **overrides)
+                         accelerator=accelerator, progress=progress, holdout=config.holdout if auto else None)
+        if auto:
+            return choose(self, config, self._heldout, progress=progress)
+        transforms, report = self.solve(progress=progress, config=config)
         return self.apply(transforms, config, report)
 
     def apply(self, transforms: Transforms, config: MergeConfig | None = None,
@@ -241,6 +258,7 @@ class MergeResult:
         self.weights = weights
         self.report = report
         self.calibration = calibration
+        self.selection: list[dict[str, Any]] | None = None  # method="auto": every candidate's score
         self._task_models: list[torch.nn.Module] | None = None
         self._model = None
 
@@ -283,6 +301,7 @@ class MergeResult:
             "config": self.config.to_dict(),
             "calibration": self.calibration,
             "report": self.report,
+            **({"selection": self.selection} if self.selection else {}),
         }
 
     def save_pretrained(self, out: str | Path, *, max_shard_size: str | int = "5GB", overwrite: bool = False,
@@ -347,7 +366,7 @@ def _listed(items: list[str], most: int = 4) -> str:
 
 def _config_kwargs(config: MergeConfig) -> dict[str, Any]:
     data = config.to_dict()
-    for key in ("resolved_mode", "resolved_alpha"):
+    for key in RESOLVED:
         data.pop(key)
     return data
 
