@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import PRESETS, RECIPE_NAME
+from .config import PRESETS, RECIPE_NAME, ZIPIT_BUDGET, ZIPIT_DECAY
 from .io.card import build_model_card, hub_ids
 from .transforms import TRANSFORMS_NAME, save_transforms
 
@@ -56,7 +56,12 @@ def _card(result: "MergeResult", names: list[str], model: Any, *, notes: list[st
           evaluation: list[dict[str, Any]] | None = None, task_folders: list[str] | None = None,
           top: str = "joint"):
     config = result.config
-    recipe = {**config.to_dict(), "mode": config.resolved_mode, "alpha": config.resolved_alpha}
+    recipe = {**config.to_dict(), "mode": config.resolved_mode, "alpha": config.resolved_alpha,
+              "zip_budget": config.resolved_zip_budget, "zip_decay": config.resolved_zip_decay}
+    if config.method == "zipit":
+        notes = [*notes, f"ZipIt! settings as published (Stoica et al., ICLR 2024, Sec. 4.3, and the authors' "
+                         f"matching code): decay alpha = {ZIPIT_DECAY}, same-model budget beta = 0.125 of all merges, "
+                         f"shared equally by the models ({ZIPIT_BUDGET} of each model's units for two models)."]
     calib = result.calibration or {}
     local = [n for n in names if n not in hub_ids(names)]
     extra = [f"Parents given as local folders (not in `base_model` metadata): {', '.join(local)}."] if local else []
@@ -64,7 +69,7 @@ def _card(result: "MergeResult", names: list[str], model: Any, *, notes: list[st
         base_models=names, method=config.method, method_title=PRESETS[config.method].title,
         recipe=recipe, pipeline_tag=pipeline_tag(model),
         datasets=[calib["name"]] if calib.get("name") else None, calibration=calib or None,
-        diagnostics=result.report, evaluation=evaluation, notes=list(notes) + extra,
+        diagnostics=result.report, evaluation=evaluation, notes=list(notes) + extra, selection=result.selection or (),
         task_folders=task_folders or [f"tasks/{i}" for i in range(len(names))], top=top,
     )
 

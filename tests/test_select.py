@@ -62,3 +62,13 @@ def test_auto_needs_data():
     merger = MuDSCMerger.from_pretrained([tiny_model("vit-cls", 0), tiny_model("vit-cls", 1)], "auto")
     with pytest.raises(ValueError, match="needs calibration data"):
         merger.merge(progress=False)
+
+
+def test_card_shows_every_candidate_and_the_choice(tmp_path):
+    a, b = tiny_model("vit-cls", seed=0, dtype=torch.float32), tiny_model("vit-cls", seed=1, dtype=torch.float32)
+    result = MuDSCMerger.from_pretrained([a, b], "auto", max_sweeps=1).merge(calibration(a), num_samples=32,
+                                                                           progress=False)
+    card = (result.save_pretrained(tmp_path / "out") / "README.md").read_text()
+    assert "Automatic choice" in card
+    for name, _ in CANDIDATES:
+        assert name in card

@@ -30,18 +30,27 @@ METHOD_RUNS: list[tuple[str, dict[str, Any]]] = [
     ("average", {"method": "average"}),
     ("weight matching", {"method": "weight-matching"}),
     ("activation matching", {"method": "activation-matching"}),
-    ("ZipIt!", {"method": "zipit"}),
+    ("ZipIt! (published)", {"method": "zipit"}),
     ("MuDSC zip (alpha 0.5)", {"method": "mudsc", "mode": "zip"}),
     ("MuDSC permute (alpha 0.5)", {"method": "mudsc", "mode": "permute"}),
+    ("auto (label-free choice)", {"method": "auto"}),
 ]
 PARENT_ROWS = ("parent A alone", "parent B alone", "ensemble (2x compute)")
 FULL_MERGE = "MuDSC zip (alpha 0.5)"  # the alpha = 0.5, all-layers point of both sweeps
-ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)  # the alpha sweep (0.5 is FULL_MERGE)
+ALPHAS = (0.0, 0.5, 1.0)  # the alpha sweep (0.5 is FULL_MERGE)
+# MuDSC zip (alpha 0.5) at other same-model budgets and decays; (0, 0) is one-to-one matching
+ZIP_GRID = ((0.0, 0.0), (0.25, 0.0), (0.5, 0.0), (1.0, 0.0), (0.25, 0.5), (1.0, 0.5), (0.5, 1.0))
 
 
 def alpha_runs(alphas: Iterable[float], mode: str = "zip") -> list[tuple[str, dict[str, Any]]]:
     """MuDSC at each alpha (0 = activations only, 1 = weights only)."""
     return [(f"MuDSC {mode} alpha={a:g}", {"method": "mudsc", "mode": mode, "alpha": float(a)}) for a in alphas]
+
+
+def zip_runs(grid: Iterable[tuple[float, float]] = ZIP_GRID) -> list[tuple[str, dict[str, Any]]]:
+    """MuDSC zip (alpha 0.5) at each (same-model budget, decay)."""
+    return [(f"MuDSC zip budget={b:g} decay={d:g}", {"method": "mudsc", "mode": "zip", "zip_budget": b, "zip_decay": d})
+            for b, d in grid]
 
 
 def partial_runs(layers: Iterable[int], num_layers: int) -> list[tuple[str, dict[str, Any]]]:
@@ -51,8 +60,10 @@ def partial_runs(layers: Iterable[int], num_layers: int) -> list[tuple[str, dict
 
 
 def benchmark_runs(depths: Iterable[int], num_layers: int) -> list[tuple[str, dict[str, Any]]]:
-    """Every preset, MuDSC zip at the other :data:`ALPHAS`, and partial merges at ``depths``."""
-    return METHOD_RUNS + alpha_runs([a for a in ALPHAS if a != 0.5]) + partial_runs(depths, num_layers)
+    """Every preset and auto, MuDSC zip at the other :data:`ALPHAS` and on the :data:`ZIP_GRID`, and
+    partial merges at ``depths``."""
+    return (METHOD_RUNS + alpha_runs([a for a in ALPHAS if a != 0.5]) + zip_runs()
+            + partial_runs(depths, num_layers))
 
 
 def score_pair(
@@ -84,10 +95,20 @@ def score_pair(
     log(f"  statistics: {time.perf_counter() - tick:.1f} s")
     for name, overrides in runs:
         tick = time.perf_counter()
-        result = merger.merge(progress=False, **overrides)
+        if overrides.get("method") == "auto":  # its own statistics pass: a slice of the data is held out
+            auto = MuDSCMerger([p for p in merger.parents], merger.config.with_updates(method="auto", **{
+                k: v for k, v in overrides.items() if k != "method"}))
+            result = auto.merge(calibration, num_samples=num_samples, batch_size=batch_size, column=column,
+                                progress=False)
+        else:
+            result = merger.merge(progress=False, **overrides)
         seconds = time.perf_counter() - tick
         rows.append(_row(name, evaluate_models(result.task_models, scoring), seconds))
-        log(f"  {name}: joint {_fmt(rows[-1]['joint'])}, per task {_fmt(rows[-1]['per_task'])} ({seconds:.1f} s)")
+        if result.selection:
+            rows[-1]["selection"] = result.selection
+            rows[-1]["chosen"] = next(r["candidate"] for r in result.selection if r.get("chosen"))
+        log(f"  {name}: joint {_fmt(rows[-1]['joint'])}, per task {_fmt(rows[-1]['per_task'])} ({seconds:.1f} s)"
+            + (f", chose {rows[-1]['chosen']}" if result.selection else ""))
     return rows
 
 

@@ -216,6 +216,7 @@ def build_model_card(
     diagnostics: Sequence[Mapping[str, Any]] = (),
     evaluation: Sequence[Mapping[str, Any]] | None = None,
     notes: Sequence[str] = (),
+    selection: Sequence[Mapping[str, Any]] = (),
     license: str | None = None,
     task_name: str | None = None,
     heterogeneous: bool = False,
@@ -235,6 +236,13 @@ def build_model_card(
     body = [f"# {method_title} merge of {len(base_models)} models", _parents_section(base_models, folders)]
     body.append(_method_section(method_title, papers, recipe))
     body.append(_calibration_section(calibration))
+    if selection:
+        body.append(_section(
+            "Automatic choice (`method: auto`)",
+            "Every candidate below was merged from one statistics pass and scored, without labels, by how well its"
+            " task models agree with their parents on calibration samples held out of the statistics (score ="
+            " -KL(parent || merged) for task heads, the cosine of the last hidden states for base models); the best"
+            " (`chosen`) is this model.", markdown_table(selection)))
     if diagnostics:
         body.append(_section("Diagnostics per merge space", markdown_table(diagnostics)))
     if evaluation:
