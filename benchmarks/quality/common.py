@@ -7,6 +7,7 @@ A *pair* is two parents trained on disjoint label sets. Scores follow ZipIt's pr
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -20,10 +21,11 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from hf_mudsc import MuDSCMerger
+from hf_mudsc import MergeConfig, MuDSCMerger
 from hf_mudsc.evaluation import evaluate_models, format_table
 
 RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"
+MERGE_FIELDS = {f.name for f in dataclasses.fields(MergeConfig)}
 
 # (row name, overrides of the merger's recipe): every preset of the engine
 METHOD_RUNS: list[tuple[str, dict[str, Any]]] = [
@@ -145,14 +147,22 @@ def report(name: str, title: str, pairs: Sequence[dict[str, Any]], runs: Sequenc
     calibration and scoring), the bar plot of the main rows and the sweep plot (``sweep``: the
     partial-merge depths and the number of layers); log the summary table."""
     summary = summarise([p["rows"] for p in pairs])
+    oracle = [auto_against_oracle(p["rows"], runs) for p in pairs]
     path = write_results(name, {
         "command": shlex.join(["python", *sys.argv]),
         **info,
         "runs": [{"model": n, **o} for n, o in runs],
         "pairs": list(pairs),
         "summary": summary,
+        "auto_against_oracle": oracle,
         "seconds": round(time.perf_counter() - start, 1),
     })
+    for i, entry in enumerate(oracle, 1):
+        if entry:
+            log(f"pair {i}: auto chose {entry['chosen']}: joint {entry['auto_joint']:.3f} / per task "
+                f"{entry['auto_per_task']:.3f}; best candidate on the test labels (oracle): joint "
+                f"{entry['oracle_joint']:.3f} ({entry['oracle_joint_row']}), per task {entry['oracle_per_task']:.3f} "
+                f"({entry['oracle_per_task_row']})")
     main_names = set(PARENT_ROWS) | {n for n, _ in METHOD_RUNS}
     plot_summary([e for e in summary if e["model"] in main_names], RESULTS_DIR / f"quality_{name}.png",
                  f"{title} ({len(pairs)} pairs)")
@@ -160,6 +170,32 @@ def report(name: str, title: str, pairs: Sequence[dict[str, Any]], runs: Sequenc
     log("\n" + summary_table(summary))
     log(f"\nwrote {path} and its .md/.png in {time.perf_counter() - start:.0f} s")
     return path
+
+
+def _recipe_key(overrides: dict[str, Any]) -> tuple:
+    """What a run's recipe resolves to (so that two spellings of one merge compare equal)."""
+    c = MergeConfig(**overrides)
+    return (c.method, c.resolved_mode, c.resolved_alpha, c.resolved_zip_budget, c.resolved_zip_decay,
+            c.merge_layers, getattr(c, "repair", None))
+
+
+def auto_against_oracle(rows: Sequence[dict[str, Any]], runs: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    """The auto row of one pair beside the best of its candidates by test accuracy (the oracle),
+    where the benchmark ran every candidate as a row of its own; ``{}`` without an auto row."""
+    auto = next((r for r in rows if r.get("selection")), None)
+    if auto is None:
+        return {}
+    by_key = {_recipe_key(o): n for n, o in runs if o.get("method") != "auto"}
+    scored = {r["model"]: r for r in rows}
+    shared = {k: v for k, v in dict(runs)[auto["model"]].items() if k != "method"}  # e.g. a repair
+    names = [by_key.get(_recipe_key({**shared, **{k: v for k, v in c.items() if k in MERGE_FIELDS}}))
+             for c in auto["selection"]]
+    cands = [scored[n] for n in names if n in scored]
+    best_joint = max(cands, key=lambda r: r["joint"])
+    best_task = max(cands, key=lambda r: r["per_task"])
+    return {"chosen": auto["chosen"], "auto_joint": auto["joint"], "auto_per_task": auto["per_task"],
+            "candidates_scored": len(cands), "oracle_joint": best_joint["joint"], "oracle_joint_row": best_joint["model"],
+            "oracle_per_task": best_task["per_task"], "oracle_per_task_row": best_task["model"]}
 
 
 def summarise(pairs: Sequence[Sequence[dict[str, Any]]]) -> list[dict[str, Any]]:
