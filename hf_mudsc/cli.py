@@ -116,12 +116,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                    else "nothing was written")
         print(f"hf-mudsc: interrupted; {told or default}", file=sys.stderr)
         return 130
-    except Exception as err:  # one line, no traceback: a user error or a clear failure
+    except (ValueError, OSError) as err:  # one line, no traceback: bad input or a clear failure (files, network)
         if os.environ.get("HF_MUDSC_DEBUG"):
             raise
         message = " ".join(str(err).split()) or type(err).__name__
         print(f"hf-mudsc: error: {message}", file=sys.stderr)
         return 2
+    except _out_of_memory() as err:  # anything else (a bug) keeps its traceback
+        if os.environ.get("HF_MUDSC_DEBUG"):
+            raise
+        print(f"hf-mudsc: error: out of memory ({' '.join(str(err).split())[:200]}); lower --batch-size or "
+              "--num-samples, set --max-tokens-per-batch, or spread the parents with --device-map", file=sys.stderr)
+        return 1
+
+
+def _out_of_memory() -> tuple[type[BaseException], ...]:
+    """The errors that mean the machine ran out of memory (CPU or accelerator)."""
+    import torch
+
+    return (MemoryError, torch.OutOfMemoryError)
 
 
 @contextmanager
@@ -278,9 +291,12 @@ def _merge(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             raise KeyboardInterrupt(f"the merge was written to {out}, the upload to {recipe['push_to_hub']} may "
                                     "not have finished (it is one commit: all or nothing)") from None
-        except Exception as err:
+        except (OSError, ValueError) as err:
             raise CLIError(f"the merge was written to {out}, but the upload to {recipe['push_to_hub']} failed: "
                            f"{err}") from err
+        except Exception as err:  # unexpected: its traceback, and where the merge is
+            err.add_note(f"hf-mudsc: the merge was written to {out}; upload it with 'hf-mudsc push'")
+            raise
         print(f"pushed to {url}")
     return 0
 
@@ -340,10 +356,10 @@ def load_calibration_dataset(source: str, split: str | None = None, token: str |
             raise CLIError(f"dataset '{source}' not found")
     except CLIError:
         raise
-    except Exception as err:  # datasets raises many kinds; keep one line
+    except (OSError, ValueError, ImportError, datasets.exceptions.DatasetsError) as err:  # missing, unreadable
         if _holds_no_rows(path):  # datasets fails on empty files and empty save_to_disk folders
-            raise CLIError(f"the calibration dataset '{source}' is empty") from None
-        raise CLIError(f"cannot load dataset '{source}': {' '.join(str(err).split())[:300]}") from None
+            raise CLIError(f"the calibration dataset '{source}' is empty") from err
+        raise CLIError(f"cannot load dataset '{source}': {' '.join(str(err).split())[:300]}") from err
     if isinstance(data, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         name = split or ("train" if "train" in data else next(iter(data)))
         if name not in data:
