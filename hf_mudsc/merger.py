@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from .apply import MergedWeights, apply_transforms, build_task_model, is_merged
 from .config import RECIPE_NAME, MergeConfig
-from .data import calibration
+from .data import Calibration, calibration
 from .loading import Parent, check_compatible, load_parent
 from .similarity import weight_similarity
 from .solve.descent import SolveSettings, coordinate_descent, solve_units
@@ -105,14 +105,22 @@ class MuDSCMerger:
         self._collect(self.config, data, num_samples=num_samples, batch_size=batch_size, column=column,
                       accelerator=accelerator, progress=progress, memory_budget_gb=memory_budget_gb)
 
+    def prepare_calibration(self, data: Any, *, num_samples: int = 256, batch_size: int = 16,
+                            column: str | Sequence[str] | None = None, seed: int | None = None) -> Calibration:
+        """The calibration rows that :meth:`collect` draws from ``data`` (``seed``: the recipe's by
+        default), prepared by the parents' tokenizer or image processor. Split it with
+        :meth:`Calibration.split` and give a part to :meth:`collect` or :meth:`merge`."""
+        processor = next((p.processor for p in self.parents if p.processor is not None), None)
+        return calibration(data, processor, self.parents[0].modality, num_samples=num_samples, batch_size=batch_size,
+                           column=column, seed=self.config.seed if seed is None else seed)
+
     def _collect(self, config: MergeConfig, data: Any, *, num_samples: int, batch_size: int,
                  column: str | Sequence[str] | None, accelerator: Any, progress: bool,
                  memory_budget_gb: float | None = None) -> None:
         """:meth:`collect` with the statistics settings of ``config``."""
         first = self.parents[0]
-        processor = next((p.processor for p in self.parents if p.processor is not None), None)
-        calib = calibration(data, processor, first.modality, num_samples=num_samples,
-                            batch_size=batch_size, column=column, seed=config.seed)
+        calib = self.prepare_calibration(data, num_samples=num_samples, batch_size=batch_size, column=column,
+                                         seed=config.seed)
         if accelerator is not None and accelerator.num_processes > 1:
             calib = dataclasses.replace(calib, rank=accelerator.process_index, world_size=accelerator.num_processes)
         maps = [_residual_sites(m, config.residual_layers) for m in self.unit_maps]

@@ -67,3 +67,16 @@ def test_more_merged_layers_than_collected_are_refused(pair):
     merger.merge(progress=False, merge_layers=0)  # fewer spaces: their statistics are there
     with pytest.raises(ValueError, match="merge_layers=None merges .* spaces without statistics"):
         merger.merge(progress=False, merge_layers=None)
+
+
+def test_a_part_of_a_split_is_collected_alone_and_recorded(pair):
+    from datasets import Dataset
+
+    images = [tiny_inputs(pair[0], batch=1, seed=s)["pixel_values"][0].numpy() for s in range(20)]
+    merger = merger_of(pair)
+    fit, held = merger.prepare_calibration(Dataset.from_dict({"pixel_values": images}), num_samples=20,
+                                           batch_size=4).split(0.25)
+    merger.collect(fit, progress=False)
+    assert merger.calibration["part"] == "fit: 15 of the drawn rows" and merger.calibration["num_samples"] == 15
+    assert merger.calibration["samples_per_space"]["layer.0.ffn"] == 15 * 17  # 16 patches and the CLS token
+    assert sum(len(b["pixel_values"]) for b in held) == 5
