@@ -13,25 +13,20 @@ calibration data, constant activations) are one line each: ``hf-mudsc: warning: 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import re
 import sys
+import types
+import typing
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-# Recipe fields: (type, help). The same names serve the command line and YAML recipes.
-MERGE_FIELDS: dict[str, tuple[Any, str]] = {
-    "method": (str, "mudsc | zipit | weight-matching | activation-matching | average (default mudsc)"),
-    "mode": (str, "zip | permute (default: the method's)"),
-    "alpha": (float, "weight-space share of the similarity, in [0, 1]"),
-    "merge_layers": (int, "merge the embeddings and the first L layers; later layers stay per task"),
-    "zip_budget": (float, "share of a model's units that may merge with units of the same model"),
-    "zip_decay": (float, "similarity decay of merged units, in [0, 1]"),
-    "max_sweeps": (int, "coordinate-descent sweeps at most"),
-    "patience": (int, "sweeps without gain before stopping"),
-    "max_tokens_per_batch": (int, "cap on tokens per batch per activation site"),
-    "seed": (int, "random seed"),
-}
+from .config import MergeConfig
+
+# Recipe fields other than MergeConfig's: (type, help). The same names serve the command line and
+# YAML recipes; MergeConfig's fields are derived from the dataclass (see config_options).
 DATA_FIELDS: dict[str, tuple[Any, str]] = {
     "dataset": (str, "calibration data: Hub id, local file/folder for datasets.load_dataset, or a save_to_disk folder"),
     "split": (str, "dataset split (default: train, else the first)"),
@@ -55,11 +50,122 @@ FLAGS = {
     "trust_remote_code": "allow parents that need custom code",
     "private": "create the Hub repo as private",
 }
-RECIPE_KEYS = {"models", *MERGE_FIELDS, *DATA_FIELDS, *LOAD_FIELDS, *OUTPUT_FIELDS, *FLAGS}
 
 
 class CLIError(ValueError):
     """Bad command-line input."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigOption:
+    """A :class:`MergeConfig` field as a command-line option and a YAML recipe field."""
+
+    name: str
+    kind: Any  # the field's type hint
+    help: str
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def from_text(self, text: str) -> Any:
+        """The command-line value (argparse ``type``): a comma list for tuples; strings pass through
+        to MergeConfig's own validation where the field takes one (a Literal, ``"auto"``)."""
+        try:
+            return _convert(self.kind, text, text=True)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {_describe(self.kind)}, got {text!r}") from None
+
+    def from_yaml(self, path: str, value: Any) -> Any:
+        try:
+            return _convert(self.kind, value, text=False)
+        except ValueError:
+            raise CLIError(f"recipe '{path}': field '{self.name}' must be {_describe(self.kind)}, got {value!r}") from None
+
+
+def config_options(config_class: type = MergeConfig) -> dict[str, ConfigOption]:
+    """One option per field of the config dataclass: the type from its annotation, the help from
+    the ``Args:`` section of its docstring. A new field needs no edit here."""
+    hints = typing.get_type_hints(config_class)
+    docs = _field_docs(config_class.__doc__ or "")
+    return {f.name: ConfigOption(f.name, hints[f.name], docs.get(f.name, ""))
+            for f in dataclasses.fields(config_class) if f.init}
+
+
+def recipe_keys() -> set[str]:
+    """Every field a YAML recipe may hold."""
+    return {"models", *config_options(MergeConfig), *DATA_FIELDS, *LOAD_FIELDS, *OUTPUT_FIELDS, *FLAGS}
+
+
+def _field_docs(doc: str) -> dict[str, str]:
+    """``name: text`` entries (or ``a, b: text``) of a Google-style ``Args:`` section, with their
+    deeper-indented continuation lines; double backquotes dropped."""
+    docs: dict[str, str] = {}
+    names: list[str] = []
+    indent = None
+    lines = iter(doc.splitlines())
+    for line in lines:
+        if line.strip() == "Args:":
+            break
+    for line in lines:
+        if not line.strip():
+            continue
+        level = len(line) - len(line.lstrip())
+        indent = level if indent is None else indent
+        if level < indent:
+            break
+        entry = re.match(r"\s*([\w, ]+):\s+(.*)", line) if level == indent else None
+        if entry:
+            names = [n.strip() for n in entry[1].split(",")]
+            docs.update({n: entry[2] for n in names})
+        else:
+            docs.update({n: f"{docs[n]} {line.strip()}" for n in names})
+    return {n: text.replace("``", "") for n, text in docs.items()}
+
+
+def _convert(kind: Any, value: Any, *, text: bool) -> Any:
+    """``value`` (command-line text when ``text``, else a YAML value) as the type hint ``kind``;
+    ``ValueError`` when it does not fit."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and not text and type(None) in args:
+            return None
+        for option in sorted((a for a in args if a is not type(None)), key=_takes_text):  # numbers first
+            try:
+                return _convert(option, value, text=text)
+            except ValueError:
+                continue
+        raise ValueError(value)
+    if origin is typing.Literal or kind is str:  # the config validates the choice
+        if isinstance(value, str):
+            return value
+    elif origin is tuple:
+        items = [v.strip() for v in value.split(",") if v.strip()] if text else value
+        if isinstance(items, (list, tuple)):
+            return tuple(_convert(args[0], v, text=text) for v in items)
+    elif kind is bool:
+        if isinstance(value, bool):
+            return value
+    elif kind in (int, float) and not isinstance(value, bool):
+        if text or isinstance(value, (int, float) if kind is float else int):
+            return kind(value)  # int('x') / float('x') raise ValueError
+    raise ValueError(value)
+
+
+def _takes_text(kind: Any) -> bool:
+    return kind is str or typing.get_origin(kind) is typing.Literal
+
+
+def _describe(kind: Any) -> str:
+    """What a type hint takes, in words."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args if a is not type(None))
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin is tuple:
+        return f"a comma-separated list of {_describe(args[0]).split(' ', 1)[-1]}s"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(kind, str(kind))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -77,7 +183,16 @@ def build_parser() -> argparse.ArgumentParser:
     merge = sub.add_parser("merge", help="merge two or more models")
     merge.add_argument("models", nargs="*", help="Hub ids or local folders of the parents")
     merge.add_argument("--config", help="YAML recipe with the same fields (command-line values win)")
-    for fields in (MERGE_FIELDS, DATA_FIELDS, LOAD_FIELDS, OUTPUT_FIELDS):
+    for option in config_options(MergeConfig).values():
+        if option.kind is bool or typing.get_args(option.kind) == (bool, type(None)):
+            merge.add_argument(option.flag, dest=option.name, action=argparse.BooleanOptionalAction, default=None,
+                               help=option.help.replace("%", "%%"))
+        else:
+            hint = " Comma-separated." if typing.get_origin(option.kind) is tuple or any(
+                typing.get_origin(a) is tuple for a in typing.get_args(option.kind)) else ""
+            merge.add_argument(option.flag, dest=option.name, type=option.from_text,
+                               help=option.help.replace("%", "%%") + hint)
+    for fields in (DATA_FIELDS, LOAD_FIELDS, OUTPUT_FIELDS):
         for name, (kind, text) in fields.items():
             merge.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, help=text)
     for name, text in FLAGS.items():
@@ -116,12 +231,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                    else "nothing was written")
         print(f"hf-mudsc: interrupted; {told or default}", file=sys.stderr)
         return 130
-    except Exception as err:  # one line, no traceback: a user error or a clear failure
+    except (ValueError, OSError) as err:  # one line, no traceback: bad input or a clear failure (files, network)
         if os.environ.get("HF_MUDSC_DEBUG"):
             raise
         message = " ".join(str(err).split()) or type(err).__name__
         print(f"hf-mudsc: error: {message}", file=sys.stderr)
         return 2
+    except _out_of_memory() as err:  # anything else (a bug) keeps its traceback
+        if os.environ.get("HF_MUDSC_DEBUG"):
+            raise
+        print(f"hf-mudsc: error: out of memory ({' '.join(str(err).split())[:200]}); lower --batch-size or "
+              "--num-samples, set --max-tokens-per-batch, or spread the parents with --device-map", file=sys.stderr)
+        return 1
+
+
+def _out_of_memory() -> tuple[type[BaseException], ...]:
+    """The errors that mean the machine ran out of memory (CPU or accelerator)."""
+    import torch
+
+    return (MemoryError, torch.OutOfMemoryError)
 
 
 @contextmanager
@@ -181,8 +309,12 @@ def _progress_bars(enabled: bool) -> Iterator[None]:
 
 
 def _check_types(path: str, data: dict[str, Any]) -> None:
-    """Recipe values must have the type of their command-line option."""
-    for fields in (MERGE_FIELDS, DATA_FIELDS, LOAD_FIELDS, OUTPUT_FIELDS):
+    """Recipe values must have the type of their command-line option; MergeConfig's are converted
+    as their field's type hint says (a list for a tuple field)."""
+    for name, option in config_options(MergeConfig).items():
+        if name in data:
+            data[name] = option.from_yaml(path, data[name])
+    for fields in (DATA_FIELDS, LOAD_FIELDS, OUTPUT_FIELDS):
         for name, (kind, _) in fields.items():
             value = data.get(name)
             ok = (value is None or (kind is str and isinstance(value, str))
@@ -211,9 +343,11 @@ def load_recipe(path: str) -> dict[str, Any]:
         raise CLIError(f"recipe '{path}' is not valid YAML: {' '.join(str(err).split())}") from None
     if not isinstance(data, dict):
         raise CLIError(f"recipe '{path}' must be a mapping of fields")
-    unknown = sorted(set(data) - RECIPE_KEYS - {"token"})
+    known = recipe_keys()
+    unknown = sorted(set(data) - known - {"token"}, key=str)
     if unknown:
-        raise CLIError(f"recipe '{path}' has unknown fields: {', '.join(unknown)} (known: {', '.join(sorted(RECIPE_KEYS))})")
+        raise CLIError(f"recipe '{path}' has unknown fields: {', '.join(map(str, unknown))} "
+                       f"(known: {', '.join(sorted(known))})")
     if "token" in data:
         raise CLIError(f"recipe '{path}' holds a token: keep secrets out of recipes (use --token or HF_TOKEN)")
     data = {k.replace("-", "_"): v for k, v in data.items()}
@@ -247,7 +381,7 @@ def _merge(args: argparse.Namespace) -> int:
     if not recipe.get("out"):
         raise CLIError("give an output folder with --out")
     shard_size = shard_size_of(recipe.get("max_shard_size", "5GB"))
-    merge_config = {k: recipe[k] for k in MERGE_FIELDS if k in recipe}
+    merge_config = {k: recipe[k] for k in config_options(MergeConfig) if k in recipe}
     load = {k: recipe[k] for k in LOAD_FIELDS if k in recipe}
     check_output_dir(recipe["out"], overwrite=bool(recipe.get("overwrite")), protected=models)
     merger = MuDSCMerger.from_pretrained(models, token=args.token, allow_pickle=bool(recipe.get("allow_pickle")),
@@ -278,9 +412,12 @@ def _merge(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             raise KeyboardInterrupt(f"the merge was written to {out}, the upload to {recipe['push_to_hub']} may "
                                     "not have finished (it is one commit: all or nothing)") from None
-        except Exception as err:
+        except (OSError, ValueError) as err:
             raise CLIError(f"the merge was written to {out}, but the upload to {recipe['push_to_hub']} failed: "
                            f"{err}") from err
+        except Exception as err:  # unexpected: its traceback, and where the merge is
+            err.add_note(f"hf-mudsc: the merge was written to {out}; upload it with 'hf-mudsc push'")
+            raise
         print(f"pushed to {url}")
     return 0
 
@@ -325,6 +462,8 @@ def load_calibration_dataset(source: str, split: str | None = None, token: str |
     from .io.hub import could_be_hub_id
 
     path = Path(source)
+    if _holds_no_rows(path):  # datasets fails on empty files and empty save_to_disk folders, in many ways
+        raise CLIError(f"the calibration dataset '{source}' is empty")
     try:
         if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
             data = datasets.load_from_disk(str(path))
@@ -340,10 +479,8 @@ def load_calibration_dataset(source: str, split: str | None = None, token: str |
             raise CLIError(f"dataset '{source}' not found")
     except CLIError:
         raise
-    except Exception as err:  # datasets raises many kinds; keep one line
-        if _holds_no_rows(path):  # datasets fails on empty files and empty save_to_disk folders
-            raise CLIError(f"the calibration dataset '{source}' is empty") from None
-        raise CLIError(f"cannot load dataset '{source}': {' '.join(str(err).split())[:300]}") from None
+    except (OSError, ValueError, ImportError, datasets.exceptions.DatasetsError) as err:  # missing, unreadable
+        raise CLIError(f"cannot load dataset '{source}': {' '.join(str(err).split())[:300]}") from err
     if isinstance(data, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         name = split or ("train" if "train" in data else next(iter(data)))
         if name not in data:

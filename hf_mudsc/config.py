@@ -78,7 +78,7 @@ class MergeConfig:
         max_sweeps, patience: coordinate descent over spaces (only when ``0 < alpha``).
         residual_layers: which layer inputs feed the residual stream's statistics (``None``: all).
         max_tokens_per_batch: cap on tokens per batch per site (a random subset).
-        seed: seeds the sweep order and the token subsets.
+        seed: seeds the calibration rows drawn, the token subsets and the sweep order.
     """
 
     method: str = "mudsc"

@@ -6,6 +6,7 @@ from dataclasses import dataclass, replace
 from itertools import islice
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
+import numpy as np
 import torch
 
 TEXT_COLUMNS = ("text", "sentence", "content", "review", "question", "document")
@@ -14,6 +15,8 @@ TEXT_PAIRS = (("sentence1", "sentence2"), ("premise", "hypothesis"), ("question1
               ("question", "sentence"), ("sentence_A", "sentence_B"))
 IMAGE_COLUMNS = ("image", "img", "picture", "pixel_values")
 MAX_TEXT_LENGTH = 128
+SHUFFLE_BUFFER = 1000  # rows a streamed dataset is shuffled through, at least (see Calibration.sampling)
+SPLIT_STREAM = 1  # the split draws from its own seeded stream, not from the row draw's
 
 
 class DataError(ValueError):
@@ -22,7 +25,14 @@ class DataError(ValueError):
 
 @dataclass
 class Calibration:
-    """A re-iterable source of model-input batches, and what it is (for the model card)."""
+    """A re-iterable source of model-input batches, and what it is (for the model card).
+
+    The rows are a seeded random draw of ``num_samples`` rows: map-style datasets draw row
+    indices without replacement, streamed ones pass through a seeded shuffle buffer; ready
+    batches are taken as given (their first ``num_samples`` samples). Every process draws the
+    same rows and takes every ``world_size``-th of them. ``positions`` (set by :meth:`split`)
+    restricts it to some of the drawn rows (drawn batches, for ready batches).
+    """
 
     source: Any
     processor: Any
@@ -33,16 +43,60 @@ class Calibration:
     name: str | None = None
     rank: int = 0
     world_size: int = 1
-    offset: int = 0  # samples of the source skipped first (the held-out part of a split starts there)
+    seed: int = 0
+    indices: np.ndarray | None = None
+    positions: tuple[int, ...] | None = None
+    part: str | None = None
+
+    @property
+    def sampling(self) -> str:
+        """How the rows were chosen, in words (for the recipe)."""
+        if self.column is None:
+            return f"the first {self.num_samples} samples of the given batches, in their order"
+        if self.indices is not None:
+            return f"{self.num_samples} rows drawn at random without replacement (seeded)"
+        if hasattr(self.source, "shuffle"):
+            return (f"the first {self.num_samples} rows of the stream shuffled through a buffer of "
+                    f"{self._buffer_size()} rows (seeded)")
+        return f"the first {self.num_samples} rows (the data can be neither indexed nor shuffled)"
+
+    def describe(self) -> dict[str, Any]:
+        """What the recipe and the model card record about the data."""
+        info = {"name": self.name, "column": ", ".join(self.column) if self.column else None,
+                "num_samples": self.num_samples if self.positions is None or self.column is None
+                else len(self.positions),
+                "batch_size": self.batch_size, "sampling": self.sampling, "seed": self.seed}
+        if self.part is not None:
+            unit = "batches" if self.column is None else "rows"
+            info["part"] = f"{self.part}: {len(self.positions or ())} of the drawn {unit}"
+        return info
+
+    def split(self, holdout: float) -> tuple["Calibration", "Calibration"]:
+        """``(fit, heldout)``: two disjoint parts of the drawn rows (of the batches, for ready
+        batches), ``holdout`` of them held out, chosen by the seed (the same on every process)."""
+        if not 0.0 < holdout < 1.0:
+            raise DataError(f"holdout must be a fraction in (0, 1), got {holdout}")
+        total = self._drawn_count()
+        if total < 2:
+            unit = "batch" if self.column is None else "row"
+            raise DataError(f"cannot split {total} calibration {unit} into two parts; give more data")
+        held = min(total - 1, max(1, round(holdout * total)))
+        order = np.random.default_rng([self.seed, SPLIT_STREAM]).permutation(total)
+        mine = np.arange(total) if self.positions is None else np.asarray(self.positions)
+        parts = []
+        for name, chosen in (("fit", order[held:]), ("held-out", order[:held])):
+            picked = tuple(int(i) for i in np.sort(mine[chosen]))
+            parts.append(replace(self, positions=picked, part=name))
+        return parts[0], parts[1]
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         if self.column is None:  # ready batches of model inputs; in multi-process runs batch j goes to rank j % W
-            batches = _ready_batches(self.source, self.num_samples, self.offset)
+            batches = _only(_ready_batches(self.source, self.num_samples), self.positions)
             if self.world_size > 1 and not _prepared_by_accelerate(self.source):
                 batches = islice(batches, self.rank, None, self.world_size)
             yield from batches
             return
-        rows = islice(iter(self.source), self.offset + self.rank, self.offset + self.num_samples, self.world_size)
+        rows = islice(self._drawn_rows(), self.rank, None, self.world_size)
         while True:
             chunk = list(islice(rows, self.batch_size))
             if not chunk:
@@ -50,14 +104,27 @@ class Calibration:
             yield self._prepare([r[self.column[0]] if len(self.column) == 1 else tuple(r[c] for c in self.column)
                                  for r in chunk])
 
-    def split(self, holdout: float) -> tuple["Calibration", "Calibration"]:
-        """Two disjoint parts of these samples: the first ``1 - holdout`` of them, and the rest
-        (at least one sample each)."""
-        held = min(max(1, round(holdout * self.num_samples)), self.num_samples - 1)
-        if held < 1:
-            raise DataError(f"num_samples={self.num_samples} is too few to hold out a part of them")
-        fit = replace(self, num_samples=self.num_samples - held)
-        return fit, replace(self, offset=self.offset + fit.num_samples, num_samples=held)
+    def _drawn_rows(self) -> Iterator[Any]:
+        """The drawn rows of this part, in drawn order (the same on every process)."""
+        if self.indices is not None:
+            chosen = self.indices if self.positions is None else self.indices[list(self.positions)]
+            if hasattr(self.source, "select"):  # datasets.Dataset: one indexed view, read in batches
+                return iter(self.source.select(chosen.tolist()))
+            return (self.source[int(i)] for i in chosen)
+        stream = self.source
+        if hasattr(stream, "shuffle"):
+            stream = stream.shuffle(seed=self.seed, buffer_size=self._buffer_size())
+        return _only(islice(iter(stream), self.num_samples), self.positions)
+
+    def _drawn_count(self) -> int:
+        if self.positions is not None:
+            return len(self.positions)
+        if self.column is None:
+            return sum(1 for _ in _ready_batches(self.source, self.num_samples))
+        return self.num_samples
+
+    def _buffer_size(self) -> int:
+        return max(SHUFFLE_BUFFER, self.num_samples)
 
     def _prepare(self, values: list) -> dict[str, torch.Tensor]:
         if self.modality == "text":
@@ -83,13 +150,17 @@ def calibration(
     num_samples: int,
     batch_size: int,
     column: str | Sequence[str] | None = None,
+    seed: int = 0,
 ) -> Calibration:
     """Check ``data`` against the parents' modality and wrap it as batches of inputs.
 
     ``data``: a ``datasets.Dataset`` or ``IterableDataset`` with a text or image column, or a
     pair of text columns (found by name, or ``column``: a name, two names, or ``"a,b"``), or
-    any re-iterable of dicts of input tensors (a DataLoader).
+    any re-iterable of dicts of input tensors (a DataLoader), or a :class:`Calibration`
+    (e.g. one part of :meth:`Calibration.split`), taken as it is. ``seed`` draws the rows.
     """
+    if isinstance(data, Calibration):
+        return data
     if not isinstance(num_samples, int) or num_samples < 1:
         raise DataError(f"num_samples must be a positive integer, got {num_samples}")
     if not isinstance(batch_size, int) or batch_size < 1:
@@ -117,7 +188,10 @@ def calibration(
         raise DataError(f"the calibration data has {size} examples, fewer than num_samples={num_samples}; "
                         "lower num_samples or give more data")
     name = getattr(getattr(data, "info", None), "dataset_name", None)
-    return Calibration(data, processor, modality, cols, num_samples, batch_size, name)
+    indices = None
+    if size is not None and hasattr(data, "__getitem__"):  # map-style: a seeded draw of row indices
+        indices = np.random.default_rng(seed).choice(size, num_samples, replace=False)
+    return Calibration(data, processor, modality, cols, num_samples, batch_size, name, seed=seed, indices=indices)
 
 
 def _named_columns(column: str | Sequence[str]) -> tuple[str, ...]:
@@ -150,20 +224,33 @@ def _length(data: Any) -> int | None:
         return None
 
 
-def _ready_batches(source: Iterable, num_samples: int, offset: int = 0) -> Iterator[dict[str, torch.Tensor]]:
-    """Samples ``offset`` to ``offset + num_samples`` of the batches (the straddling ones cut)."""
-    seen, end = 0, offset + num_samples
+def _ready_batches(source: Iterable, num_samples: int) -> Iterator[dict[str, torch.Tensor]]:
+    seen = 0
     for batch in source:
         if not isinstance(batch, Mapping):
             raise DataError(f"calibration batches must be dicts of model inputs, got {type(batch).__name__}")
         batch = {k: v for k, v in batch.items() if k != "labels"}
         size = len(next(iter(batch.values())))
-        lo, hi = max(offset - seen, 0), min(end - seen, size)
-        seen += size
-        if hi > lo:
-            yield batch if (lo, hi) == (0, size) else {k: v[lo:hi] for k, v in batch.items()}
-        if seen >= end:
+        if seen + size > num_samples:
+            batch = {k: v[: num_samples - seen] for k, v in batch.items()}
+        yield batch
+        seen += len(next(iter(batch.values())))
+        if seen >= num_samples:
             return
+
+
+def _only(items: Iterable[Any], positions: Sequence[int] | None) -> Iterator[Any]:
+    """The items at ``positions`` (sorted), or all of them."""
+    if positions is None:
+        yield from items
+        return
+    wanted = set(positions)
+    last = max(positions, default=-1)
+    for j, item in enumerate(items):
+        if j > last:
+            return
+        if j in wanted:
+            yield item
 
 
 def _prepared_by_accelerate(source: Any) -> bool:

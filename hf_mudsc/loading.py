@@ -5,15 +5,18 @@ message that names it.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 import transformers
+from safetensors import SafetensorError
 from transformers import AutoConfig, PreTrainedModel
 
 from .io.hub import could_be_hub_id
+from .statistics import MergeQualityWarning
 from .unitmaps import UnitMap, unit_map_of
 
 
@@ -67,19 +70,19 @@ def load_parent(
     except (OSError, ValueError) as err:
         if isinstance(err, ParentError):
             raise
-        raise ParentError(f"cannot load parent '{name}': {_first_line(err)}") from None
+        raise ParentError(f"cannot load parent '{name}': {_first_line(err)}") from err
     cls = _model_class(config)
     try:
         model = cls.from_pretrained(name, config=config, device_map=device_map, dtype=torch_dtype,
                                     use_safetensors=None if allow_pickle else True, **hub)
-    except Exception as err:  # safetensors raises its own SafetensorError on a truncated file
-        if type(err).__name__ == "SafetensorError":
+    except (OSError, ValueError, SafetensorError) as err:  # missing or unreadable files, bad configs
+        if isinstance(err, SafetensorError):
             hint = " (the safetensors file is truncated or corrupt)"
         elif "safetensors" in str(err).lower() and not allow_pickle:
             hint = f" ({_PICKLE_HINT})"
         else:
             hint = ""
-        raise ParentError(f"cannot load the weights of parent '{name}': {_first_line(err)}{hint}") from None
+        raise ParentError(f"cannot load the weights of parent '{name}': {_first_line(err)}{hint}") from err
     model.eval()
     _check_in_memory(name, model)
     _check_finite(name, model)
@@ -156,6 +159,12 @@ def check_compatible(parents: Sequence[Parent]) -> None:
 
 def _check_processors(a: Parent, b: Parent) -> None:
     if a.processor is None or b.processor is None:
+        if a.processor is not None or b.processor is not None:  # one could be checked: say it was not
+            kind = "tokenizers" if a.modality == "text" else "image processors"
+            have, lack = (a, b) if a.processor is not None else (b, a)
+            warnings.warn(f"cannot check that the parents' {kind} agree: '{lack.name}' has none saved (calibration "
+                          f"data is prepared with the one of '{have.name}'); make sure it is the same",
+                          MergeQualityWarning, stacklevel=3)
         return
     if a.modality == "text":
         va, vb = a.processor.get_vocab(), b.processor.get_vocab()
@@ -180,14 +189,42 @@ def _model_class(config) -> type[PreTrainedModel]:
     return transformers.AutoModel  # type: ignore[return-value]
 
 
+# The files that say a tokenizer or an image processor was saved with the model.
+_PROCESSOR_FILES = {
+    "text": ("tokenizer_config.json", "tokenizer.json", "vocab.txt", "vocab.json", "spiece.model",
+             "sentencepiece.bpe.model"),
+    "image": ("preprocessor_config.json",),
+}
+
+
 def _load_processor(name: str, model: PreTrainedModel, hub: dict) -> Any:
+    """The tokenizer or image processor saved with the model; ``None`` when none was saved
+    (transformers would build an empty tokenizer from the config alone). One that is saved
+    but cannot be loaded is an error, not a silent ``None``."""
     from transformers import AutoImageProcessor, AutoTokenizer
 
-    loader = AutoImageProcessor if model.main_input_name == "pixel_values" else AutoTokenizer
+    image = model.main_input_name == "pixel_values"
+    if not _has_any_file(name, _PROCESSOR_FILES["image" if image else "text"], hub):
+        return None
+    loader = AutoImageProcessor if image else AutoTokenizer
     try:
         return loader.from_pretrained(name, **hub)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        kind = "image processor" if image else "tokenizer"
+        raise ParentError(f"cannot load the {kind} saved with parent '{name}': {_first_line(err)}; fix or remove "
+                          "its files") from err
+
+
+def _has_any_file(name: str, files: Sequence[str], hub: dict) -> bool:
+    """Whether the local folder or Hub repo ``name`` holds one of ``files``."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return any((path / f).is_file() for f in files)
+    from transformers.utils import cached_file
+
+    return any(cached_file(name, f, revision=hub.get("revision"), token=hub.get("token"),
+                           _raise_exceptions_for_missing_entries=False,
+                           _raise_exceptions_for_connection_errors=False) for f in files)
 
 
 def _check_in_memory(name: str, model: torch.nn.Module) -> None:

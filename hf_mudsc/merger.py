@@ -25,6 +25,9 @@ from .statistics import MergeQualityWarning, calibration_issues, collect_statist
 from .transforms import TRANSFORMS_NAME, SpaceTransform, Transforms, identity_transforms, load_transforms
 from .unitmaps.spaces import UnitMap
 
+# Recipe fields that change the collected statistics (the seed also draws the calibration rows).
+STATISTICS_FIELDS = ("residual_layers", "max_tokens_per_batch", "seed")
+
 
 class MuDSCMerger:
     """Merges parents of one family into one model (see DESIGN.md).
@@ -42,6 +45,7 @@ class MuDSCMerger:
         self.calibration: dict[str, Any] | None = None
         self._activation: dict[str, np.ndarray] | None = None
         self._heldout: Calibration | None = None
+        self._statistics_config: MergeConfig | None = None  # the recipe the statistics were collected with
 
     @classmethod
     def from_pretrained(
@@ -96,20 +100,39 @@ class MuDSCMerger:
         """Stream calibration data through every parent and keep each merged space's activation
         correlation (all that a later :meth:`solve` needs from the data).
 
-        One pass, or several when the float64 accumulators of all spaces would exceed
-        ``memory_budget_gb``: spaces are then collected in groups that fit, one pass per group.
-        ``holdout``: the fraction of the samples kept out of the statistics (for ``method="auto"``).
+        ``data``: see :func:`hf_mudsc.data.calibration`; a seeded random draw of ``num_samples`` rows
+        (the seed of the recipe), recorded in :attr:`calibration`. One pass, or several when the
+        float64 accumulators of all spaces would exceed ``memory_budget_gb``: spaces are then
+        collected in groups that fit, one pass per group. ``holdout``: the fraction of the drawn
+        rows kept out of the statistics, to score candidates on (``method="auto"``).
         """
+        self._collect(self.config, data, num_samples=num_samples, batch_size=batch_size, column=column,
+                      accelerator=accelerator, progress=progress, memory_budget_gb=memory_budget_gb,
+                      holdout=holdout)
+
+    def prepare_calibration(self, data: Any, *, num_samples: int = 256, batch_size: int = 16,
+                            column: str | Sequence[str] | None = None, seed: int | None = None) -> Calibration:
+        """The calibration rows that :meth:`collect` draws from ``data`` (``seed``: the recipe's by
+        default), prepared by the parents' tokenizer or image processor. Split it with
+        :meth:`Calibration.split` and give a part to :meth:`collect` or :meth:`merge`."""
+        processor = next((p.processor for p in self.parents if p.processor is not None), None)
+        return calibration(data, processor, self.parents[0].modality, num_samples=num_samples, batch_size=batch_size,
+                           column=column, seed=self.config.seed if seed is None else seed)
+
+    def _collect(self, config: MergeConfig, data: Any, *, num_samples: int, batch_size: int,
+                 column: str | Sequence[str] | None, accelerator: Any, progress: bool,
+                 memory_budget_gb: float | None = None, holdout: float | None = None) -> None:
+        """:meth:`collect` with the statistics settings of ``config``."""
         first = self.parents[0]
-        calib = calibration(data, first.processor, first.modality, num_samples=num_samples,
-                            batch_size=batch_size, column=column)
+        calib = self.prepare_calibration(data, num_samples=num_samples, batch_size=batch_size, column=column,
+                                         seed=config.seed)
         if accelerator is not None and accelerator.num_processes > 1:
             calib = dataclasses.replace(calib, rank=accelerator.process_index, world_size=accelerator.num_processes)
         self._heldout = None
-        if holdout is not None:  # method="auto": a slice the statistics never see scores the candidates
+        if holdout is not None:  # method="auto": a part the statistics never see scores the candidates
             calib, self._heldout = calib.split(holdout)
-        maps = [_residual_sites(m, self.config.residual_layers) for m in self.unit_maps]
-        merged = self.merged_spaces()
+        maps = [_residual_sites(m, config.residual_layers) for m in self.unit_maps]
+        merged = self.merged_spaces(config)
         groups = [merged]
         if memory_budget_gb is not None:
             planned = plan_space_groups(maps, int(memory_budget_gb * 2**30))
@@ -119,8 +142,8 @@ class MuDSCMerger:
         moments = {}
         for group in groups:
             moments.update(collect_statistics([p.model for p in self.parents], maps, calib, spaces=group,
-                                              seed=self.config.seed, stats_device=stats_device,
-                                              max_tokens_per_batch=self.config.max_tokens_per_batch,
+                                              seed=config.seed, stats_device=stats_device,
+                                              max_tokens_per_batch=config.max_tokens_per_batch,
                                               progress=progress, accelerator=accelerator))
         samples = {name: m.n for name, m in moments.items()}
         if not samples or min(samples.values()) == 0:
@@ -128,11 +151,10 @@ class MuDSCMerger:
         # one space at a time, so that the sums and the correlations are never all in memory at once
         corr = {name: moments.pop(name).corr() for name in list(moments)}
         self._activation = {name: c.cpu().numpy() for name, c in corr.items()}
-        self.calibration = {"name": calib.name, "column": ", ".join(calib.column) if calib.column else None,
-                            "num_samples": calib.num_samples,
-                            "batch_size": batch_size, "samples_per_space": samples}
+        self._statistics_config = config
+        self.calibration = {**calib.describe(), "samples_per_space": samples}
         if self._heldout is not None:
-            self.calibration["heldout_samples"] = self._heldout.num_samples
+            self.calibration["heldout"] = self._heldout.describe()["part"]
         if accelerator is None or accelerator.is_main_process:  # every rank holds the same totals
             told = self._warn(calibration_issues(samples, self.unit_maps, corr))
             if told:  # the model card and the recipe keep them
@@ -179,6 +201,8 @@ class MuDSCMerger:
         if config.needs_data and self._activation is None:
             raise ValueError(f"method '{config.method}' with alpha={config.resolved_alpha} needs calibration data: "
                              "call merge(data) or collect(data) first, or use alpha=1 (weight matching)")
+        if config.needs_data:
+            self._check_statistics(config, names)
         settings = SolveSettings(config.resolved_mode, config.resolved_alpha, config.resolved_zip_budget,
                                  config.resolved_zip_decay,
                                  config.max_sweeps, config.patience, config.seed)
@@ -192,6 +216,22 @@ class MuDSCMerger:
                                         {n: SpaceTransform.identity(sizes[n]) for n in names},
                                         progress=lambda _: bar.update(1))
         return result.transforms, self._diagnostics(result.transforms, names, config, result.objectives)
+
+    def _check_statistics(self, config: MergeConfig, names: list[str]) -> None:
+        """Refuse a recipe whose statistics differ from the collected ones (other statistics
+        settings, or spaces that were not collected): a solve would silently use the old ones."""
+        used = self._statistics_config
+        changed = [f for f in STATISTICS_FIELDS if getattr(config, f) != getattr(used, f)]
+        if changed:
+            now = ", ".join(f"{f}={getattr(config, f)!r}" for f in changed)
+            before = ", ".join(f"{f}={getattr(used, f)!r}" for f in changed)
+            raise ValueError(f"{now} changes the activation statistics, which were collected with {before}: "
+                             "pass the calibration data again (merge(data, ...)) to collect them anew")
+        missing = [n for n in names if n not in self._activation]
+        if missing:
+            raise ValueError(f"merge_layers={config.merge_layers} merges {len(missing)} spaces without statistics "
+                             f"(e.g. '{missing[0]}'; they were collected for merge_layers={used.merge_layers}): "
+                             "pass the calibration data again (merge(data, ...)) to collect them")
 
     def _diagnostics(self, transforms: Transforms, names: list[str], config: MergeConfig,
                      objectives: dict[str, float] | None = None) -> list[dict[str, Any]]:
@@ -224,14 +264,20 @@ class MuDSCMerger:
         **overrides: Any,
     ) -> "MergeResult":
         """Collect statistics (when the method uses data), solve, and apply; with
-        ``method="auto"``, solve, apply and score every candidate (:mod:`hf_mudsc.select`)."""
+        ``method="auto"``, solve, apply and score every candidate (:mod:`hf_mudsc.select`).
+
+        Given ``data``, the statistics are collected (again) with this merge's recipe; without it, a
+        merge reuses those of the last :meth:`collect` or ``merge(data)``, and refuses ``overrides``
+        that would change them (``residual_layers``, ``max_tokens_per_batch``, ``seed``, more
+        merged layers).
+        """
         config = self.config.with_updates(**overrides) if overrides else self.config
         auto = config.method == "auto"
-        if config.needs_data and (self._activation is None or (auto and self._heldout is None)):
+        if config.needs_data and (data is not None or self._activation is None or (auto and self._heldout is None)):
             if data is None:
                 raise ValueError(f"method '{config.method}' needs calibration data (or use method='weight-matching')")
-            self.collect(data, num_samples=num_samples, batch_size=batch_size, column=column,
-                         accelerator=accelerator, progress=progress, holdout=config.holdout if auto else None)
+            self._collect(config, data, num_samples=num_samples, batch_size=batch_size, column=column,
+                          accelerator=accelerator, progress=progress, holdout=config.holdout if auto else None)
         if auto:
             return choose(self, config, self._heldout, progress=progress)
         transforms, report = self.solve(progress=progress, config=config)

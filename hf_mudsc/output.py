@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from .config import PRESETS, RECIPE_NAME, ZIPIT_BUDGET, ZIPIT_DECAY
 from .io.card import build_model_card, hub_ids
+from .io.hub import could_be_hub_id
 from .transforms import TRANSFORMS_NAME, save_transforms
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ def pipeline_tag(model: Any) -> str:
 def write_merge_folder(result: "MergeResult", folder: Path, *, max_shard_size: str | int,
                        evaluation: list[dict[str, Any]] | None = None) -> None:
     """Write everything of ``result`` into ``folder`` (an empty temporary folder)."""
-    names = [p.name for p in result.parents]
+    names = [card_name(p) for p in result.parents]
     top = "joint" if result.has_heads else "none" if any(result.weights.private) else "standard"
     if top != "none":  # a partial merge of parents without heads is one model per parent, no single model
         result.model.save_pretrained(folder, max_shard_size=max_shard_size)
@@ -46,7 +47,7 @@ def write_merge_folder(result: "MergeResult", folder: Path, *, max_shard_size: s
         task.save_pretrained(sub, max_shard_size=max_shard_size)
         _save_processor(parent.processor, sub)
         _card(result, [names[i]], task, notes=[f"Task {i} of a merge of: {', '.join(names)}."],
-              task_folders=["."], top="none").save(sub / "README.md")
+              task_folders=["."], top="task", ids=_hub_ids([parent])).save(sub / "README.md")
     save_transforms(result.transforms, str(folder / TRANSFORMS_NAME))
     (folder / RECIPE_NAME).write_text(json.dumps(result.recipe(), indent=2, default=str))
     _card(result, names, result.task_models[0], evaluation=evaluation, top=top).save(folder / "README.md")
@@ -54,7 +55,7 @@ def write_merge_folder(result: "MergeResult", folder: Path, *, max_shard_size: s
 
 def _card(result: "MergeResult", names: list[str], model: Any, *, notes: list[str] = (),
           evaluation: list[dict[str, Any]] | None = None, task_folders: list[str] | None = None,
-          top: str = "joint"):
+          top: str = "joint", ids: list[str] | None = None):
     config = result.config
     recipe = {**config.to_dict(), "mode": config.resolved_mode, "alpha": config.resolved_alpha,
               "zip_budget": config.resolved_zip_budget, "zip_decay": config.resolved_zip_decay}
@@ -63,7 +64,8 @@ def _card(result: "MergeResult", names: list[str], model: Any, *, notes: list[st
                          f"matching code): decay alpha = {ZIPIT_DECAY}, same-model budget beta = 0.125 of all merges, "
                          f"shared equally by the models ({ZIPIT_BUDGET} of each model's units for two models)."]
     calib = result.calibration or {}
-    local = [n for n in names if n not in hub_ids(names)]
+    ids = _hub_ids(result.parents) if ids is None else ids
+    local = [n for n in names if n not in ids]
     extra = [f"Parents given as local folders (not in `base_model` metadata): {', '.join(local)}."] if local else []
     return build_model_card(
         base_models=names, method=config.method, method_title=PRESETS[config.method].title,
@@ -71,7 +73,26 @@ def _card(result: "MergeResult", names: list[str], model: Any, *, notes: list[st
         datasets=[calib["name"]] if calib.get("name") else None, calibration=calib or None,
         diagnostics=result.report, evaluation=evaluation, notes=list(notes) + extra, selection=result.selection or (),
         task_folders=task_folders or [f"tasks/{i}" for i in range(len(names))], top=top,
+        merge_layers=config.merge_layers, num_layers=result.parents[0].unit_map.num_layers, base_model_ids=ids,
     )
+
+
+def card_name(parent: Any) -> str:
+    """How cards name a parent: a Hub id as given; a local folder by the Hub id its config records
+    (``_name_or_path``, written by older transformers) or else by its folder name, never by a path."""
+    path = parent.local_path
+    if path is None:
+        return parent.name
+    try:
+        recorded = json.loads((path / "config.json").read_text()).get("_name_or_path")
+    except (OSError, ValueError):
+        recorded = None
+    return recorded if isinstance(recorded, str) and recorded and could_be_hub_id(recorded) else path.name
+
+
+def _hub_ids(parents: list[Any]) -> list[str]:
+    """The parents given as Hub ids (``base_model`` metadata): never a local folder."""
+    return hub_ids([p.name for p in parents if p.local_path is None])
 
 
 def _save_processor(processor: Any, folder: Path) -> None:

@@ -64,8 +64,9 @@ class SpaceTransform:
         return all(a.numel() == self.k and bool((self.model_counts(i) == 1).all()) for i, a in enumerate(self.assign))
 
     def merge(self, x: torch.Tensor, i: int, axis: int) -> torch.Tensor:
-        """``M_i`` along an axis that writes the space: model i's share of the merged average."""
-        return _scale(self._sum(x, i, axis), 1.0 / self.counts(), axis)
+        """``M_i`` along an axis that writes the space: model i's share of the merged average
+        (the weights ``1 / count`` in float64, so that float64 tensors get them exactly)."""
+        return _scale(self._sum(x, i, axis), 1.0 / self.counts().to(torch.float64), axis)
 
     def unmerge(self, x: torch.Tensor, i: int, axis: int) -> torch.Tensor:
         """``U_i`` along an axis that reads the space: merged units feed model i's readers."""
@@ -82,7 +83,7 @@ class SpaceTransform:
         d = self.assign[i].numel()
         u = torch.zeros(d, self.k, dtype=torch.float64)
         u[torch.arange(d), self.assign[i]] = 1.0
-        return u.T / self.counts().unsqueeze(1), u
+        return u.T / self.counts().to(torch.float64).unsqueeze(1), u
 
     def _sum(self, x: torch.Tensor, i: int, axis: int) -> torch.Tensor:
         """Sum the units of model i that share a merged unit, along ``axis``.

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Literal
 
 import pytest
 import torch
@@ -275,7 +276,7 @@ ERRORS = {
     "alpha 1.5": (lambda p, o: merge(p["vit0"], p["vit1"], "--dataset", p["image_disk"], "--alpha", 1.5, "--out", o),
                   ["alpha must be in [0, 1], got 1.5"]),
     "alpha not a number": (lambda p, o: merge(p["vit0"], p["vit1"], "--alpha", "half", "--out", o),
-                           ["argument --alpha: invalid float value: 'half'"]),
+                           ["argument --alpha: expected a number, got 'half'"]),
     "bad shard size": (lambda p, o: merge(p["vit0"], p["vit1"], "--dataset", p["image_disk"], "--max-shard-size",
                                           "lots", "--out", o), ["max_shard_size must be a byte count", "'lots'"]),
     "merge layers 99": (lambda p, o: merge(p["vit0"], p["vit1"], "--dataset", p["image_disk"], "--merge-layers", 99,
@@ -336,3 +337,114 @@ def test_console_script_runs_in_a_subprocess(inputs, text_merge, tmp_path):
     assert done.stdout.strip() == f"merged 2 models with zipit into {out}"
     assert "Traceback" not in done.stderr and "Loading weights" not in done.stderr
     assert all_weight_bytes(out) == all_weight_bytes(text_merge)
+
+
+# --------------------------------------------------------------------------- options derived from MergeConfig
+def sample_text(kind) -> str:
+    """A command-line value of a type hint (a number where it takes one, else text)."""
+    import types
+    import typing
+
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        return sample_text(args[0])
+    if typing.get_origin(kind) is typing.Literal:
+        return str(args[-1])
+    if typing.get_origin(kind) is tuple:
+        return ",".join([sample_text(args[0])] * 2)
+    return {int: "2", float: "0.25", str: "text"}[kind]
+
+
+def captured_config(monkeypatch, argv) -> dict:
+    """The MergeConfig fields the command passes to the merger (which is not run)."""
+    seen = {}
+
+    def capture(models, **kwargs):
+        seen.update(kwargs)
+        raise KeyboardInterrupt("captured")
+
+    monkeypatch.setattr(MuDSCMerger, "from_pretrained", staticmethod(capture))
+    assert main(argv) == 130
+    return seen
+
+
+def test_every_merge_config_field_is_an_option_and_a_yaml_field(monkeypatch, tmp_path, capsys):
+    import dataclasses
+    import typing
+
+    import yaml
+
+    from hf_mudsc.cli import _convert
+    from hf_mudsc.config import MergeConfig
+
+    hints = typing.get_type_hints(MergeConfig)
+    names = [f.name for f in dataclasses.fields(MergeConfig)]
+    argv = ["merge", "a", "b", "--out", str(tmp_path / "m")]
+    for name in names:
+        argv += [f"--{name.replace('_', '-')}", sample_text(hints[name])]
+    from_cli = captured_config(monkeypatch, argv)
+    assert sorted(from_cli) == sorted(names + ["token", "allow_pickle", "trust_remote_code"])
+    for name in names:
+        assert from_cli[name] == _convert(hints[name], sample_text(hints[name]), text=True), name
+        assert MergeConfig.__doc__.count(f" {name}") and f"--{name.replace('_', '-')}" in build_help()
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"models": ["a", "b"], "out": str(tmp_path / "m"),
+                                      **{k: list(v) if isinstance(v, tuple) else v
+                                         for k, v in from_cli.items() if k in names}}))
+    assert captured_config(monkeypatch, ["merge", "--config", str(recipe)]) == from_cli
+    capsys.readouterr()
+
+
+def build_help() -> str:
+    from hf_mudsc.cli import build_parser
+
+    parser = build_parser()
+    return next(a for a in parser._subparsers._group_actions[0].choices.values() if a.prog.endswith("merge")).format_help()
+
+
+def test_a_new_config_field_reaches_the_command_line_and_yaml_without_a_cli_edit(monkeypatch, tmp_path, capsys):
+    """Fields as others add them: a tuple of strings, a number or 'auto' (left to the config to check)."""
+    import dataclasses
+
+    from hf_mudsc import cli
+    from hf_mudsc.config import MergeConfig
+
+    @dataclasses.dataclass(frozen=True)
+    class Extended(MergeConfig):
+        """How to merge.
+
+        Args:
+            repair: what to repair after the merge,
+                as a list.
+            budget: a share, or ``auto``.
+        """
+
+        repair: tuple[str, ...] = ()
+        budget: float | Literal["auto"] | None = None
+
+    monkeypatch.setattr(cli, "MergeConfig", Extended)
+    assert cli.config_options(Extended)["repair"].help == "what to repair after the merge, as a list."
+    assert "--repair REPAIR" in build_help() and "what to repair after the merge, as a list." in build_help()
+    base = ["merge", "a", "b", "--out", str(tmp_path / "m")]
+    got = captured_config(monkeypatch, base + ["--repair", "heads,norms", "--budget", "auto"])
+    assert (got["repair"], got["budget"]) == (("heads", "norms"), "auto")
+    assert captured_config(monkeypatch, base + ["--budget", "0.5"])["budget"] == 0.5
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("models: [a, b]\nrepair: [heads]\nbudget: null\n")
+    got = captured_config(monkeypatch, ["merge", "--config", str(recipe), "--out", str(tmp_path / "m")])
+    assert (got["repair"], got["budget"]) == (("heads",), None)
+    recipe.write_text("models: [a, b]\nrepair: heads\n")
+    assert main(["merge", "--config", str(recipe), "--out", str(tmp_path / "m")]) == 2
+    assert "field 'repair' must be a comma-separated list of strings, got 'heads'" in capsys.readouterr().err
+
+
+def test_a_yaml_recipe_with_residual_layers_merges(inputs, tmp_path, capsys):
+    import json
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"models: [{inputs['bert0']}, {inputs['bert1']}]\ndataset: {inputs['jsonl']}\n"
+                      f"num_samples: {N}\nbatch_size: 4\nmethod: zipit\nresidual_layers: [0, 2]\n"
+                      f"out: {tmp_path / 'merged'}\n")
+    code, _, stderr = run(capsys, "merge", "--config", recipe)
+    assert (code, not_warnings(stderr)) == (0, "")
+    assert json.loads((tmp_path / "merged" / "merge_recipe.json").read_text())["config"]["residual_layers"] == [0, 2]

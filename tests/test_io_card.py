@@ -125,3 +125,46 @@ def test_scrub_secrets_keeps_ordinary_keys() -> None:
 def test_markdown_table_union_of_columns_and_escaping() -> None:
     table = markdown_table([{"a": 1, "b": "x|y"}, {"c": None, "a": 2.0}])
     assert table.splitlines() == ["| a | b | c |", "|---|---|---|", "| 1 | x\\|y |  |", "| 2 |  |  |"]
+
+
+def _what_was_merged(card: ModelCard) -> str:
+    return _body(card).split("## What was merged")[1].split("## ")[0]
+
+
+def test_each_card_says_what_its_folder_holds() -> None:
+    joint = _what_was_merged(_card())
+    assert "joint multi-task model (shared trunk, one head per parent)" in joint
+    partial = _what_was_merged(_card(merge_layers=1, num_layers=2))
+    assert "with its embeddings and first 1 of 2 layers merged" in partial
+    assert "(embeddings and first 1 of 2 layers shared; later layers and one head per parent)" in partial
+    assert "merged model itself" in _what_was_merged(_card(top="standard"))
+    assert "holds no model" in _what_was_merged(_card(top="none", merge_layers=1, num_layers=2))
+    task = _card(base_models=["org/vit-a"], top="task", task_folders=["."], model_id="me/merged", evaluation=None)
+    assert "This folder holds the model of `org/vit-a`" in _what_was_merged(task)
+    assert "joint" not in _body(task) and "folder root" not in _body(task)
+    assert 'pipeline("image-classification", model="me/merged")' in _body(task)
+    with pytest.raises(ValueError, match="top must be one of"):
+        _card(top="everything")
+
+
+def test_local_parents_are_named_by_folder_or_recorded_hub_id(tmp_path) -> None:
+    """Through the writer: no absolute path in any card, and no local folder in base_model metadata."""
+    import json
+
+    from hf_mudsc import MuDSCMerger
+    from parents_on_disk import bert_parents
+
+    a, b = bert_parents(tmp_path / "parents")
+    config = json.loads((b / "config.json").read_text())
+    (b / "config.json").write_text(json.dumps({**config, "_name_or_path": "org/bert-b"}))  # older transformers
+    result = MuDSCMerger.from_pretrained([str(a), str(b)], "weight-matching", merge_layers=1).merge(progress=False)
+    out = result.save_pretrained(tmp_path / "merged")
+    cards = [out / "README.md", out / "tasks" / "0" / "README.md", out / "tasks" / "1" / "README.md"]
+    for path in cards:
+        text = path.read_text()
+        assert str(tmp_path) not in text, path
+        assert ModelCard(text).data.base_model is None  # local parents are no Hub base models
+    top = cards[0].read_text()
+    assert f"- `{a.name}` -> `tasks/0/`" in top and "- `org/bert-b` -> `tasks/1/`" in top
+    assert "embeddings and first 1 of 2 layers shared" in top
+    assert "This folder holds the model of `org/bert-b`" in cards[2].read_text()

@@ -121,11 +121,15 @@ def test_dataset_iterable_dataset_and_ready_batches_give_the_same_merge(parents,
 
 
 def test_merge_uses_only_num_samples_examples(parents, merged):
-    reference, _ = merged["text"]
-    longer = text_dataset(N + 8)  # the same first N sentences, then more
-    assert longer["text"][:N] == make_data("text")["text"]
+    from hf_mudsc.data import calibration
+
+    longer = text_dataset(N + 8)
     result = new_merger(parents, "text").merge(longer, num_samples=N, batch_size=BS, progress=False)
-    assert result_bytes(result) == result_bytes(reference)
+    assert result.calibration["samples_per_space"]["pooler"] == N  # one pooler sample per example
+    drawn = calibration(longer, object(), "text", num_samples=N, batch_size=BS, column="text").indices  # the recipe's seed
+    assert sorted(drawn) != list(range(N))  # a random draw, not the first rows
+    again = new_merger(parents, "text").merge(longer.select(drawn), num_samples=N, batch_size=BS, progress=False)
+    assert result_bytes(again) == result_bytes(result)
     other = new_merger(parents, "text").merge(longer, num_samples=N + 8, batch_size=BS, progress=False)
     assert other.calibration["samples_per_space"]["pooler"] == N + 8
 

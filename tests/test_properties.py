@@ -6,12 +6,16 @@ under a minute):
 - a random function-preserving permutation leaves the outputs equal (float64);
 - every solver gives a valid solution on random similarities (assignments in range, every merged unit
   used, k exact, head boundaries kept), and merging identical parents is the identity;
-- the command line, fed wrong types and out-of-range values, exits 0 or 2 with at most one line.
+- the command line, fed wrong types and out-of-range values with missing parents, exits 2 with one line
+  and writes nothing; fed random recipe values with real parents, it either refuses in one line and
+  writes nothing, or exits 0 with a merge folder whose recipe holds exactly the values given.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
+import json
 import os
 import tempfile
 from dataclasses import dataclass
@@ -22,7 +26,7 @@ import pytest
 import torch
 import transformers as tf
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from hf_mudsc.apply import apply_transforms, build_task_model
@@ -305,19 +309,18 @@ def sandbox():
             os.chdir(here)
 
 
-def check_exit(code: int, stderr: str, folder: Path, before: set[str]) -> None:
-    assert code in (0, 2), (code, stderr)
-    assert "Traceback" not in stderr
-    if code:
-        assert stderr.count("\n") == 1 and stderr.startswith("hf-mudsc: error: "), stderr
-    assert {p.name for p in folder.iterdir()} == before  # nothing written
+def check_refused(code: int, stderr: str, folder: Path, before: set[str]) -> None:
+    """Exit 2, one line, nothing written (no valid merge exists with parents that are missing)."""
+    assert code == 2, (code, stderr)
+    assert stderr.count("\n") == 1 and stderr.startswith("hf-mudsc: error: "), stderr
+    assert {p.name for p in folder.iterdir()} == before
 
 
 @settings(max_examples=50, deadline=None)
 @given(options=st.lists(st.tuples(st.sampled_from(OPTIONS), VALUES), max_size=4),
        flags=st.lists(st.sampled_from(FLAGS), max_size=2), models=st.integers(0, 3),
        dangling=st.none() | st.sampled_from(OPTIONS))
-def test_command_line_fuzz_exits_0_or_2_with_one_line(options, flags, models, dangling) -> None:
+def test_command_line_fuzz_with_missing_parents_exits_2_with_one_line(options, flags, models, dangling) -> None:
     """Parents that do not exist: only validation runs (no model is loaded, nothing is written)."""
     with sandbox() as (folder, _, err):
         argv = ["merge", *[str(folder / f"missing{i}") for i in range(models)]]
@@ -325,7 +328,7 @@ def test_command_line_fuzz_exits_0_or_2_with_one_line(options, flags, models, da
             argv += [f"{name}={value}"]  # '=' keeps values such as '-5' or '--' with their option
         argv += flags + ([dangling] if dangling else [])
         code = main(argv)
-        check_exit(code, err.getvalue(), folder, set())
+        check_refused(code, err.getvalue(), folder, set())
 
 
 @settings(max_examples=40, deadline=None)
@@ -336,5 +339,54 @@ def test_yaml_recipe_fuzz_exits_2_with_one_line(recipe, use_models) -> None:
             recipe["models"] = [str(folder / "missing0"), str(folder / "missing1")]
         (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe))
         code = main(["merge", "--config", str(folder / "recipe.yaml")])
-        check_exit(code, err.getvalue(), folder, {"recipe.yaml"})
-        assert code == 2  # no recipe is valid and complete with parents that are missing
+        check_refused(code, err.getvalue(), folder, {"recipe.yaml"})
+
+
+@functools.lru_cache(maxsize=1)
+def real_parents() -> tuple[str, str]:
+    """Two tiny BERT parents on disk (made once per session; weight matching needs no data)."""
+    from parents_on_disk import bert_parents
+
+    return tuple(str(p) for p in bert_parents(Path(tempfile.mkdtemp(prefix="fuzz-parents-"))))
+
+
+CONFIG_VALUES = {
+    "method": st.sampled_from(["weight-matching", "average", "zipit", "mudsc", "bogus"]),
+    "mode": st.sampled_from(["zip", "permute", "auto"]),
+    "alpha": st.sampled_from(["1", "1.0", "0.5", "2", "x"]),
+    "merge_layers": st.sampled_from(["0", "1", "2", "3", "-1", "1.5"]),
+    "zip_budget": st.sampled_from(["0", "0.5", "1.5"]),
+    "zip_decay": st.sampled_from(["0", "0.5", "nan"]),
+    "max_sweeps": st.sampled_from(["1", "0"]),
+    "seed": st.sampled_from(["0", "7", "-1", "18446744073709551616"]),
+    "residual_layers": st.sampled_from(["0,2", "0,9", "x"]),
+}
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(options=st.dictionaries(st.sampled_from(sorted(CONFIG_VALUES)), st.none(), max_size=4).flatmap(
+    lambda keys: st.fixed_dictionaries({k: CONFIG_VALUES[k] for k in keys})))
+@example(options={"method": "weight-matching", "residual_layers": "0,2", "seed": "7"})  # both outcomes run
+@example(options={"method": "average", "merge_layers": "1"})
+@example(options={"method": "weight-matching", "merge_layers": "-1"})
+def test_command_line_fuzz_with_real_parents_merges_exactly_what_it_was_given(options) -> None:
+    """Data-free runs (no --dataset): a method that needs data is refused, like any bad value."""
+    from hf_mudsc.cli import config_options
+    from hf_mudsc.config import MergeConfig
+
+    parents = real_parents()
+    with sandbox() as (folder, out, err):
+        argv = ["merge", *parents, "--out", str(folder / "merged")]
+        for name, value in options.items():
+            argv.append(f"--{name.replace('_', '-')}={value}")
+        code = main(argv)
+        if code != 0:
+            check_refused(code, err.getvalue(), folder, set())
+            return
+        assert out.getvalue().startswith("merged 2 models with ")
+        expected = MergeConfig(**{k: config_options()[k].from_text(v) for k, v in options.items()}).to_dict()
+        saved = json.loads((folder / "merged" / "merge_recipe.json").read_text())
+        assert saved["config"] == json.loads(json.dumps(expected))
+        assert saved["calibration"] is None  # data-free
+        for sub in ("tasks/0", "tasks/1", "."):
+            assert (folder / "merged" / sub / "config.json").is_file()

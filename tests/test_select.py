@@ -45,7 +45,10 @@ def test_auto_holds_out_calibration_samples_and_records_the_choice(tmp_path):
     a, b = tiny_model("vit-cls", seed=0), tiny_model("vit-cls", seed=1)
     merger = MuDSCMerger.from_pretrained([a, b], "auto", holdout=0.25, max_sweeps=1)
     result = merger.merge(calibration(a), num_samples=48, progress=False)
-    assert result.calibration["num_samples"] == 36 and result.calibration["heldout_samples"] == 12
+    # 6 ready batches of 8: a quarter of them (2) held out, the statistics from the other 4
+    assert result.calibration["part"] == "fit: 4 of the drawn batches"
+    assert result.calibration["heldout"] == "held-out: 2 of the drawn batches"
+    assert result.calibration["samples_per_space"]["layer.0.ffn"] == 4 * 8 * 17  # 16 patches and the CLS token
     assert result.config.method != "auto"  # the result carries the chosen recipe
     assert result.recipe()["selection"] == result.selection
     best = max(result.selection, key=lambda r: r["score"])

@@ -79,6 +79,14 @@ def test_shape_mismatch_and_double_cover_are_refused():
         UnitMap("toy", 0, [a]).validate({})
 
 
+def test_a_shared_parameter_that_only_reads_is_refused():
+    """Without an 'out' member, apply would sum the parents' copies of the parameter."""
+    a = MergeSpace("a", 8, (Member("w", 0, "out", EMBEDDINGS), Member("r", 1, "in", 0)))
+    with pytest.raises(UnitMapError, match="parameter 'r' of the 'toy' unit map only reads merge spaces"):
+        UnitMap("toy", 1, [a]).validate({"w": (8,), "r": (4, 8)})
+    UnitMap("toy", 1, [a], task_heads=("r",)).validate({"w": (8,), "r": (4, 8)})  # a task head may only read
+
+
 def test_registry_refuses_silent_overwrite_and_accepts_new_types():
     with pytest.raises(ValueError, match="already registered"):
         register_unit_map("vit", VIT)

@@ -145,13 +145,38 @@ def hub_ids(names: Sequence[str]) -> list[str]:
     return [n for n in names if could_be_hub_id(n)]
 
 
-def _parents_section(base_models: Sequence[str], task_folders: Sequence[str]) -> str:
+# What the top of a merged folder holds (``top`` of :func:`build_model_card`).
+TOPS = ("joint", "standard", "none", "task")
+
+
+def _merged_part(merge_layers: int | None, num_layers: int | None) -> tuple[str, bool]:
+    """What of each parent is merged, in words, and whether that is only part of the layers."""
+    if merge_layers is None or num_layers is None or merge_layers >= num_layers:
+        return "trunk", False
+    return f"embeddings and first {merge_layers} of {num_layers} layers", True
+
+
+def _parents_section(base_models: Sequence[str], task_folders: Sequence[str], top: str,
+                     merge_layers: int | None, num_layers: int | None) -> str:
+    part, partial = _merged_part(merge_layers, num_layers)
+    if top == "task":
+        return _section("What was merged", f"This folder holds the model of `{base_models[0]}` after a merge without "
+                        f"training: a standard checkpoint with its {part} merged with the other parents'.")
     lines = [f"- `{model}` -> `{folder}/`" for model, folder in zip(base_models, task_folders)]
+    root = {
+        "joint": "The folder root holds the joint multi-task model ("
+                 + (f"{part} shared; later layers and one head per parent)." if partial
+                    else "shared trunk, one head per parent)."),
+        "standard": "The folder root holds the merged model itself: the parents have no task heads and every layer "
+                    "is merged, so one model serves them all.",
+        "none": "The folder root holds no model: the parents have no task heads and only part of the layers is "
+                "merged, so each parent keeps its own model in its folder.",
+    }[top]
     return _section(
         "What was merged",
-        "Parents, merged without training, each kept as a standard checkpoint with a merged trunk:",
+        f"Parents, merged without training, each kept as a standard checkpoint with its {part} merged:",
         "\n".join(lines),
-        "The folder root holds the joint multi-task model (shared trunk, one head per parent).",
+        root,
     )
 
 
@@ -192,7 +217,11 @@ def _usage_section(
         + ", ".join(f"`{f}/`" for f in task_folders) + ":",
         tasks,
     ]
-    if top == "joint":
+    if top == "task":
+        parts = [f"This folder is a standard `{library_name}` checkpoint:",
+                 "```python\nfrom transformers import pipeline\n\n"
+                 f'task_model = pipeline("{task}", model="{model_id}")\n```']
+    elif top == "joint":
         parts += ["The joint model predicts over the union of the parents' labels:",
                   ("```python\nimport hf_mudsc  # registers the joint model with the Auto classes\n"
                    f"from transformers import AutoModel\n\njoint = AutoModel.from_pretrained(\"{model_id}\")\n```")]
@@ -223,17 +252,27 @@ def build_model_card(
     model_id: str = "<repo-id or local folder>",
     task_folders: Sequence[str] | None = None,
     top: str = "joint",
+    merge_layers: int | None = None,
+    num_layers: int | None = None,
+    base_model_ids: Sequence[str] | None = None,
 ) -> ModelCard:
     """Build the README.md card of a merged model.
 
     ``task_name``: the ``pipeline`` task of the usage snippet (defaults to ``pipeline_tag``);
     ``task_folders``: where each parent's merged checkpoint lives (default ``tasks/<i>``);
     ``model_id``: the Hub id or folder the snippets load from; ``top``: what the folder holds at its
-    top: ``joint`` (the joint model), ``standard`` (one merged standard model) or ``none``.
+    top: ``joint`` (the joint model), ``standard`` (one merged standard model), ``none``, or ``task``
+    (the card of one parent's merged checkpoint, the folder itself); ``merge_layers`` of
+    ``num_layers``: a partial merge (``None``: every layer); ``base_model_ids``: the Hub ids for the
+    ``base_model`` metadata (default: the names in ``base_models`` that are Hub ids).
     """
+    if top not in TOPS:
+        raise ValueError(f"top must be one of {', '.join(TOPS)}, got '{top}'")
     folders = list(task_folders) if task_folders is not None else [f"tasks/{i}" for i in range(len(base_models))]
     papers = cited_papers(method, str(recipe.get("mode", "")) or None, heterogeneous)
-    body = [f"# {method_title} merge of {len(base_models)} models", _parents_section(base_models, folders)]
+    title = (f"# {base_models[0]} after a {method_title} merge" if top == "task"
+             else f"# {method_title} merge of {len(base_models)} models")
+    body = [title, _parents_section(base_models, folders, top, merge_layers, num_layers)]
     body.append(_method_section(method_title, papers, recipe))
     body.append(_calibration_section(calibration))
     if selection:
@@ -253,7 +292,7 @@ def build_model_card(
     if papers:
         body.append(_section("Citation", "```bibtex\n" + "\n\n".join(p.bibtex for p in papers) + "\n```"))
     data = _metadata(
-        base_models=hub_ids(base_models),
+        base_models=list(base_model_ids) if base_model_ids is not None else hub_ids(base_models),
         method=method,
         library_name=library_name,
         pipeline_tag=pipeline_tag,

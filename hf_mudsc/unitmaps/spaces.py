@@ -144,7 +144,8 @@ class UnitMap:
 
         Every parameter is either a task head or a member of some space; no (parameter,
         axis) is in two spaces; member sizes equal the space dimension; heads divide it;
-        one parameter has one owner layer; every mapped parameter exists.
+        one parameter has one owner layer; every mapped parameter exists; every shared
+        (non-head) parameter writes a space (has an ``out`` member), so merging averages it.
         """
         covered = self.param_members()
         for name in shapes:
@@ -183,6 +184,10 @@ class UnitMap:
                     )
             if name in self.task_heads and any(m.role == "out" for _, m in pairs):
                 raise UnitMapError(f"task head '{name}' may only read merge spaces")
+            if name not in self.task_heads and all(m.role == "in" for _, m in pairs):
+                raise UnitMapError(f"parameter '{name}' of the '{self.family}' unit map only reads merge spaces: a "
+                                   "shared parameter needs an 'out' member (else its copies are summed, not "
+                                   "averaged); give it the space it writes, or list it among the task heads")
         for g, spaces in self.head_groups().items():
             heads = {s.heads for s in spaces}
             if None in heads or len(heads) != 1:

@@ -1,0 +1,84 @@
+"""Loading parents: a processor that is saved but unreadable is an error, one that is missing is
+reported (its compatibility cannot be checked); load errors keep their cause, and out-of-memory
+errors and bugs are not turned into 'cannot load the weights'."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+import transformers
+
+from hf_mudsc import MuDSCMerger
+from hf_mudsc.cli import main
+from hf_mudsc.loading import ParentError, load_parent
+from hf_mudsc.statistics import MergeQualityWarning
+from parents_on_disk import bert_parents
+
+
+@pytest.fixture(scope="module")
+def parents(tmp_path_factory):
+    root = tmp_path_factory.mktemp("loading")
+    a, b = bert_parents(root)
+    bare = root / "bare"
+    shutil.copytree(b, bare)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        (bare / f).unlink()
+    broken = root / "broken"
+    shutil.copytree(b, broken)
+    (broken / "tokenizer.json").write_text("{not json")
+    return {"a": a, "b": b, "bare": bare, "broken": broken}
+
+
+def test_a_parent_without_a_tokenizer_has_none_and_the_unchecked_pair_is_reported(parents):
+    assert load_parent(str(parents["bare"])).processor is None  # not an empty tokenizer built from the config
+    with pytest.warns(MergeQualityWarning, match="cannot check that the parents' tokenizers agree: '.*bare' has none"):
+        MuDSCMerger.from_pretrained([str(parents["a"]), str(parents["bare"])], "weight-matching")
+
+
+def test_a_saved_tokenizer_that_cannot_be_read_is_an_error(parents):
+    with pytest.raises(ParentError, match="cannot load the tokenizer saved with parent '.*broken'.*fix or remove"):
+        load_parent(str(parents["broken"]))
+
+
+@pytest.mark.parametrize("error", [torch.OutOfMemoryError("CUDA out of memory"), KeyError("a bug")])
+def test_out_of_memory_and_bugs_are_not_load_errors(parents, monkeypatch, error):
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(transformers.BertForSequenceClassification, "from_pretrained", fail)
+    with pytest.raises(type(error)):
+        load_parent(str(parents["a"]))
+
+
+def test_a_load_error_keeps_its_cause(parents, monkeypatch):
+    cause = OSError("disk unreadable")
+
+    def fail(*args, **kwargs):
+        raise cause
+
+    monkeypatch.setattr(transformers.BertForSequenceClassification, "from_pretrained", fail)
+    with pytest.raises(ParentError, match="cannot load the weights of parent .*disk unreadable") as info:
+        load_parent(str(parents["a"]))
+    assert info.value.__cause__ is cause
+
+
+def test_the_command_line_says_out_of_memory_and_lets_bugs_through(parents, monkeypatch, tmp_path, capsys):
+    argv = ["merge", str(parents["a"]), str(parents["b"]), "--method", "weight-matching", "--out", str(tmp_path / "m")]
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(transformers.BertForSequenceClassification, "from_pretrained", oom)
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("hf-mudsc: error: out of memory (CUDA out of memory.")
+    assert "--batch-size" in err
+
+    def bug(*args, **kwargs):
+        raise AttributeError("'NoneType' object has no attribute 'shape'")
+
+    monkeypatch.setattr(transformers.BertForSequenceClassification, "from_pretrained", bug)
+    with pytest.raises(AttributeError, match="no attribute 'shape'"):  # a traceback, not a one-line 'cannot load'
+        main(argv)
+    assert not (tmp_path / "m").exists()
