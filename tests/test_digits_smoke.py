@@ -6,7 +6,7 @@ import pytest
 
 from hf_mudsc import MuDSCMerger
 from hf_mudsc.evaluation import evaluate_models, image_batches
-from hf_mudsc.parents import load_digits_dataset, task_parents
+from hf_mudsc.demo.parents import load_digits_dataset, task_parents
 
 RECIPE = dict(image_size=8, patch_size=2, hidden_size=32, layers=2, heads=4, intermediate=64,
               epochs=20, batch_size=64, lr=3e-3)

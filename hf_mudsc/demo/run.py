@@ -7,19 +7,13 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from .evaluation import evaluate_models, format_table, image_batches
-from .merger import MuDSCMerger
+from ..evaluation import PRESET_RUNS, evaluate_models, format_table, image_batches
+from ..merger import MuDSCMerger
 from .parents import digit_parents, load_digits_dataset
 
-# (row name, overrides of the merger's recipe)
-PRESET_RUNS: list[tuple[str, dict[str, Any]]] = [
-    ("average", {"method": "average"}),
-    ("weight matching", {"method": "weight-matching"}),
-    ("activation matching", {"method": "activation-matching"}),
-    ("ZipIt!", {"method": "zipit"}),
-    ("MuDSC (zip, alpha=0.5)", {"method": "mudsc", "mode": "zip"}),
-    ("MuDSC (permute, alpha=0.5)", {"method": "mudsc", "mode": "permute"}),
-    ("MuDSC partial (2 of 4 layers)", {"method": "mudsc", "mode": "zip", "merge_layers": 2}),
+SAVED = "MuDSC zip (alpha 0.5)"  # the merge written with its card
+RUNS: list[tuple[str, dict[str, Any]]] = PRESET_RUNS + [
+    ("MuDSC zip, 2 of 4 layers merged", {"method": "mudsc", "mode": "zip", "merge_layers": 2}),
 ]
 COLUMNS = ["model", "joint", "per_task", "task 0-4", "task 5-9", "seconds"]
 
@@ -41,7 +35,7 @@ def run_demo(out: str | Path = "mudsc-demo", cache_dir: str | Path | None = None
     echo(f"collecting activation statistics on {num_samples} unlabeled training images ...")
     merger.collect(calibration, num_samples=num_samples, batch_size=64, progress=False)
     results = {}
-    for name, overrides in PRESET_RUNS:
+    for name, overrides in RUNS:
         tick = time.perf_counter()
         result = merger.merge(progress=False, **overrides)
         results[name] = result
@@ -51,7 +45,7 @@ def run_demo(out: str | Path = "mudsc-demo", cache_dir: str | Path | None = None
 
     target = Path(out)
     overwrite = (target / "merge_recipe.json").exists()  # a previous demo's folder
-    results["MuDSC (zip, alpha=0.5)"].save_pretrained(target, overwrite=overwrite, evaluation=_card_rows(rows))
+    results[SAVED].save_pretrained(target, overwrite=overwrite, evaluation=_card_rows(rows))
     echo(f"\nwrote the MuDSC merge to {target}/ (model card: {target}/README.md) "
          f"in {time.perf_counter() - start:.0f} s")
     return rows
