@@ -13,7 +13,7 @@ import torch
 import transformers
 from transformers import AutoConfig, PreTrainedModel
 
-from .io.hub import could_be_hub_id
+from .paths import could_be_hub_id
 from .unitmaps import UnitMap, unit_map_of
 
 
