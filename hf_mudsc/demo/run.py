@@ -7,6 +7,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+import transformers
+
+from .. import __version__
 from ..evaluation import PRESET_RUNS, evaluate_models, format_table, image_batches
 from ..merger import MuDSCMerger
 from .parents import digit_parents, load_digits_dataset
@@ -42,6 +46,7 @@ def run_demo(out: str | Path = "mudsc-demo", cache_dir: str | Path | None = None
         rows.append(_row(name, evaluate_models(result.task_models, scoring), time.perf_counter() - tick))
     echo("")
     echo(format_table(rows, COLUMNS))
+    echo(f"({_versions()})")
 
     target = Path(out)
     overwrite = (target / "merge_recipe.json").exists()  # a previous demo's folder
@@ -49,6 +54,13 @@ def run_demo(out: str | Path = "mudsc-demo", cache_dir: str | Path | None = None
     echo(f"\nwrote the MuDSC merge to {target}/ (model card: {target}/README.md) "
          f"in {time.perf_counter() - start:.0f} s")
     return rows
+
+
+def _versions() -> str:
+    """What the table depends on: a rerun on the same CPU gives it exactly; another CPU may compute
+    the training's float sums differently and so train slightly different parents."""
+    return (f"hf_mudsc {__version__}, torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()}), "
+            f"transformers {transformers.__version__}")
 
 
 def _row(name: str, scores: dict[str, Any], seconds: float | None = None) -> dict[str, Any]:
