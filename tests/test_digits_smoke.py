@@ -4,9 +4,10 @@ must reach what a working alignment reaches on such pairs, which a random alignm
 Floors measured on 5 seed pairs of this recipe, (0, 1) (this test's), (2, 3), (4, 5), (6, 7), (8, 9)
 (joint / per-task accuracy; the (6, 7) pair is left out: its parent 0 failed to train, 0.77 alone):
 
-- ZipIt!, activation matching, weight matching: per task 0.436-0.616, joint 0.227-0.376; on (0, 1)
-  per task 0.496 / 0.558 / 0.616 (activation / ZipIt! / weight), joint 0.316 / 0.333 / 0.371;
-- gain over plain averaging: at least 0.19 per task and 0.127 joint on every pair;
+- ZipIt! (published settings), activation matching, weight matching: per task 0.436-0.616, joint
+  0.216-0.382; on (0, 1) per task 0.496 / 0.611 / 0.616 (activation / ZipIt! / weight), joint
+  0.316 / 0.382 / 0.371;
+- gain over plain averaging: at least 0.19 per task and 0.109 joint on every pair;
 - random head-respecting permutations (3 per pair): per task 0.20-0.42 (mean per pair 0.25-0.35),
   joint 0.10-0.22; on (0, 1) per task 0.20 / 0.30 / 0.27.
 """
@@ -24,7 +25,7 @@ from hf_mudsc.transforms import SpaceTransform, random_permutation
 RECIPE = dict(image_size=8, patch_size=2, hidden_size=32, layers=2, heads=4, intermediate=64,
               epochs=20, batch_size=64, lr=3e-3)
 PER_TASK_FLOOR = 0.42  # below every method on every healthy pair, above the mean of random alignments
-JOINT_FLOOR = 0.22
+JOINT_FLOOR = 0.2  # below every method on every healthy pair (random alignments reach 0.22: per task rejects them)
 
 
 @pytest.fixture(scope="module")
