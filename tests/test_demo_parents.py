@@ -1,6 +1,7 @@
 """The demo's parents: the digits loader, class splits, a short real training run, the cache."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -133,3 +134,10 @@ def test_digit_parents_recipe_is_keyed(monkeypatch, tmp_path):
     assert len(set(paths)) == 2 and all((p / "config.json").is_file() for p in paths)
     assert [len(t) for t in tests] == [226, 224] and tests[1].features["label"].names[0] == "5"
     assert parents.digit_parents(cache_dir=tmp_path, seeds=(3, 4))[0] == paths and len(seen) == 2
+
+
+def test_without_pillow_the_demo_data_names_the_extra(monkeypatch):
+    """Pillow is imported only when images are made, so the package and the CLI load without it."""
+    monkeypatch.setitem(sys.modules, "PIL", None)
+    with pytest.raises(ImportError, match=r"hf_mudsc\[vision\]"):
+        parents.image_dataset(np.zeros((1, 8, 8), dtype=np.uint8), np.zeros(1, dtype=np.int64), ["0"])
