@@ -31,6 +31,7 @@ class MergeOutputs(Protocol):
 
     def recipe(self) -> dict[str, Any]: ...
 
+
 PIPELINE_TAGS = {
     "ForSequenceClassification": "text-classification",
     "ForTokenClassification": "token-classification",
