@@ -459,7 +459,7 @@ def load_calibration_dataset(source: str, split: str | None = None, token: str |
     written by ``Dataset.save_to_disk``; a dataset dict gives ``split`` (default train)."""
     import datasets
 
-    from .io.hub import could_be_hub_id
+    from .paths import could_be_hub_id
 
     path = Path(source)
     if _holds_no_rows(path):  # datasets fails on empty files and empty save_to_disk folders, in many ways

@@ -25,6 +25,7 @@ from datasets import Dataset
 from torch import Tensor, nn
 
 __all__ = [
+    "PRESET_RUNS",
     "evaluate_models",
     "format_table",
     "image_batches",
@@ -32,6 +33,17 @@ __all__ = [
     "per_task_accuracy",
     "per_task_breakdown",
     "text_batches",
+]
+
+# Every preset of the engine as (row name, overrides of the merger's recipe): the rows that the
+# demo and the quality benchmarks report.
+PRESET_RUNS: list[tuple[str, dict[str, Any]]] = [
+    ("average", {"method": "average"}),
+    ("weight matching", {"method": "weight-matching"}),
+    ("activation matching", {"method": "activation-matching"}),
+    ("ZipIt! (published)", {"method": "zipit"}),
+    ("MuDSC zip (alpha 0.5)", {"method": "mudsc", "mode": "zip"}),
+    ("MuDSC permute (alpha 0.5)", {"method": "mudsc", "mode": "permute"}),
 ]
 
 Batch = tuple[Mapping[str, Tensor], Tensor, Tensor]

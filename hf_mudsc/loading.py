@@ -15,8 +15,8 @@ import transformers
 from safetensors import SafetensorError
 from transformers import AutoConfig, PreTrainedModel
 
-from .io.hub import could_be_hub_id
-from .statistics import MergeQualityWarning
+from .paths import could_be_hub_id
+from .quality import MergeQualityWarning
 from .unitmaps import UnitMap, unit_map_of
 
 

@@ -16,7 +16,9 @@ from tqdm.auto import tqdm
 from .apply import MergedWeights, apply_transforms, build_task_model, is_merged
 from .config import RECIPE_NAME, RESOLVED, MergeConfig
 from .data import Calibration, calibration
+from .io.writer import atomic_output_dir
 from .loading import Parent, check_compatible, load_parent
+from .output import write_merge_folder
 from .select import choose
 from .similarity import weight_similarity
 from .solve.descent import SolveSettings, coordinate_descent, solve_units
@@ -353,9 +355,6 @@ class MergeResult:
     def save_pretrained(self, out: str | Path, *, max_shard_size: str | int = "5GB", overwrite: bool = False,
                         evaluation: list[dict[str, Any]] | None = None) -> Path:
         """Write the merged folder (all or nothing; never over a parent's folder)."""
-        from .io.writer import atomic_output_dir
-        from .output import write_merge_folder
-
         protected = [p.local_path for p in self.parents if p.local_path is not None]
         with atomic_output_dir(out, overwrite=overwrite, protected=protected) as tmp:
             write_merge_folder(self, tmp, max_shard_size=max_shard_size, evaluation=evaluation)

@@ -5,15 +5,33 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, Sequence
 
-from .config import PRESETS, RECIPE_NAME, ZIPIT_BUDGET, ZIPIT_DECAY
+from .apply import MergedWeights
+from .config import PRESETS, RECIPE_NAME, ZIPIT_BUDGET, ZIPIT_DECAY, MergeConfig
 from .io.card import build_model_card, hub_ids
-from .io.hub import could_be_hub_id
-from .transforms import TRANSFORMS_NAME, save_transforms
+from .loading import Parent
+from .paths import could_be_hub_id
+from .transforms import TRANSFORMS_NAME, Transforms, save_transforms
 
-if TYPE_CHECKING:
-    from .merger import MergeResult
+
+class MergeOutputs(Protocol):
+    """What the folder is written from (a :class:`hf_mudsc.merger.MergeResult`): this module
+    reads a merge and never imports the merger."""
+
+    parents: Sequence[Parent]
+    config: MergeConfig
+    transforms: Transforms
+    weights: MergedWeights
+    report: list[dict[str, Any]]
+    calibration: dict[str, Any] | None
+    selection: list[dict[str, Any]] | None
+    has_heads: bool
+    model: Any
+    task_models: list[Any]
+
+    def recipe(self) -> dict[str, Any]: ...
+
 
 PIPELINE_TAGS = {
     "ForSequenceClassification": "text-classification",
@@ -34,7 +52,7 @@ def pipeline_tag(model: Any) -> str:
     return "feature-extraction" if model.main_input_name != "pixel_values" else "image-feature-extraction"
 
 
-def write_merge_folder(result: "MergeResult", folder: Path, *, max_shard_size: str | int,
+def write_merge_folder(result: MergeOutputs, folder: Path, *, max_shard_size: str | int,
                        evaluation: list[dict[str, Any]] | None = None) -> None:
     """Write everything of ``result`` into ``folder`` (an empty temporary folder)."""
     names = [card_name(p) for p in result.parents]
@@ -53,7 +71,7 @@ def write_merge_folder(result: "MergeResult", folder: Path, *, max_shard_size: s
     _card(result, names, result.task_models[0], evaluation=evaluation, top=top).save(folder / "README.md")
 
 
-def _card(result: "MergeResult", names: list[str], model: Any, *, notes: list[str] = (),
+def _card(result: MergeOutputs, names: list[str], model: Any, *, notes: list[str] = (),
           evaluation: list[dict[str, Any]] | None = None, task_folders: list[str] | None = None,
           top: str = "joint", ids: list[str] | None = None):
     config = result.config

@@ -1,7 +1,10 @@
 """Tiny models of every supported family, built from configs (no downloads)."""
 from __future__ import annotations
 
+import importlib.util
 import os
+from pathlib import Path
+from types import ModuleType
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -9,6 +12,18 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 import transformers as tf  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def benchmark_module(name: str, path: str) -> ModuleType:
+    """A module of ``benchmarks/`` (``path`` relative to the repository root), loaded by path under
+    ``name``: putting a benchmark folder on sys.path would expose its module names to every test."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
 
 # A large init range gives peaked attention, so that mixing up heads changes the output a lot.
 KW = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, initializer_range=0.3)

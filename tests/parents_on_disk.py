@@ -153,11 +153,13 @@ def save_image_data(root: Path, n: int = 24, seed: int = 0, column: str = "image
 
 
 # ------------------------------------------------------------------------------ assertions
-def weight_bytes(folder: Path, prefix: str = "model") -> dict[str, bytes]:
+def weight_bytes(folder: Path) -> dict[str, bytes]:
     """Every tensor of a (possibly sharded) safetensors checkpoint, as raw bytes."""
-    from hf_mudsc.io.writer import load_safetensors_folder
+    from safetensors.torch import load_file
 
-    return {k: v.contiguous().numpy().tobytes() for k, v in load_safetensors_folder(folder, prefix).items()}
+    files = sorted(folder.glob("model*.safetensors"))
+    assert files, f"no safetensors checkpoint in {folder}"
+    return {k: v.contiguous().numpy().tobytes() for f in files for k, v in load_file(f).items()}
 
 
 def all_weight_bytes(out: Path) -> dict[str, dict[str, bytes]]:

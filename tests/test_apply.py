@@ -1,6 +1,10 @@
 """Exactness of transforms: permutations preserve the function; merging a model with a
-permuted copy of itself, given the true transforms, returns the original (full and partial)."""
+permuted copy of itself, given the true transforms, returns the original (full and partial);
+real zips (merged units of 1 to 6 members, several from one model, none from another) of three
+copies of a model with duplicated FFN units return it too."""
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
@@ -144,3 +148,96 @@ def test_transforms_file_round_trips_byte_for_byte(tmp_path):
     assert back.keys() == t.keys() and all(torch.equal(back[n].assign[0], t[n].assign[0]) for n in t)
     save_transforms(back, str(tmp_path / "b.safetensors"))
     assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
+
+
+def with_duplicated_ffn_units(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model`` whose FFN units ``j`` and ``j + d/2`` compute the same activation in every
+    layer (the writers' rows copied; the readers' columns left as they are, so both units count)."""
+    sd = {n: t.clone() for n, t in params(model).items()}
+    for space in unit_map_of(model).spaces:
+        if space.name.endswith(".ffn"):
+            half = space.dim // 2
+            for member in space.writers:
+                t = sd[member.param]
+                t.narrow(member.axis, half, half).copy_(t.narrow(member.axis, 0, half))
+    twin = copy.deepcopy(model)
+    twin.load_state_dict(sd, strict=False)
+    return twin
+
+
+def zip_of_copies(umap: UnitMap, perms: list[Transforms], seed: int) -> Transforms:
+    """Transforms merging permuted copies (model i is the original permuted by ``perms[i]``) of a
+    model from :func:`with_duplicated_ffn_units`. Every space but the FFNs is undone onto the
+    original's frame. Each FFN is a real zip: the ``2 * len(perms)`` units that compute one
+    activation (two per model) are split at random into 1, 2 or 3 merged units (2 on average, so
+    that ``k`` is the parents' width)."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for s in umap.spaces:
+        backs = [invert(p[s.name]) for p in perms]  # unit u of model i is the original's unit backs[i][u]
+        if not s.name.endswith(".ffn"):
+            out[s.name] = SpaceTransform(tuple(backs), s.dim)
+            continue
+        half = s.dim // 2
+        parts = torch.tensor([1, 3] * (half // 2) + [2] * (half % 2))[torch.randperm(half, generator=g)]
+        first = torch.cumsum(parts, 0) - parts  # the first merged unit of each activation
+        assign = [torch.empty_like(b) for b in backs]
+        for f in range(half):
+            copies = [(i, int(u)) for i, b in enumerate(backs) for u in torch.nonzero(b % half == f).flatten()]
+            cuts = torch.randperm(len(copies) - 1, generator=g)[:int(parts[f]) - 1] + 1
+            for rank, c in enumerate(torch.randperm(len(copies), generator=g).tolist()):
+                i, u = copies[c]
+                assign[i][u] = first[f] + int((cuts <= rank).sum())
+        out[s.name] = SpaceTransform(tuple(assign), s.dim)
+    return out
+
+
+def three_copies(kind: str) -> tuple[torch.nn.Module, list[torch.nn.Module], Transforms]:
+    """A model with duplicated FFN units, three parents (it and two permuted copies), and their zip."""
+    model = with_duplicated_ffn_units(tiny_model(kind))
+    umap = unit_map_of(model)
+    copies = [permuted_copy(model, seed) for seed in (21, 22)]
+    perms = [{s.name: SpaceTransform((torch.arange(s.dim),), s.dim) for s in umap.spaces}] + [p for _, p in copies]
+    return model, [model] + [c for c, _ in copies], zip_of_copies(umap, perms, seed=len(kind))
+
+
+def test_zip_of_copies_has_every_merged_unit_shape():
+    """The zips below are not permutations: merged units of 1, 2, 3 and more members, two members
+    of one model, and merged units without any member of some model."""
+    _, _, transforms = three_copies("vit-cls")
+    for name, t in transforms.items():
+        if not name.endswith(".ffn"):
+            assert t.is_permutation()
+            continue
+        per_model = torch.stack([t.model_counts(i) for i in range(3)])
+        assert {1, 2, 3} <= set(t.counts().tolist()) and t.counts().max() >= 4, name
+        assert (per_model >= 2).any() and (per_model == 0).any(), name
+
+
+@pytest.mark.parametrize("merge_layers", [None, 1])
+def test_real_zip_of_three_parents_is_exact(kind, merge_layers):
+    if merge_layers is not None and kind.endswith("-base"):
+        pytest.skip("a base model's unmerged pooler writes in its parent's frame; covered by the full merge")
+    model, parents, transforms = three_copies(kind)
+    x = tiny_inputs(model)
+    expected = outputs(model, x)
+    umaps = [unit_map_of(p) for p in parents]
+    merged = apply_transforms(umaps, [params(p) for p in parents], transforms, merge_layers)
+    for i, parent in enumerate(parents):
+        task = build_task_model(parent, merged.task_state_dict(i))
+        torch.testing.assert_close(outputs(task, x), expected, atol=1e-5, rtol=0, msg=f"task {i}")
+
+
+@pytest.mark.parametrize("kind", ["bert-seq", "vit-cls"])
+def test_merger_applies_given_zip_transforms_exactly(kind):
+    from hf_mudsc import MuDSCMerger
+
+    model, parents, transforms = three_copies(kind)
+    x = tiny_inputs(model)
+    result = MuDSCMerger.from_pretrained(parents, "zipit").apply(transforms)
+    expected = outputs(model, x)
+    for i, task in enumerate(result.task_models):
+        torch.testing.assert_close(outputs(task, x), expected, atol=1e-5, rtol=0, msg=f"task {i}")
+    with torch.no_grad():
+        joint = result.model(**x).logits
+    torch.testing.assert_close(joint, torch.log_softmax(expected, -1).repeat(1, 3), atol=1e-5, rtol=0)

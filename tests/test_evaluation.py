@@ -18,7 +18,7 @@ from hf_mudsc.evaluation import (
     per_task_accuracy,
     per_task_breakdown,
 )
-from hf_mudsc.parents import image_processor
+from hf_mudsc.demo.parents import image_processor
 from conftest import tiny_inputs, tiny_model
 
 # Two tasks: task 0 has 2 classes, task 1 has 3. Five examples.

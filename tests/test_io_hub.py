@@ -1,6 +1,7 @@
 """Pushing a merge folder to a local fake Hub (tests/hub_server.py): one commit, card included."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -11,10 +12,11 @@ from typing import Iterator
 import pytest
 import torch
 from huggingface_hub import ModelCard, constants
+from safetensors.torch import save_file
 
 from hf_mudsc.io.card import build_model_card
 from hf_mudsc.io.hub import push_folder
-from hf_mudsc.io.writer import OutputError, atomic_output_dir, save_safetensors_sharded
+from hf_mudsc.io.writer import OutputError, atomic_output_dir
 
 sys.path.insert(0, str(Path(__file__).parent))
 from hub_server import FakeHub  # noqa: E402
@@ -41,9 +43,13 @@ def folder(tmp_path: Path) -> Path:
         pipeline_tag="text-classification",
         calibration={"name": "glue", "num_samples": 64},
     )
+    shards = {f"w{i}": f"model-0000{i + 1}-of-00003.safetensors" for i in range(3)}  # transformers' layout
     with atomic_output_dir(out) as tmp:
-        save_safetensors_sharded({f"w{i}": torch.full((64,), float(i)) for i in range(3)}, tmp, max_shard_size=300)
-        save_safetensors_sharded({"w": torch.ones(2)}, tmp / "tasks" / "0")
+        for i, (name, shard) in enumerate(shards.items()):
+            save_file({name: torch.full((64,), float(i))}, str(tmp / shard))
+        (tmp / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": shards}))
+        (tmp / "tasks" / "0").mkdir(parents=True)
+        save_file({"w": torch.ones(2)}, str(tmp / "tasks" / "0" / "model.safetensors"))
         (tmp / "config.json").write_text('{"model_type": "bert"}')
         card.save(tmp / "README.md")
     return out

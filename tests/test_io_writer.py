@@ -1,20 +1,11 @@
-"""All-or-nothing output folders and safetensors shards."""
+"""All-or-nothing output folders that never hold pickle files."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
-import torch
 
-from hf_mudsc.io.writer import (
-    CheckpointError,
-    OutputError,
-    assert_no_pickle,
-    atomic_output_dir,
-    load_safetensors_folder,
-    save_safetensors_sharded,
-)
+from hf_mudsc.io.writer import OutputError, assert_no_pickle, atomic_output_dir
 
 
 def _entries(folder: Path) -> list[str]:
@@ -134,89 +125,3 @@ def test_assert_no_pickle_accepts_safetensors(tmp_path: Path) -> None:
     (tmp_path / "weights.PT").write_bytes(b"x")
     with pytest.raises(OutputError, match="weights.PT"):
         assert_no_pickle(tmp_path)
-
-
-def _state() -> dict[str, torch.Tensor]:
-    torch.manual_seed(0)
-    return {f"layer.{i}.weight": torch.randn(32, 32) for i in range(4)}
-
-
-def test_single_file_round_trip(tmp_path: Path) -> None:
-    state = _state()
-    assert save_safetensors_sharded(state, tmp_path, metadata={"origin": "test"}) == ["model.safetensors"]
-    loaded = load_safetensors_folder(tmp_path)
-    assert loaded.keys() == state.keys()
-    assert all(torch.equal(loaded[k], state[k]) for k in state)
-
-
-def test_shards_and_index(tmp_path: Path) -> None:
-    state = _state()
-    written = save_safetensors_sharded(state, tmp_path, max_shard_size=5000)
-    shards = [f"model-0000{i}-of-00004.safetensors" for i in range(1, 5)]
-    assert written == [*shards, "model.safetensors.index.json"]
-    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
-    assert index["metadata"]["total_size"] == 4 * 32 * 32 * 4
-    assert sorted(set(index["weight_map"].values())) == shards
-    loaded = load_safetensors_folder(tmp_path)
-    assert all(torch.equal(loaded[k], state[k]) for k in state)
-
-
-def test_shared_and_non_contiguous_tensors(tmp_path: Path) -> None:
-    weight = torch.randn(8, 6)
-    state = {"tied.a": weight, "tied.b": weight, "transposed": weight.t(), "half": weight[:4]}
-    save_safetensors_sharded(state, tmp_path, prefix="transforms")
-    loaded = load_safetensors_folder(tmp_path, prefix="transforms")
-    assert all(torch.equal(loaded[k], state[k]) for k in state)
-    assert weight.is_contiguous() and not state["transposed"].is_contiguous()
-
-
-def test_transformers_loads_the_shards(tmp_path: Path) -> None:
-    from transformers import BertConfig, BertModel
-
-    config = BertConfig(
-        vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32
-    )
-    torch.manual_seed(0)
-    model = BertModel(config).eval()
-    state = model.state_dict()
-    written = save_safetensors_sharded(state, tmp_path, max_shard_size="10KB")
-    assert len(written) > 3
-    config.save_pretrained(tmp_path)
-    reloaded = BertModel.from_pretrained(tmp_path).eval()
-    for name, tensor in reloaded.state_dict().items():
-        assert torch.equal(tensor, state[name]), name
-
-
-def _one_file(tmp_path: Path) -> Path:
-    save_safetensors_sharded(_state(), tmp_path)
-    return tmp_path / "model.safetensors"
-
-
-def test_truncated_file_error_names_the_file(tmp_path: Path) -> None:
-    path = _one_file(tmp_path)
-    path.write_bytes(path.read_bytes()[:1000])
-    with pytest.raises(CheckpointError, match="model.safetensors .*truncated or corrupt") as info:
-        load_safetensors_folder(tmp_path)
-    assert "\n" not in str(info.value) and str(path) in str(info.value)
-
-
-def test_garbage_file_error_names_the_file(tmp_path: Path) -> None:
-    (tmp_path / "model.safetensors").write_bytes(b"definitely not safetensors" * 10)
-    with pytest.raises(CheckpointError, match="model.safetensors"):
-        load_safetensors_folder(tmp_path)
-
-
-def test_missing_shard_and_missing_checkpoint(tmp_path: Path) -> None:
-    with pytest.raises(CheckpointError, match="no model.safetensors nor model.safetensors.index.json"):
-        load_safetensors_folder(tmp_path)
-    save_safetensors_sharded(_state(), tmp_path, max_shard_size=5000)
-    (tmp_path / "model-00003-of-00004.safetensors").unlink()
-    with pytest.raises(CheckpointError, match="missing checkpoint file .*model-00003-of-00004.safetensors"):
-        load_safetensors_folder(tmp_path)
-
-
-def test_corrupt_index(tmp_path: Path) -> None:
-    save_safetensors_sharded(_state(), tmp_path, max_shard_size=5000)
-    (tmp_path / "model.safetensors.index.json").write_text("{not json")
-    with pytest.raises(CheckpointError, match="model.safetensors.index.json"):
-        load_safetensors_folder(tmp_path)

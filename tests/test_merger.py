@@ -15,32 +15,51 @@ def calibration(model, n=4, size=8):
     return [tiny_inputs(model, batch=size, seed=200 + i) for i in range(n)]
 
 
-def merged_bytes(result) -> dict[str, bytes]:
-    return {k: v.contiguous().numpy().tobytes() for k, v in result.weights.task_state_dict(0).items()}
+def merged_bytes(result) -> list[dict[str, bytes]]:
+    """Every task's merged weights, as raw bytes."""
+    return [{k: v.contiguous().numpy().tobytes() for k, v in result.weights.task_state_dict(i).items()}
+            for i in range(len(result.parents))]
+
+
+def same_transforms(a, b) -> bool:
+    return a.keys() == b.keys() and all(
+        a[n].k == b[n].k and len(a[n].assign) == len(b[n].assign)
+        and all(torch.equal(x, y) for x, y in zip(a[n].assign, b[n].assign)) for n in a)
 
 
 @pytest.mark.parametrize("method,extra", [("mudsc", {}), ("zipit", {"zip_budget": 0.2, "zip_decay": 0.5})])
-def test_same_inputs_and_seed_give_byte_identical_weights(method, extra):
+def test_same_inputs_and_seed_give_identical_transforms_weights_and_report(method, extra):
     a, b = tiny_model("vit-cls", seed=0), tiny_model("vit-cls", seed=1)
-    runs = []
-    for _ in range(2):
-        merger = MuDSCMerger.from_pretrained([a, b], method, seed=3, **extra)
-        runs.append(merged_bytes(merger.merge(calibration(a), num_samples=32, progress=False)))
-    assert runs[0] == runs[1]
+    runs = [MuDSCMerger.from_pretrained([a, b], method, seed=3, **extra).merge(calibration(a), num_samples=32,
+                                                                                progress=False)
+            for _ in range(2)]
+    assert same_transforms(runs[0].transforms, runs[1].transforms)
+    assert not all(t.is_permutation() and torch.equal(t.assign[1], torch.arange(t.k))
+                   for t in runs[0].transforms.values())  # a real alignment, not the identity
+    assert merged_bytes(runs[0]) == merged_bytes(runs[1])
+    assert runs[0].report == runs[1].report
 
 
-def test_resolve_reuses_statistics_and_changes_with_alpha():
+@pytest.mark.parametrize("settings", [
+    {"alpha": 0.0},
+    {"alpha": 1.0},
+    {"mode": "zip", "alpha": 0.25, "zip_budget": 0.5, "zip_decay": 0.7},
+    {"mode": "zip", "merge_layers": 1},
+])
+def test_resolve_gives_what_a_fresh_merger_with_those_settings_gives(settings):
     a, b = tiny_model("bert-seq", seed=0), tiny_model("bert-seq", seed=1)
-    merger = MuDSCMerger.from_pretrained([a, b], "mudsc", mode="permute")
-    merger.collect(calibration(a), num_samples=32, progress=False)
-    t0, report0 = merger.solve(alpha=0.0, progress=False)
-    t1, report1 = merger.solve(alpha=1.0, progress=False)
-    assert {r["space"] for r in report0} == {s.name for s in merger.unit_maps[0].spaces}
-    assert any(not torch.equal(t0[n].assign[1], t1[n].assign[1]) for n in t0)
-    # alpha=1 maximises weight similarity, alpha=0 activation similarity
-    w0 = sum(r["activation_similarity"] for r in report0)
-    w1 = sum(r["activation_similarity"] for r in report1)
-    assert w0 >= w1 - 1e-9
+    data = calibration(a)
+    merger = MuDSCMerger.from_pretrained([a, b], "mudsc", mode="permute", seed=5)
+    merger.collect(data, num_samples=32, progress=False)
+    first, _ = merger.solve(progress=False)
+    again, report = merger.solve(progress=False, **settings)
+    fresh = MuDSCMerger.from_pretrained([a, b], "mudsc", seed=5, **{"mode": "permute", **settings})
+    fresh.collect(data, num_samples=32, progress=False)
+    expected, expected_report = fresh.solve(progress=False)
+    assert same_transforms(again, expected) and report == expected_report
+    assert not same_transforms(again, first)  # the settings did change the solution
+    assert merged_bytes(merger.merge(progress=False, **settings)) == merged_bytes(fresh.merge(progress=False))
+    assert same_transforms(merger.solve(progress=False)[0], first)  # the merger's own recipe is untouched
 
 
 def test_data_methods_need_data_and_weight_matching_does_not():

@@ -1,9 +1,7 @@
 """Zip mode: the fast greedy solver against the plain O(n^3) loop, and the rule itself."""
 from __future__ import annotations
 
-import importlib.util
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,16 +9,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import benchmark_module
 from hf_mudsc import MergeQualityWarning
 from hf_mudsc.solve import Solution, pair_objective, solve_heads, solve_permute, solve_zip
 from hf_mudsc.solve.solution import canonical_labels
 
-# loaded by path: putting benchmarks/speed on sys.path would expose its module names to every test
-_spec = importlib.util.spec_from_file_location(
-    "reference_zip", Path(__file__).resolve().parents[1] / "benchmarks" / "speed" / "reference_zip.py")
-_module = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_module)
-reference_zip = _module.reference_zip
+reference_zip = benchmark_module("reference_zip", "benchmarks/speed/reference_zip.py").reference_zip
 
 
 def caps(sizes: list[int], budget: float) -> np.ndarray:

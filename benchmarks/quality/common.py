@@ -22,21 +22,13 @@ import numpy as np
 import torch
 
 from hf_mudsc import MergeConfig, MuDSCMerger
-from hf_mudsc.evaluation import evaluate_models, format_table
+from hf_mudsc.evaluation import PRESET_RUNS, evaluate_models, format_table
 
 RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"
 MERGE_FIELDS = {f.name for f in dataclasses.fields(MergeConfig)}
 
-# (row name, overrides of the merger's recipe): every preset of the engine
-METHOD_RUNS: list[tuple[str, dict[str, Any]]] = [
-    ("average", {"method": "average"}),
-    ("weight matching", {"method": "weight-matching"}),
-    ("activation matching", {"method": "activation-matching"}),
-    ("ZipIt! (published)", {"method": "zipit"}),
-    ("MuDSC zip (alpha 0.5)", {"method": "mudsc", "mode": "zip"}),
-    ("MuDSC permute (alpha 0.5)", {"method": "mudsc", "mode": "permute"}),
-    ("auto (label-free choice)", {"method": "auto"}),
-]
+# every preset of the engine (the demo's rows too), and the label-free choice among candidates
+METHOD_RUNS: list[tuple[str, dict[str, Any]]] = PRESET_RUNS + [("auto (label-free choice)", {"method": "auto"})]
 PARENT_ROWS = ("parent A alone", "parent B alone", "ensemble (2x compute)")
 FULL_MERGE = "MuDSC zip (alpha 0.5)"  # the alpha = 0.5, all-layers point of both sweeps
 ALPHAS = (0.0, 0.5, 1.0)  # the alpha sweep (0.5 is FULL_MERGE)

@@ -31,7 +31,7 @@ from common import (  # this folder is on sys.path when the script runs
 from transformers import AutoTokenizer
 
 from hf_mudsc.evaluation import text_batches
-from hf_mudsc.parents import WORDNET_TOPICS, load_wordnet_topics, text_parents
+from parents import WORDNET_TOPICS, load_wordnet_topics, text_parents
 
 # family -> (encoder layers, merged-layer depths of the partial sweep, default pairs, title)
 FAMILIES: dict[str, tuple[int, tuple[int, ...], int, str]] = {

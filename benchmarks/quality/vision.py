@@ -29,7 +29,7 @@ from common import (  # this folder is on sys.path when the script runs
 from transformers import AutoImageProcessor
 
 from hf_mudsc.evaluation import image_batches
-from hf_mudsc.parents import FASHION_MNIST_CLASSES, fashion_parents, load_fashion_mnist
+from parents import FASHION_MNIST_CLASSES, fashion_parents, load_fashion_mnist
 
 NUM_LAYERS = 4
 DEPTHS = range(1, NUM_LAYERS)

@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 import yaml
 from huggingface_hub import ModelCard, ModelCardData
 
-from .hub import could_be_hub_id
+from ..paths import could_be_hub_id
 
 
 @dataclass(frozen=True)

@@ -21,13 +21,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_COMMIT_MESSAGE = "Upload merged model (hf-mudsc)"
 
 
-def could_be_hub_id(name: str) -> bool:
-    """Whether ``name`` can only be a Hub id (``repo`` or ``org/repo``), not a local path:
-    nothing exists at it, and it has no path shape (``./``, ``/``, ``~``, backslashes, deeper nesting)."""
-    return (not Path(name).expanduser().exists() and name.count("/") <= 1 and "\\" not in name
-            and not name.startswith((".", "/", "~")))
-
-
 def _check_folder(folder: Path) -> None:
     if not folder.is_dir():
         raise OutputError(f"{folder} is not a folder; save the merge first (result.save_pretrained)")

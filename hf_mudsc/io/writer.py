@@ -1,4 +1,4 @@
-"""All-or-nothing output folders and safetensors checkpoints (sharded, never pickle).
+"""All-or-nothing output folders, never holding pickle checkpoints.
 
 A merge writes into a hidden temporary folder beside its target and moves it into place only
 once everything is written, so an error or Ctrl-C never leaves a half-written model behind and
@@ -6,7 +6,6 @@ never destroys the folder that was there before.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -16,10 +15,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence
 
-import torch
-from huggingface_hub import split_torch_state_dict_into_shards
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 logger = logging.getLogger(__name__)
 
@@ -132,96 +127,3 @@ def assert_no_pickle(folder: str | Path) -> None:
     found = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.suffix.lower() in PICKLE_SUFFIXES)
     if found:
         raise OutputError(f"pickle files in the output ({', '.join(found)}); only safetensors may be written")
-
-
-def _storage_key(tensor: torch.Tensor) -> tuple[str, int]:
-    return str(tensor.device), tensor.untyped_storage().data_ptr()
-
-
-def _standalone(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Detached, contiguous tensors of which no two share storage (later sharers are cloned)."""
-    seen: set[tuple[str, int]] = set()
-    result = {}
-    for name, tensor in state_dict.items():
-        tensor = tensor.detach().contiguous()
-        key = _storage_key(tensor)
-        if key in seen:
-            tensor = tensor.clone()
-            key = _storage_key(tensor)
-        seen.add(key)
-        result[name] = tensor
-    return result
-
-
-def save_safetensors_sharded(
-    state_dict: dict[str, torch.Tensor],
-    folder: str | Path,
-    *,
-    max_shard_size: int | str = "5GB",
-    prefix: str = "model",
-    metadata: dict[str, str] | None = None,
-) -> list[str]:
-    """Write ``state_dict`` as ``{prefix}.safetensors`` or shards plus an index, transformers' layout.
-
-    Shards are ``{prefix}-00001-of-0000N.safetensors`` with ``{prefix}.safetensors.index.json``.
-    Returns the file names written.
-    """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    tensors = _standalone(state_dict)
-    split = split_torch_state_dict_into_shards(
-        tensors, filename_pattern=prefix + "{suffix}.safetensors", max_shard_size=max_shard_size
-    )
-    file_metadata = {"format": "pt", **(metadata or {})}
-    for filename, names in split.filename_to_tensors.items():
-        save_file({name: tensors[name] for name in names}, str(folder / filename), metadata=file_metadata)
-    written = list(split.filename_to_tensors)
-    if split.is_sharded:
-        index_name = f"{prefix}.safetensors.index.json"
-        index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
-        (folder / index_name).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        written.append(index_name)
-    return written
-
-
-def _load_file(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        return load_file(str(path))
-    except FileNotFoundError as err:
-        raise CheckpointError(f"missing checkpoint file {path}") from err
-    except (SafetensorError, OSError) as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise CheckpointError(f"cannot read {path} ({reason}); the file is truncated or corrupt") from err
-
-
-def _read_index(path: Path) -> dict[str, str]:
-    try:
-        weight_map = json.loads(path.read_text(encoding="utf-8"))["weight_map"]
-    except (ValueError, KeyError, TypeError) as err:
-        raise CheckpointError(f"cannot read {path}: not a safetensors index with a weight_map") from err
-    if not isinstance(weight_map, dict):
-        raise CheckpointError(f"cannot read {path}: weight_map is not a mapping")
-    return weight_map
-
-
-def _load_sharded(folder: Path, index_path: Path) -> dict[str, torch.Tensor]:
-    weight_map = _read_index(index_path)
-    state: dict[str, torch.Tensor] = {}
-    for filename in dict.fromkeys(weight_map.values()):
-        state.update(_load_file(folder / filename))
-    missing = [name for name in weight_map if name not in state]
-    if missing:
-        raise CheckpointError(f"{index_path} lists {len(missing)} tensors absent from its shards, e.g. {missing[0]}")
-    return state
-
-
-def load_safetensors_folder(folder: str | Path, prefix: str = "model") -> dict[str, torch.Tensor]:
-    """Read ``{prefix}.safetensors`` or the shards listed by ``{prefix}.safetensors.index.json``."""
-    folder = Path(folder)
-    index_path = folder / f"{prefix}.safetensors.index.json"
-    if index_path.is_file():
-        return _load_sharded(folder, index_path)
-    single = folder / f"{prefix}.safetensors"
-    if single.exists():
-        return _load_file(single)
-    raise CheckpointError(f"no {single.name} nor {index_path.name} in {folder}")

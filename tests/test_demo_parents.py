@@ -1,8 +1,7 @@
-"""Parent models: data loaders, class splits, a short real training run, the cache."""
+"""The demo's parents: the digits loader, class splits, a short real training run, the cache."""
 from __future__ import annotations
 
-import gzip
-import struct
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,14 +11,12 @@ from datasets import ClassLabel, Dataset, Features, Image
 from PIL import Image as PILImage
 from transformers import AutoImageProcessor, ViTForImageClassification, pipeline
 
-from hf_mudsc import parents
-from hf_mudsc.parents import (
+from hf_mudsc.demo import parents
+from hf_mudsc.demo.parents import (
     cached_parent,
     default_cache_dir,
     image_processor,
     load_digits_dataset,
-    load_fashion_mnist,
-    read_idx,
     split_classes,
     train_vit_parent,
 )
@@ -62,41 +59,6 @@ def test_split_classes_relabels_and_keeps_names():
         split_classes(data, [[0, 1], [1, 2]])
     with pytest.raises(ValueError, match="out of range"):
         split_classes(data, [[0, 7]])
-
-
-def _write_idx(path: Path, array: np.ndarray) -> None:
-    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    data = header + array.astype(np.uint8).tobytes()
-    path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)
-
-
-def test_read_idx_plain_and_gzip(tmp_path):
-    array = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
-    for name in ("a.idx", "b.idx.gz"):
-        _write_idx(tmp_path / name, array)
-        assert np.array_equal(read_idx(tmp_path / name), array)
-    (tmp_path / "bad").write_bytes(b"\x01\x02\x03\x04")
-    with pytest.raises(ValueError, match="not an IDX"):
-        read_idx(tmp_path / "bad")
-
-
-def test_fashion_mnist_from_idx_files(tmp_path):
-    rng = np.random.default_rng(0)
-    for prefix, n in (("train", 6), ("t10k", 4)):
-        _write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
-        _write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
-    data = load_fashion_mnist(tmp_path)
-    assert (len(data["train"]), len(data["test"])) == (6, 4)
-    assert data["train"].features["label"].names[0] == "T-shirt/top"
-    assert data["test"][3]["image"].size == (28, 28) and data["test"][3]["label"] == 3
-    (tmp_path / "t10k-labels-idx1-ubyte").unlink()
-    with pytest.raises(FileNotFoundError, match="t10k-labels"):
-        load_fashion_mnist(tmp_path)
-
-
-def test_fashion_mnist_missing_names_the_package(tmp_path):
-    with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
-        load_fashion_mnist(tmp_path / "absent")
 
 
 TINY_RECIPE = dict(image_size=8, patch_size=4, hidden_size=16, layers=1, heads=2, intermediate=32,
@@ -174,19 +136,8 @@ def test_digit_parents_recipe_is_keyed(monkeypatch, tmp_path):
     assert parents.digit_parents(cache_dir=tmp_path, seeds=(3, 4))[0] == paths and len(seen) == 2
 
 
-def test_fashion_parents_use_the_fashion_recipe(monkeypatch, tmp_path):
-    rng = np.random.default_rng(0)
-    for prefix, n in (("train", 20), ("t10k", 10)):
-        _write_idx(tmp_path / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
-        _write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
-    seen = []
-
-    def fake_train(train, *, seed, out_dir, **recipe):
-        seen.append((train.features["label"].names, len(train), seed, recipe))
-        return out_dir
-
-    monkeypatch.setattr(parents, "train_vit_parent", fake_train)
-    paths, tests = parents.fashion_parents(root=tmp_path, cache_dir=tmp_path / "cache")
-    assert [s[1:3] for s in seen] == [(10, 0), (10, 1)] and seen[1][3] == parents.FASHION_RECIPE
-    assert seen[1][0] == ["Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
-    assert [len(t) for t in tests] == [5, 5] and len(set(paths)) == 2
+def test_without_pillow_the_demo_data_names_the_extra(monkeypatch):
+    """Pillow is imported only when images are made, so the package and the CLI load without it."""
+    monkeypatch.setitem(sys.modules, "PIL", None)
+    with pytest.raises(ImportError, match=r"hf_mudsc\[vision\]"):
+        parents.image_dataset(np.zeros((1, 8, 8), dtype=np.uint8), np.zeros(1, dtype=np.int64), ["0"])

@@ -7,19 +7,17 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from .evaluation import evaluate_models, format_table, image_batches
-from .merger import MuDSCMerger
+import torch
+import transformers
+
+from .. import __version__
+from ..evaluation import PRESET_RUNS, evaluate_models, format_table, image_batches
+from ..merger import MuDSCMerger
 from .parents import digit_parents, load_digits_dataset
 
-# (row name, overrides of the merger's recipe)
-PRESET_RUNS: list[tuple[str, dict[str, Any]]] = [
-    ("average", {"method": "average"}),
-    ("weight matching", {"method": "weight-matching"}),
-    ("activation matching", {"method": "activation-matching"}),
-    ("ZipIt!", {"method": "zipit"}),
-    ("MuDSC (zip, alpha=0.5)", {"method": "mudsc", "mode": "zip"}),
-    ("MuDSC (permute, alpha=0.5)", {"method": "mudsc", "mode": "permute"}),
-    ("MuDSC partial (2 of 4 layers)", {"method": "mudsc", "mode": "zip", "merge_layers": 2}),
+SAVED = "MuDSC zip (alpha 0.5)"  # the merge written with its card
+RUNS: list[tuple[str, dict[str, Any]]] = PRESET_RUNS + [
+    ("MuDSC zip, 2 of 4 layers merged", {"method": "mudsc", "mode": "zip", "merge_layers": 2}),
 ]
 COLUMNS = ["model", "joint", "per_task", "task 0-4", "task 5-9", "seconds"]
 
@@ -41,20 +39,28 @@ def run_demo(out: str | Path = "mudsc-demo", cache_dir: str | Path | None = None
     echo(f"collecting activation statistics on {num_samples} unlabeled training images ...")
     merger.collect(calibration, num_samples=num_samples, batch_size=64, progress=False)
     results = {}
-    for name, overrides in PRESET_RUNS:
+    for name, overrides in RUNS:
         tick = time.perf_counter()
         result = merger.merge(progress=False, **overrides)
         results[name] = result
         rows.append(_row(name, evaluate_models(result.task_models, scoring), time.perf_counter() - tick))
     echo("")
     echo(format_table(rows, COLUMNS))
+    echo(f"({_versions()})")
 
     target = Path(out)
     overwrite = (target / "merge_recipe.json").exists()  # a previous demo's folder
-    results["MuDSC (zip, alpha=0.5)"].save_pretrained(target, overwrite=overwrite, evaluation=_card_rows(rows))
+    results[SAVED].save_pretrained(target, overwrite=overwrite, evaluation=_card_rows(rows))
     echo(f"\nwrote the MuDSC merge to {target}/ (model card: {target}/README.md) "
          f"in {time.perf_counter() - start:.0f} s")
     return rows
+
+
+def _versions() -> str:
+    """What the table depends on: a rerun on the same CPU gives it exactly; another CPU may compute
+    the training's float sums differently and so train slightly different parents."""
+    return (f"hf_mudsc {__version__}, torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()}), "
+            f"transformers {transformers.__version__}")
 
 
 def _row(name: str, scores: dict[str, Any], seconds: float | None = None) -> dict[str, Any]:
