@@ -163,7 +163,7 @@ class _Collector:
             return
         if any(not q for q in queues):
             raise ValueError(f"{route.describe()}: the site ran more often than in an earlier model")
-        parts = [q.popleft().to(torch.float64) for q in queues]
+        parts = [q.popleft() for q in queues]
         self.moments[route.space].update(torch.cat(parts, dim=1))
 
     def _check_batch_complete(self) -> None:
