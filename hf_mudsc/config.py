@@ -77,7 +77,10 @@ class MergeConfig:
             candidates (never used for the statistics).
         max_sweeps, patience: coordinate descent over spaces (only when ``0 < alpha``).
         residual_layers: which layer inputs feed the residual stream's statistics (``None``: all).
-        max_tokens_per_batch: cap on tokens per batch per site (a random subset).
+        max_tokens_per_batch: cap on tokens per batch per site (a random subset); ``None``: every token.
+            The default 256 keeps the statistics pass near one forward pass at BERT-base (the outer
+            products of every token cost about twice the forward) and still gives the FFN space of
+            the default 256 texts in batches of 16 more samples than units.
         seed: seeds the calibration rows drawn, the token subsets and the sweep order.
     """
 
@@ -91,7 +94,7 @@ class MergeConfig:
     max_sweeps: int = 4
     patience: int = 1
     residual_layers: tuple[int, ...] | None = None
-    max_tokens_per_batch: int | None = None
+    max_tokens_per_batch: int | None = 256
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -7,7 +7,7 @@ import json
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -20,7 +20,7 @@ from .io.writer import atomic_output_dir
 from .loading import Parent, check_compatible, load_parent
 from .output import write_merge_folder
 from .select import choose
-from .similarity import weight_similarity
+from .similarity import WeightSimilarity
 from .solve.descent import SolveSettings, coordinate_descent, solve_units
 from .solve.solution import pair_objective
 from .statistics import MergeQualityWarning, calibration_issues, collect_statistics, plan_space_groups
@@ -150,8 +150,9 @@ class MuDSCMerger:
         samples = {name: m.n for name, m in moments.items()}
         if not samples or min(samples.values()) == 0:
             raise ValueError("the calibration data gave no samples (all padding, or empty batches)")
-        # one space at a time, so that the sums and the correlations are never all in memory at once
-        corr = {name: moments.pop(name).corr() for name in list(moments)}
+        # one space at a time, so that the sums and the correlations are never all in memory at once;
+        # float32 correlations (half the memory; far below the sampling noise)
+        corr = {name: moments.pop(name).corr(torch.float32) for name in list(moments)}
         self._activation = {name: c.cpu().numpy() for name, c in corr.items()}
         self._statistics_config = config
         self.calibration = {**calib.describe(), "samples_per_space": samples}
@@ -199,25 +200,26 @@ class MuDSCMerger:
         sizes = {n: [m[n].dim for m in maps] for n in names}
         if not config.preset.match:
             identity = identity_transforms(maps)
-            return identity, self._diagnostics(identity, names, config)
+            return identity, self._diagnostics(identity, names)
         if config.needs_data and self._activation is None:
             raise ValueError(f"method '{config.method}' with alpha={config.resolved_alpha} needs calibration data: "
                              "call merge(data) or collect(data) first, or use alpha=1 (weight matching)")
         if config.needs_data:
             self._check_statistics(config, names)
-        settings = SolveSettings(config.resolved_mode, config.resolved_alpha, config.resolved_zip_budget,
-                                 config.resolved_zip_decay,
-                                 config.max_sweeps, config.patience, config.seed)
+        settings = SolveSettings.from_config(config)
         units = solve_units([maps[0][n] for n in names])
-        states = [_params(p.model) for p in self.parents]
-        weight_sim = None if config.resolved_alpha == 0 else _weight_sim(maps, states)
+        weight_sim = None
+        if config.resolved_alpha > 0:
+            weight_sim = WeightSimilarity(maps, [_params(p.model) for p in self.parents],
+                                          within=settings.reads_within(len(maps)))
         activation = None if config.resolved_alpha == 1 else self._activation
         total = len(units) * (1 + (config.max_sweeps if 0 < config.resolved_alpha else 0))
         with tqdm(total=total, desc="solving", unit="space", disable=not progress) as bar:
             result = coordinate_descent(units, sizes, settings, activation, weight_sim,
                                         {n: SpaceTransform.identity(sizes[n]) for n in names},
                                         progress=lambda _: bar.update(1))
-        return result.transforms, self._diagnostics(result.transforms, names, config, result.objectives)
+        return result.transforms, self._diagnostics(result.transforms, names, result.objectives,
+                                                    result.weight_objectives)
 
     def _check_statistics(self, config: MergeConfig, names: list[str]) -> None:
         """Refuse a recipe whose statistics differ from the collected ones (other statistics
@@ -235,21 +237,20 @@ class MuDSCMerger:
                              f"(e.g. '{missing[0]}'; they were collected for merge_layers={used.merge_layers}): "
                              "pass the calibration data again (merge(data, ...)) to collect them")
 
-    def _diagnostics(self, transforms: Transforms, names: list[str], config: MergeConfig,
-                     objectives: dict[str, float] | None = None) -> list[dict[str, Any]]:
+    def _diagnostics(self, transforms: Transforms, names: list[str], objectives: dict[str, float] | None = None,
+                     weight_objectives: dict[str, float] | None = None) -> list[dict[str, Any]]:
+        """Per space: merged units, the descent's objective and weight-similarity objective (when it
+        computed them), and the activation-similarity objective (when there are statistics)."""
         rows = []
-        states = None
         for name in names:
-            labels = np.concatenate([a.numpy() for a in transforms[name].assign])
             row: dict[str, Any] = {"space": name, "units": transforms[name].k}
             if objectives and name in objectives:
                 row["objective"] = round(objectives[name], 4)
             if self._activation is not None and name in self._activation:
+                labels = np.concatenate([a.numpy() for a in transforms[name].assign])
                 row["activation_similarity"] = round(pair_objective(self._activation[name], labels), 4)
-            if config.preset.match and config.resolved_alpha > 0:
-                states = states or [_params(p.model) for p in self.parents]
-                sim = weight_similarity(name, self.unit_maps, states, transforms)
-                row["weight_similarity"] = round(pair_objective(sim, labels), 4)
+            if weight_objectives and name in weight_objectives:
+                row["weight_similarity"] = round(weight_objectives[name], 4)
             rows.append(row)
         return rows
 
@@ -418,10 +419,6 @@ def _config_kwargs(config: MergeConfig) -> dict[str, Any]:
 
 def _params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach() for n, p in model.named_parameters()}
-
-
-def _weight_sim(maps: list[UnitMap], states: list[dict[str, torch.Tensor]]) -> Callable[[str, Transforms], np.ndarray]:
-    return lambda name, transforms, aligned=None: weight_similarity(name, maps, states, transforms, aligned)
 
 
 def _residual_sites(umap: UnitMap, layers: Sequence[int] | None) -> UnitMap:

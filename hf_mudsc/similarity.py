@@ -1,17 +1,23 @@
 """Unit similarity: activation correlation, weight correlation, and their dual-space blend.
 
 All matrices are square over the concatenated units of all models (model i's units at
-``offsets[i]:offsets[i] + d_i``), float64 numpy arrays with values in [-1, 1].
+``offsets[i]:offsets[i] + d_i``), numpy arrays with values in [-1, 1].
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from itertools import combinations_with_replacement
 from typing import Collection, Mapping, Sequence
 
 import numpy as np
 import torch
 
-from .transforms import Transforms
-from .unitmaps.spaces import UnitMap
+from .transforms import SpaceTransform, Transforms
+from .unitmaps.spaces import Member, UnitMap
+
+# A group of members with fewer features is recomputed at every call: its products cost less than
+# keeping its D x D blocks in memory.
+_CACHED_FEATURES = 64
 
 
 def weight_similarity(
@@ -21,57 +27,151 @@ def weight_similarity(
     transforms: Transforms,
     aligned: Collection[str] | None = None,
 ) -> np.ndarray:
-    """Correlation of every unit's weights across all members of ``space``.
+    """One fresh :class:`WeightSimilarity` computation (every block, nothing cached)."""
+    return WeightSimilarity(unit_maps, state_dicts)(space, transforms, aligned)
 
-    A unit's weight vector concatenates its slice of every member (its row where the tensor
-    writes the space, its column where it reads it); each tensor's *other* axes are first
-    brought into the merged frame by the current ``transforms`` (model i alone, averaged
-    within the model), so that units of different models are compared in one frame.
-    Every feature is standardised across the units of all models first, so that a member
-    whose values share a large offset (LayerNorm gammas near 1) adds its deviations, not a
-    constant that would make every pair of units look alike.
-    Task heads are left out: their label axes mean different things in different tasks.
-    ``aligned``: when given, only members whose other axes all lie in these spaces (or in no
-    space) count, so that nothing is compared across models in frames not yet aligned.
+
+@dataclass
+class _Sums:
+    """A group's share of a space's weight statistics: Gram blocks over its standardised
+    features, the per-unit sums and sums of squares, the feature count, and the transforms of
+    the group's other spaces it was computed under."""
+
+    under: tuple[SpaceTransform | None, ...]
+    gram: dict[tuple[int, int], torch.Tensor]
+    sums: torch.Tensor
+    squares: torch.Tensor
+    features: int
+
+
+class WeightSimilarity:
+    """Weight similarity S_w of merge spaces under changing transforms, recomputing only what changed.
+
+    A unit's weight vector concatenates its slice of every member of the space (its row where the
+    tensor writes the space, its column where it reads it); each tensor's *other* axes are first
+    brought into the merged frame by the current transforms (model i alone, averaged within the
+    model), so that units of different models are compared in one frame. Every feature is
+    standardised across the units of all models first, so that a member whose values share a large
+    offset (LayerNorm gammas near 1) adds its deviations, not a constant that would make every pair
+    of units look alike. S_w is the Pearson correlation of these vectors. Task heads are left out:
+    their label axes mean different things in different tasks.
+
+    A member's share depends only on the transforms of its tensor's other spaces: members are
+    grouped by those spaces, and each group's share is kept with the transforms it was computed
+    under and recomputed only when one of them changed (compared by content), so a descent sweep
+    that leaves most spaces as they were costs little.
+
+    ``within=False``: only the cross-model blocks (and every unit's variance) are computed; the
+    within-model off-diagonal entries are 0. Use it only for solvers that never read them
+    (permute mode; zip of two models with no same-model budget).
+    All products run in float32 on the device of model 0's first tensor (each model's tensors are
+    brought there); standardised features are O(1), so sums are accurate to ~1e-6.
     """
-    device = next(iter(state_dicts[0].values())).device  # the weights' device: a GPU when the parents are there
-    dim = sum(m[space].dim for m in unit_maps)
-    # standardised features are O(1): float32 products and sums are accurate to ~1e-6 here
-    gram = torch.zeros(dim, dim, dtype=torch.float32, device=device)
-    sums = torch.zeros(dim, dtype=torch.float64, device=device)
-    features = 0
-    for member in unit_maps[0][space].members:
-        if member.param in unit_maps[0].task_heads:
-            continue
-        if aligned is not None and any(m.axis != member.axis and other.name not in aligned
-                                       for other, m in unit_maps[0].param_members()[member.param]):
-            continue
-        rows = [_unit_rows(member.param, member.axis, i, unit_maps[i], state_dicts[i], transforms)
-                for i in range(len(unit_maps))]
-        if len({r.shape[1] for r in rows}) != 1:
-            continue  # other axes of different sizes (width heterogeneity outside the merged frame)
-        z = _standardise(torch.cat(rows))
-        gram.addmm_(z, z.T)
-        sums += z.sum(dim=1, dtype=torch.float64)
-        features += z.shape[1]
-    if features == 0:
-        return np.eye(dim)
-    mean = sums / features
-    cov = gram.to(torch.float64).div_(features).sub_(torch.outer(mean, mean))
-    std = cov.diagonal().clamp(min=0).sqrt()
-    inv = torch.where(std > 1e-6, 1.0 / std.clamp(min=1e-300), torch.zeros_like(std))  # constant unit -> 0
-    corr = cov.mul_(inv[:, None]).mul_(inv[None, :]).clamp_(-1.0, 1.0)
-    return ((corr + corr.T) / 2).cpu().numpy()
+
+    def __init__(self, unit_maps: Sequence[UnitMap], state_dicts: Sequence[Mapping[str, torch.Tensor]],
+                 within: bool = True) -> None:
+        self.unit_maps = list(unit_maps)
+        self.state_dicts = list(state_dicts)
+        self.device = next(iter(state_dicts[0].values())).device
+        n = len(unit_maps)
+        self.pairs = [(i, j) for i, j in combinations_with_replacement(range(n), 2) if within or i != j]
+        self.within = within
+        self._cache: dict[tuple[str, tuple[str, ...]], _Sums] = {}
+
+    def __call__(self, space: str, transforms: Transforms, aligned: Collection[str] | None = None) -> np.ndarray:
+        """S_w of ``space`` (float64) under ``transforms``. ``aligned``: when given, only members whose
+        other axes all lie in these spaces (or in no space) count, so that nothing is compared across
+        models in frames not yet aligned."""
+        sizes = [m[space].dim for m in self.unit_maps]
+        parts = []
+        for deps, members in self._groups(space).items():
+            if aligned is not None and not set(deps) <= set(aligned):
+                continue
+            under = tuple(transforms.get(d) for d in deps)
+            cached = self._cache.get((space, deps))
+            if cached is not None and all(_same(a, b) for a, b in zip(cached.under, under)):
+                parts.append(cached)
+                continue
+            part = self._compute(members, sizes, transforms, under)
+            if part.features >= _CACHED_FEATURES:
+                self._cache[space, deps] = part
+            parts.append(part)
+        return self._correlation(parts, sizes)
+
+    def _groups(self, space: str) -> dict[tuple[str, ...], list[Member]]:
+        """The space's members (task heads left out), by the other spaces their tensors lie in."""
+        umap = self.unit_maps[0]
+        groups: dict[tuple[str, ...], list[Member]] = {}
+        for member in umap[space].members:
+            if member.param in umap.task_heads:
+                continue
+            deps = tuple(sorted({o.name for o, m in umap.param_members()[member.param] if m.axis != member.axis}))
+            groups.setdefault(deps, []).append(member)
+        return groups
+
+    def _compute(self, members: list[Member], sizes: list[int], transforms: Transforms,
+                 under: tuple[SpaceTransform | None, ...]) -> _Sums:
+        offsets = np.cumsum([0, *sizes])
+        cut = [slice(int(a), int(b)) for a, b in zip(offsets[:-1], offsets[1:])]
+        gram = {(i, j): torch.zeros(sizes[i], sizes[j], dtype=torch.float32, device=self.device)
+                for i, j in self.pairs}
+        dim = sum(sizes)
+        sums = torch.zeros(dim, dtype=torch.float64, device=self.device)
+        squares = torch.zeros(dim, dtype=torch.float64, device=self.device)
+        features = 0
+        for member in members:
+            rows = [self._unit_rows(member.param, member.axis, i, transforms) for i in range(len(sizes))]
+            if len({r.shape[1] for r in rows}) != 1:
+                continue  # other axes of different sizes (width heterogeneity outside the merged frame)
+            z = _standardise(torch.cat(rows))
+            for (i, j), block in gram.items():
+                block.addmm_(z[cut[i]], z[cut[j]].T)
+            sums += z.sum(dim=1, dtype=torch.float64)
+            squares += z.square().sum(dim=1, dtype=torch.float64)
+            features += z.shape[1]
+        return _Sums(under, gram, sums, squares, features)
+
+    def _unit_rows(self, param: str, axis: int, i: int, transforms: Transforms) -> torch.Tensor:
+        """Model i's tensor (float32, on this object's device) with its other axes in the merged
+        frame, as (units, features)."""
+        umap = self.unit_maps[i]
+        x = self.state_dicts[i][param].detach().to(device=self.device, dtype=torch.float32)
+        for other, member in umap.param_members()[param]:
+            if member.axis != axis and other.name in transforms:
+                x = transforms[other.name].project(x, i, member.axis)
+        return x.movedim(axis, 0).reshape(x.shape[axis], -1)
+
+    def _correlation(self, parts: list[_Sums], sizes: list[int]) -> np.ndarray:
+        dim = sum(sizes)
+        features = sum(p.features for p in parts)
+        if features == 0:
+            return np.eye(dim)
+        mean = sum(p.sums for p in parts) / features
+        var = sum(p.squares for p in parts) / features - mean * mean
+        std = var.clamp(min=0).sqrt()
+        inv = torch.where(std > 1e-6, 1.0 / std.clamp(min=1e-300), torch.zeros_like(std))  # constant unit -> 0
+        offsets = np.cumsum([0, *sizes])
+        cut = [slice(int(a), int(b)) for a, b in zip(offsets[:-1], offsets[1:])]
+        corr = torch.zeros(dim, dim, dtype=torch.float64, device=self.device)
+        for i, j in self.pairs:
+            a, b = cut[i], cut[j]
+            block = sum(p.gram[i, j] for p in parts).to(torch.float64).div_(features).sub_(torch.outer(mean[a], mean[b]))
+            block.mul_(inv[a, None]).mul_(inv[None, b]).clamp_(-1.0, 1.0)
+            if i == j:
+                corr[a, b] = (block + block.T) / 2
+            else:
+                corr[a, b], corr[b, a] = block, block.T
+        corr.diagonal().copy_((inv > 0).to(torch.float64))
+        return corr.cpu().numpy()
 
 
-def _unit_rows(param: str, axis: int, i: int, umap: UnitMap, state_dict: Mapping[str, torch.Tensor],
-               transforms: Transforms) -> torch.Tensor:
-    """Model i's tensor (float32) with its other axes in the merged frame, as (units, features)."""
-    x = state_dict[param].detach().to(torch.float32)
-    for other, member in umap.param_members()[param]:
-        if member.axis != axis and other.name in transforms:
-            x = transforms[other.name].project(x, i, member.axis)
-    return x.movedim(axis, 0).reshape(x.shape[axis], -1)
+def _same(a: SpaceTransform | None, b: SpaceTransform | None) -> bool:
+    """Whether two transforms (or their absence) are equal."""
+    if a is b:
+        return True
+    if a is None or b is None or a.k != b.k or len(a.assign) != len(b.assign):
+        return False
+    return all(torch.equal(x, y) for x, y in zip(a.assign, b.assign))
 
 
 def _standardise(x: torch.Tensor) -> torch.Tensor:

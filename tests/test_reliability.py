@@ -372,7 +372,8 @@ def test_huge_activation_means_are_exact():
     x = torch.cat([torch.cat(f).reshape(-1, 64) for f in feats], dim=1).double().numpy()
     assert x[:, 64 + unit].mean() > 0.99 * shift
     direct = np.corrcoef(x, rowvar=False)
-    np.testing.assert_allclose(merger._activation["layer.0.ffn"], direct, atol=1e-9, rtol=0)
+    # the merger keeps float32 correlations (float32 rounding is 6e-8; a cancelling mean of 1e4 would be 1e-4)
+    np.testing.assert_allclose(merger._activation["layer.0.ffn"], direct, atol=1e-6, rtol=0)
     result = merger.merge(progress=False)
     assert_sound(result, data)
 

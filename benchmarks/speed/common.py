@@ -100,9 +100,10 @@ def recorded_descent() -> Iterator[list[dict[str, Any]]]:
     """Record every coordinate descent that :class:`hf_mudsc.MuDSCMerger` runs inside the block.
 
     Per call: the number of solve units, the seconds of the first sweep (activation only, or the
-    data-free start), the seconds of each weight sweep, and the mean objective after each weight
-    sweep (``history``; with no weight sweep, the first sweep's). Wraps the merger's
-    ``coordinate_descent`` and its per-unit progress callback.
+    data-free start), the seconds of each weight sweep (each with the scoring of the transforms
+    before it), the scores (``history``: the start's, then each weight sweep's; with no weight
+    sweep, the first sweep's) and the seconds of the whole descent (the last scoring included).
+    Wraps the merger's ``coordinate_descent`` and its per-unit progress callback.
     """
     records: list[dict[str, Any]] = []
     original = hf_mudsc.merger.coordinate_descent
@@ -120,7 +121,7 @@ def recorded_descent() -> Iterator[list[dict[str, Any]]]:
         sweeps = [round(b - a, 3) for a, b in itertools.pairwise(ends)]
         records.append({"units": len(units), "first_sweep_s": sweeps[0], "weight_sweeps_s": sweeps[1:],
                         "history": [round(h, 5) for h in result.history],
-                        "seconds": round(stamps[-1] - stamps[0], 3)})
+                        "seconds": round(time.perf_counter() - stamps[0], 3)})
         return result
 
     hf_mudsc.merger.coordinate_descent = wrapper

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import subprocess
 import sys
@@ -57,7 +58,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, nargs="+", default=[256, 1024])
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--max-tokens-per-batch", type=int, default=None,
-                    help="the statistics' cap on tokens per batch per site (default: every token)")
+                    help="the statistics' cap on tokens per batch per site (default: MergeConfig's)")
     ap.add_argument("--wordnet", type=Path, default=Path("/usr/share/wordnet/data.noun"))
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--workdir", type=Path, default=None,
@@ -142,8 +143,9 @@ def measure(folder: Path, samples: int, batch_size: int, cap: int | None, wordne
         seconds[phase], peak[phase] = s, peak_rss_gib()
         print(f"[{samples} texts] {phase}: {s:.1f} s, peak RSS {peak[phase]} GiB", file=sys.stderr, flush=True)
 
+    load_start = os.getloadavg()
     merger, s = timed(MuDSCMerger.from_pretrained, [str(folder / "parent_0"), str(folder / "parent_1")], "mudsc",
-                      max_tokens_per_batch=cap)
+                      **({} if cap is None else {"max_tokens_per_batch": cap}))
     done("load", s)
     tokenizer = merger.parents[0].processor
     data = datasets.Dataset.from_dict({"text": texts_of(tokenizer, samples, wordnet)})
@@ -168,7 +170,9 @@ def measure(folder: Path, samples: int, batch_size: int, cap: int | None, wordne
     return {"samples": samples, "tokens_per_text": round(sum(int(m.sum()) for m in masks) / samples, 1),
             "padded_tokens_per_text": round(sum(m.numel() for m in masks) / samples, 1), "seconds": seconds,
             "ratio_to_forward": {k: round(v / seconds["forward"], 2) for k, v in seconds.items()},
-            "peak_rss_gib": peak, "methods": methods}
+            "peak_rss_gib": peak, "methods": methods,
+            "max_tokens_per_batch": merger.config.max_tokens_per_batch,
+            "load_average_1_5_15_min": {"start": load_start, "end": os.getloadavg()}}
 
 
 def print_table(runs: list[dict[str, Any]]) -> None:

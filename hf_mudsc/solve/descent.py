@@ -3,8 +3,10 @@
 The weight similarity of a space depends on the transforms of its neighbours, so spaces
 are solved in turn: start from the activation-only solution (identity when alpha = 1),
 sweep the solve units in a seeded random order, re-solve each on the blended similarity
-with its neighbours' current transforms, keep the sweep with the best mean objective,
-stop after ``patience`` sweeps without gain or ``max_sweeps``.
+with its neighbours' current transforms. The start and every sweep are scored by the mean
+objective of one consistent set of transforms (every space's blended similarity under the
+transforms the sweep ended with); the best of them is kept (the start included). Stop after
+``patience`` sweeps without a relative gain of :data:`REL_TOL`, or ``max_sweeps``.
 A *solve unit* is one space, or the QK and VO spaces of one head group solved together.
 """
 from __future__ import annotations
@@ -15,36 +17,52 @@ from typing import Callable, Collection, Mapping, Sequence
 
 import numpy as np
 
+from ..config import MergeConfig
 from ..similarity import blend
 from ..transforms import SpaceTransform, Transforms
 from ..unitmaps.spaces import MergeSpace
 from .assignment import solve_permute
 from .heads import solve_heads
-from .solution import Solution
+from .solution import Solution, pair_objective
 from .zip import solve_zip
 
+REL_TOL = 1e-4  # a sweep gains when it beats the best score by this fraction of it
 WeightSim = Callable[[str, Transforms, Collection[str] | None], np.ndarray]
 
 
 @dataclass(frozen=True)
 class SolveSettings:
-    """Solver knobs taken from the merge config."""
+    """Solver knobs, taken from a :class:`~hf_mudsc.config.MergeConfig` (:meth:`from_config`)."""
 
     mode: str
     alpha: float
-    zip_budget: float = 0.0
-    zip_decay: float = 0.0
-    max_sweeps: int = 4
-    patience: int = 1
-    seed: int = 0
+    zip_budget: float
+    zip_decay: float
+    max_sweeps: int
+    patience: int
+    seed: int
+
+    @classmethod
+    def from_config(cls, config: MergeConfig) -> SolveSettings:
+        return cls(config.resolved_mode, config.resolved_alpha, config.resolved_zip_budget, config.resolved_zip_decay,
+                   config.max_sweeps, config.patience, config.seed)
+
+    def reads_within(self, num_models: int) -> bool:
+        """Whether a solve may read within-model similarities: zip with a same-model budget, or of
+        more than two models (which merge units of one model when k leaves no partition within the
+        budgets); two models with no budget always pair one unit of each."""
+        return self.mode == "zip" and (self.zip_budget > 0 or num_models > 2)
 
 
 @dataclass
 class DescentResult:
-    """Transforms of every solved space, with per-space objectives and the sweep history."""
+    """Transforms of every solved space; per space the blended objective and, when weights were
+    used, the weight-similarity objective, both of these transforms; the score of the start and of
+    every weight sweep (``history``)."""
 
     transforms: Transforms
     objectives: dict[str, float]
+    weight_objectives: dict[str, float] = field(default_factory=dict)
     history: list[float] = field(default_factory=list)
 
 
@@ -119,26 +137,44 @@ def coordinate_descent(
     if alpha < 1.0 and activation is not None:  # the activation-only solution
         objectives = sweep(units, use_weights=False)
         if alpha == 0.0 or weight_sim is None:
-            return DescentResult(transforms, objectives, [_mean(objectives)])
+            return DescentResult(transforms, objectives, history=[_mean(objectives)])
     else:  # data-free: align the spaces in map order, each from the members already in one frame
         sweep(units, use_weights=True, aligned=set())
-    best = DescentResult(dict(transforms), {}, [])
-    best_score, stale = -np.inf, 0
+    names = [s.name for unit in units for s in unit]
+    best = _scored(names, transforms, alpha, activation, weight_sim)
+    best.history.append(_mean(best.objectives))
+    stale = 0
     rng = random.Random(settings.seed)
     for _ in range(settings.max_sweeps):
         order = list(units)
         rng.shuffle(order)
-        objectives = sweep(order, use_weights=True)
-        score = _mean(objectives)
+        sweep(order, use_weights=True)
+        current = _scored(names, transforms, alpha, activation, weight_sim)
+        score = _mean(current.objectives)
         best.history.append(score)
-        if score > best_score + 1e-9:
-            best_score, stale = score, 0
-            best.transforms, best.objectives = dict(transforms), objectives
+        best_score = _mean(best.objectives)
+        if score - best_score > REL_TOL * abs(best_score):
+            best.transforms, best.objectives, best.weight_objectives = (
+                current.transforms, current.objectives, current.weight_objectives)
+            stale = 0
         else:
             stale += 1
             if stale >= settings.patience:
                 break
     return best
+
+
+def _scored(names: Sequence[str], transforms: Transforms, alpha: float, activation: Mapping[str, np.ndarray] | None,
+            weight_sim: WeightSim) -> DescentResult:
+    """The objectives of every space under one set of transforms (a copy of them)."""
+    objectives, weights = {}, {}
+    for name in names:
+        labels = np.concatenate([a.numpy() for a in transforms[name].assign])
+        w = weight_sim(name, transforms, None)
+        a = activation.get(name) if activation is not None else None
+        weights[name] = pair_objective(w, labels)
+        objectives[name] = pair_objective(blend(alpha, w, a), labels)
+    return DescentResult(dict(transforms), objectives, weights)
 
 
 def _mean(values: Mapping[str, float]) -> float:

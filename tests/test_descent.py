@@ -1,0 +1,55 @@
+"""Coordinate descent: the start is a candidate, sweeps are scored consistently, settings come from the config."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from hf_mudsc.config import MergeConfig
+from hf_mudsc.solve.descent import SolveSettings, coordinate_descent
+from hf_mudsc.transforms import SpaceTransform
+from hf_mudsc.unitmaps.spaces import MergeSpace
+
+
+def two_by_two(cross: np.ndarray) -> np.ndarray:
+    """Similarity of 2 models x 2 units with the given cross-model block."""
+    return np.block([[np.eye(2), cross], [cross.T, np.eye(2)]])
+
+
+IDENTITY = np.eye(2)
+
+
+def test_descent_keeps_its_start_when_the_sweeps_are_worse():
+    """Space 'a' alone prefers the swap (blend 0.3 against 0.2), but swapping it ruins 'b'
+    (1.0 -> 0.0): the start scores 0.6, the sweep 0.15, so the start is returned. Scored at
+    solve time (b solved before a swaps), the sweep would read 0.65 and win."""
+    spaces = (MergeSpace("a", 2, ()), MergeSpace("b", 2, ()))
+    activation = {"a": two_by_two(IDENTITY), "b": two_by_two(IDENTITY)}
+
+    def weight_sim(name, transforms, aligned):
+        if name == "a":
+            return two_by_two(np.array([[-0.6, 0.6], [0.6, -0.6]]))
+        a_is_identity = bool((transforms["a"].assign[1] == transforms["a"].assign[0]).all())
+        return two_by_two(np.array([[1.0, -1.0], [-1.0, 1.0]]) if a_is_identity else -np.ones((2, 2)))
+
+    settings = SolveSettings.from_config(MergeConfig(method="mudsc", mode="permute", alpha=0.5, max_sweeps=3))
+    start = {s.name: SpaceTransform.identity([2, 2]) for s in spaces}
+    result = coordinate_descent([(s,) for s in spaces], {"a": [2, 2], "b": [2, 2]}, settings, activation,
+                                weight_sim, start)
+    assert result.history[0] == pytest.approx(0.6) and result.history[1] == pytest.approx(0.15)
+    assert len(result.history) == 2  # patience 1: one sweep without gain ends the descent
+    assert all(t.assign[1].tolist() == [0, 1] for t in result.transforms.values())
+    assert result.objectives == pytest.approx({"a": 0.2, "b": 1.0})
+    assert result.weight_objectives == pytest.approx({"a": -0.6, "b": 1.0})
+
+
+def test_solve_settings_come_from_the_config_alone():
+    config = MergeConfig(method="mudsc", mode="zip", alpha=0.3, zip_budget=0.1, zip_decay=0.5,
+                         max_sweeps=7, patience=2, seed=5)
+    settings = SolveSettings.from_config(config)
+    assert dataclasses.astuple(settings) == ("zip", 0.3, 0.1, 0.5, 7, 2, 5)
+    assert all(f.default is dataclasses.MISSING for f in dataclasses.fields(SolveSettings))
+    assert settings.reads_within(2) and not dataclasses.replace(settings, zip_budget=0.0).reads_within(2)
+    assert dataclasses.replace(settings, zip_budget=0.0).reads_within(3)
+    assert not dataclasses.replace(settings, mode="permute").reads_within(3)

@@ -1,0 +1,87 @@
+"""Weight similarity: the cached, cross-block-only computation equals a fresh full one."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from conftest import tiny_inputs, tiny_model
+from hf_mudsc import MuDSCMerger
+from hf_mudsc.similarity import WeightSimilarity, weight_similarity
+from hf_mudsc.transforms import SpaceTransform, identity_transforms
+from hf_mudsc.unitmaps import unit_map_of
+
+TOL = 1e-6  # float32 Gram products of standardised (O(1)) features, summed in another order
+
+
+def parents(kind: str = "bert-seq"):
+    models = [tiny_model(kind, seed=0, dtype=torch.float32), tiny_model(kind, seed=1, dtype=torch.float32)]
+    return [unit_map_of(m) for m in models], [{n: p.detach() for n, p in m.named_parameters()} for m in models]
+
+
+def shuffled(t: SpaceTransform, seed: int) -> SpaceTransform:
+    g = torch.Generator().manual_seed(seed)
+    return SpaceTransform((t.assign[0], t.assign[1][torch.randperm(t.k, generator=g)]), t.k)
+
+
+def test_cached_equals_fresh_and_recomputes_only_what_changed(monkeypatch):
+    maps, states = parents()
+    names = [s.name for s in maps[0].spaces]
+    monkeypatch.setattr("hf_mudsc.similarity._CACHED_FEATURES", 1)  # cache every group
+    cached = WeightSimilarity(maps, states)
+    computed: list[str] = []
+    original = WeightSimilarity._compute
+
+    def spy(self, members, *args):
+        computed.append(members[0].param)
+        return original(self, members, *args)
+
+    monkeypatch.setattr(WeightSimilarity, "_compute", spy)
+    transforms = identity_transforms(maps)
+    ffn = next(n for n in names if "ffn" in n)
+    total = sum(len(cached._groups(n)) for n in names)
+    for step in range(3):
+        fresh = {name: weight_similarity(name, maps, states, transforms) for name in names}
+        computed.clear()
+        for name in names:
+            assert np.abs(cached(name, transforms) - fresh[name]).max() < TOL
+        # the first call computes every group; later ones only those that read the changed FFN space
+        assert len(computed) == total if step == 0 else 0 < len(computed) < total
+        computed.clear()
+        for name in names:  # equal transforms (new objects): nothing is recomputed
+            cached(name, {n: SpaceTransform(t.assign, t.k) for n, t in transforms.items()})
+        assert computed == []
+        transforms = {**transforms, ffn: shuffled(transforms[ffn], step)}
+
+
+def test_cross_blocks_only_equal_the_full_ones():
+    maps, states = parents("vit-cls")
+    transforms = identity_transforms(maps)
+    transforms["residual"] = shuffled(transforms["residual"], 0)
+    full, cross = WeightSimilarity(maps, states), WeightSimilarity(maps, states, within=False)
+    for space in maps[0].space_names:
+        d = maps[0][space].dim
+        a, b = full(space, transforms), cross(space, transforms)
+        assert np.abs(a[:d, d:] - b[:d, d:]).max() < TOL and np.array_equal(b[d:, :d], b[:d, d:].T)
+        assert np.abs(np.diagonal(a) - np.diagonal(b)).max() < TOL
+        within = b[:d, :d] - np.diag(np.diagonal(b)[:d])
+        assert not within.any()
+
+
+def test_merge_with_cross_blocks_only_equals_the_full_computation(monkeypatch):
+    """Zip with no same-model budget reads cross-model blocks only: the merge is the same."""
+    a, b = tiny_model("bert-seq", seed=0, dtype=torch.float32), tiny_model("bert-seq", seed=1, dtype=torch.float32)
+    merger = MuDSCMerger.from_pretrained([a, b], "mudsc", mode="zip", alpha=0.5, max_sweeps=2)
+    merger.collect([tiny_inputs(a, batch=8, seed=200 + i) for i in range(4)], num_samples=32, progress=False)
+    fast, report = merger.solve(progress=False)
+    monkeypatch.setattr("hf_mudsc.solve.descent.SolveSettings.reads_within", lambda self, n: True)
+    slow, slow_report = merger.solve(progress=False)
+    assert all(torch.equal(x, y) for n in fast for x, y in zip(fast[n].assign, slow[n].assign))
+    assert report == slow_report
+    # the report's weight similarity is that of the returned transforms, computed fresh
+    maps, states = merger.unit_maps, [{n: p.detach() for n, p in m.named_parameters()} for m in (a, b)]
+    for row in report:
+        labels = np.concatenate([x.numpy() for x in fast[row["space"]].assign])
+        sim = weight_similarity(row["space"], maps, states, fast)
+        from hf_mudsc.solve.solution import pair_objective
+
+        assert abs(row["weight_similarity"] - pair_objective(sim, labels)) <= 5e-5 + TOL
