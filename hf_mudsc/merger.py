@@ -15,8 +15,9 @@ from tqdm.auto import tqdm
 
 from .apply import MergedWeights, apply_transforms, build_task_model, is_merged
 from .config import RECIPE_NAME, MergeConfig
-from .data import calibration
+from .data import Calibration, calibration
 from .loading import Parent, check_compatible, load_parent
+from .repair import apply_repairs
 from .similarity import weight_similarity
 from .solve.descent import SolveSettings, coordinate_descent, solve_units
 from .solve.solution import pair_objective
@@ -40,6 +41,7 @@ class MuDSCMerger:
         self.config = config
         self.calibration: dict[str, Any] | None = None
         self._activation: dict[str, np.ndarray] | None = None
+        self._calibration_source: Calibration | None = None  # what the repairs stream again
 
     @classmethod
     def from_pretrained(
@@ -96,11 +98,8 @@ class MuDSCMerger:
         One pass, or several when the float64 accumulators of all spaces would exceed
         ``memory_budget_gb``: spaces are then collected in groups that fit, one pass per group.
         """
+        calib = self._calibration(data, num_samples, batch_size, column, accelerator)
         first = self.parents[0]
-        calib = calibration(data, first.processor, first.modality, num_samples=num_samples,
-                            batch_size=batch_size, column=column)
-        if accelerator is not None and accelerator.num_processes > 1:
-            calib = dataclasses.replace(calib, rank=accelerator.process_index, world_size=accelerator.num_processes)
         maps = [_residual_sites(m, self.config.residual_layers) for m in self.unit_maps]
         merged = self.merged_spaces()
         groups = [merged]
@@ -121,13 +120,24 @@ class MuDSCMerger:
         # one space at a time, so that the sums and the correlations are never all in memory at once
         corr = {name: moments.pop(name).corr() for name in list(moments)}
         self._activation = {name: c.cpu().numpy() for name, c in corr.items()}
-        self.calibration = {"name": calib.name, "column": ", ".join(calib.column) if calib.column else None,
-                            "num_samples": num_samples,
-                            "batch_size": batch_size, "samples_per_space": samples}
+        self.calibration["samples_per_space"] = samples
         if accelerator is None or accelerator.is_main_process:  # every rank holds the same totals
             told = self._warn(calibration_issues(samples, self.unit_maps, corr))
             if told:  # the model card and the recipe keep them
                 self.calibration["warnings"] = told
+
+    def _calibration(self, data: Any, num_samples: int, batch_size: int, column: str | Sequence[str] | None,
+                     accelerator: Any) -> Calibration:
+        """Wrap ``data`` as calibration batches, keep it for the repairs and describe it for the card."""
+        first = self.parents[0]
+        calib = calibration(data, first.processor, first.modality, num_samples=num_samples,
+                            batch_size=batch_size, column=column)
+        if accelerator is not None and accelerator.num_processes > 1:
+            calib = dataclasses.replace(calib, rank=accelerator.process_index, world_size=accelerator.num_processes)
+        self._calibration_source = calib
+        self.calibration = {"name": calib.name, "column": ", ".join(calib.column) if calib.column else None,
+                            "num_samples": num_samples, "batch_size": batch_size}
+        return calib
 
     def _warn(self, issues: dict[str, list[dict[str, Any]]]) -> list[str]:
         """One :class:`MergeQualityWarning` per kind of issue found in the statistics; returns the messages."""
@@ -210,37 +220,55 @@ class MuDSCMerger:
         progress: bool = True,
         **overrides: Any,
     ) -> "MergeResult":
-        """Collect statistics (when the method uses data), solve, and apply."""
+        """Collect statistics (when the method uses data), solve, apply, and repair (``config.repair``)."""
         config = self.config.with_updates(**overrides) if overrides else self.config
+        if config.repair and accelerator is not None and accelerator.num_processes > 1:
+            raise ValueError("repairs run in one process only: merge without repair under accelerate launch, "
+                             "or run the merge in one process")
         if config.needs_data and self._activation is None:
             if data is None:
                 raise ValueError(f"method '{config.method}' needs calibration data (or use method='weight-matching')")
             self.collect(data, num_samples=num_samples, batch_size=batch_size, column=column,
                          accelerator=accelerator, progress=progress)
+        if config.repair and self._calibration_source is None:
+            if data is None:
+                raise ValueError(f"repair {', '.join(config.repair)} needs calibration data: give merge(data)")
+            self._calibration(data, num_samples, batch_size, column, accelerator)
         transforms, report = self.solve(progress=progress, **overrides)
         return self.apply(transforms, config, report)
 
     def apply(self, transforms: Transforms, config: MergeConfig | None = None,
               report: list[dict[str, Any]] | None = None) -> "MergeResult":
-        """Build the merged task models and the joint model from transforms."""
+        """Build the merged task models and the joint model from transforms, then run the
+        repairs of ``config.repair`` on the calibration data given to :meth:`collect` or :meth:`merge`."""
         config = config or self.config
+        if config.repair and self._calibration_source is None:
+            raise ValueError(f"repair {', '.join(config.repair)} needs calibration data: call merge(data) "
+                             "or collect(data) first")
         weights = apply_transforms(self.unit_maps, [_params(p.model) for p in self.parents], transforms,
                                    config.merge_layers)
+        repairs = []
+        if config.repair:
+            repairs = apply_repairs(config.repair, [p.model for p in self.parents], self.unit_maps, transforms,
+                                    weights, list(self._calibration_source), seed=config.seed,
+                                    max_tokens_per_batch=config.max_tokens_per_batch)
         return MergeResult(self.parents, config, transforms, weights, report or [],
-                           self.calibration if config.needs_data else None)
+                           self.calibration if config.uses_data else None, repairs)
 
 
 class MergeResult:
     """The outcome of a merge: one standard model per parent, the joint model, the report."""
 
     def __init__(self, parents: Sequence[Parent], config: MergeConfig, transforms: Transforms,
-                 weights: MergedWeights, report: list[dict[str, Any]], calibration: dict[str, Any] | None) -> None:
+                 weights: MergedWeights, report: list[dict[str, Any]], calibration: dict[str, Any] | None,
+                 repairs: list[dict[str, Any]] | None = None) -> None:
         self.parents = list(parents)
         self.config = config
         self.transforms = transforms
         self.weights = weights
         self.report = report
         self.calibration = calibration
+        self.repairs = repairs or []  # one row per repair run (repair, seconds, what it changed)
         self._task_models: list[torch.nn.Module] | None = None
         self._model = None
 
@@ -283,6 +311,7 @@ class MergeResult:
             "config": self.config.to_dict(),
             "calibration": self.calibration,
             "report": self.report,
+            "repairs": self.repairs,
         }
 
     def save_pretrained(self, out: str | Path, *, max_shard_size: str | int = "5GB", overwrite: bool = False,
@@ -317,6 +346,9 @@ def reapply(folder: str | Path, **load: Any) -> MergeResult:
         raise ValueError(f"'{folder}' is not a merge folder: it needs {RECIPE_NAME} and {TRANSFORMS_NAME}")
     recipe = json.loads(path.read_text())
     config = MergeConfig.from_dict(recipe["config"])
+    if config.repair:
+        raise ValueError(f"'{folder}' was repaired after the merge ({', '.join(config.repair)}) on calibration data, "
+                         "which reapply cannot repeat: load the saved model itself, or merge again with data")
     merger = MuDSCMerger.from_pretrained(recipe["parents"], **load, **_config_kwargs(config))
     result = merger.apply(load_transforms(str(Path(folder, TRANSFORMS_NAME))), config, recipe.get("report"))
     result.calibration = recipe.get("calibration")
