@@ -64,7 +64,7 @@ def _card(result: "MergeResult", names: list[str], model: Any, *, notes: list[st
         base_models=names, method=config.method, method_title=PRESETS[config.method].title,
         recipe=recipe, pipeline_tag=pipeline_tag(model),
         datasets=[calib["name"]] if calib.get("name") else None, calibration=calib or None,
-        diagnostics=result.report, evaluation=evaluation, notes=list(notes) + extra,
+        diagnostics=result.report, repairs=result.repairs, evaluation=evaluation, notes=list(notes) + extra,
         task_folders=task_folders or [f"tasks/{i}" for i in range(len(names))], top=top,
     )
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -75,13 +75,23 @@ class RepairContext:
                     if bias is not None:
                         mod.bias.copy_(bias)
 
+    def blocks(self) -> list[str]:
+        """The encoder layers' module names, in order (where the residual stream is observed)."""
+        return [site.module for site in self.unit_maps[0]["residual"].sites if site.kind == "input"]
+
     def observe(self, model: nn.Module, sites: Sequence[Site], b: int) -> dict[Site, Tensor]:
-        """Run ``model`` on batch ``b`` and return, per site, the float64 rows that count: real
-        tokens (``attention_mask``), capped at ``max_tokens_per_batch`` by a subset seeded by
-        (seed, batch, module), so that every model observing one module on one batch gets the
-        same rows. The forward pass stops as soon as every site has fired."""
-        batch = self.batches[b]
-        mask = batch.get("attention_mask")
+        """Run ``model`` on batch ``b`` (a full forward pass, stopped early) and return the sites' rows
+        (see :meth:`capture`)."""
+        device = next(model.parameters()).device
+        inputs = {k: v.to(device) for k, v in self.batches[b].items() if k != "labels"}
+        return self.capture(model, sites, b, lambda: model(**inputs))
+
+    def capture(self, model: nn.Module, sites: Sequence[Site], b: int, run: Callable[[], Any]) -> dict[Site, Tensor]:
+        """Call ``run()`` (a forward pass of ``model`` or of one of its layers, on batch ``b``) and return,
+        per site, the float64 rows that count: real tokens (``attention_mask``), capped at
+        ``max_tokens_per_batch`` by a subset seeded by (seed, batch, module), so that every model
+        observing one module on one batch gets the same rows. The pass stops once every site has fired."""
+        mask = self.batches[b].get("attention_mask")
         wanted = set(sites)
         seen: dict[Site, Tensor] = {}
 
@@ -101,10 +111,9 @@ class RepairContext:
         for module, kind in sites:
             kinds.setdefault(module, []).append(kind)
         handles = [model.get_submodule(m).register_forward_hook(hook(m, k), with_kwargs=True) for m, k in kinds.items()]
-        device = next(model.parameters()).device
         try:
             with torch.no_grad():
-                model(**{k: v.to(device) for k, v in batch.items() if k != "labels"})
+                run()
         except _Stop:
             pass
         finally:
@@ -157,3 +166,48 @@ class RepairContext:
                 groups.append([name])
             last = source
         return groups
+
+
+class LayerInputs:
+    """One model's calibration hidden states cached at the input of one encoder layer, per batch,
+    and advanced layer by layer: observing a module of layer ``l`` runs layer ``l`` alone, so a
+    repair in forward order costs about one forward pass per model, not one per corrected map.
+
+    The other arguments of a layer call (attention mask, ...) are recorded at the first layer and
+    reused for every layer, as BERT- and ViT-like encoders pass the same ones to each layer.
+    """
+
+    def __init__(self, ctx: RepairContext, model: nn.Module, blocks: Sequence[str]) -> None:
+        self.ctx, self.model, self.blocks = ctx, model, list(blocks)
+        self.layer = 0
+        self.states: list[tuple[Tensor, tuple, dict]] = []
+        first = model.get_submodule(self.blocks[0])
+        device = next(model.parameters()).device
+        for batch in ctx.batches:
+            def record(module: nn.Module, args: tuple, kwargs: dict) -> None:
+                self.states.append((args[0] if args else kwargs.pop("hidden_states"), args[1:], kwargs))
+                raise _Stop
+            handle = first.register_forward_pre_hook(record, with_kwargs=True)
+            try:
+                with torch.no_grad():
+                    model(**{k: v.to(device) for k, v in batch.items() if k != "labels"})
+            except _Stop:
+                pass
+            finally:
+                handle.remove()
+
+    def _call(self, b: int) -> Any:
+        hidden, args, kwargs = self.states[b]
+        return self.model.get_submodule(self.blocks[self.layer])(hidden, *args, **kwargs)
+
+    def observe(self, sites: Sequence[Site], b: int) -> dict[Site, Tensor]:
+        """The sites' rows (modules of the current layer) on batch ``b``, from the cached input."""
+        return self.ctx.capture(self.model, sites, b, lambda: self._call(b))
+
+    def advance(self) -> None:
+        """Run the current layer (as it is now) on every batch: the cache moves to the next layer."""
+        with torch.no_grad():
+            for b, (_, args, kwargs) in enumerate(self.states):
+                out = self._call(b)
+                self.states[b] = (out[0] if isinstance(out, (tuple, list)) else out, args, kwargs)
+        self.layer += 1

@@ -24,9 +24,10 @@ def repair_heads(ctx: RepairContext) -> dict[str, object]:
     for i, parent in enumerate(ctx.parents):
         model = ctx.task_model(i)
 
-        def parent_outputs(b: int, group: Sequence[str], parent=parent) -> dict[str, Tensor]:
+        def parent_outputs(group: Sequence[str], b: int, parent=parent) -> dict[str, Tensor]:
             seen = ctx.observe(parent, [(m, "output") for m in group], b)
             return {m: seen[(m, "output")] for m in group}
 
-        refit_linears(ctx, model, ctx.forward_groups(model, heads), parent_outputs, task=i)
+        refit_linears(ctx, model, ctx.forward_groups(model, heads),
+                      lambda sites, b, model=model: ctx.observe(model, sites, b), parent_outputs, task=i)
     return {"maps": len(heads) * len(ctx.parents)}

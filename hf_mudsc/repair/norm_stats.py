@@ -8,10 +8,12 @@ the parents' matched units (each parent's per-unit statistics brought into the m
 """
 from __future__ import annotations
 
+from typing import Callable, Sequence
+
 import torch
 from torch import Tensor
 
-from .context import RepairContext
+from .context import LayerInputs, RepairContext, Site
 
 
 class UnitMoments:
@@ -38,6 +40,23 @@ class UnitMoments:
             raise ValueError("no samples to measure unit statistics on")
         m = self.s1 / self.n
         return self.shift + m, (self.s2 / self.n - m * m).clamp(min=0).sqrt()
+
+
+def _renormalise(ctx: RepairContext, model: torch.nn.Module, name: str,
+                 observe: Callable[[Sequence[Site], int], dict[Site, Tensor]], target: tuple[Tensor, Tensor]) -> None:
+    """Fold ``y -> (y - mean) * want_std / std + want_mean`` (per unit) into the map ``name``."""
+    module = model.get_submodule(name)
+    if module.bias is None:
+        raise ValueError(f"'{name}' has no bias, so its units cannot be shifted")
+    measured = UnitMoments()
+    for b in range(len(ctx.batches)):
+        measured.update(observe([(name, "output")], b)[(name, "output")])
+    mean, std = measured.mean_std()
+    want_mean, want_std = (v.to(mean.device) for v in target)
+    scale = torch.where(std > 0, want_std / std.clamp(min=torch.finfo(torch.float64).tiny), torch.ones_like(std))
+    weight = module.weight.detach().to(torch.float64) * scale.unsqueeze(1)
+    bias = module.bias.detach().to(torch.float64) * scale + (want_mean - scale * mean)
+    ctx.set_linear(name, weight, bias)
 
 
 def stats_modules(ctx: RepairContext) -> list[str]:
@@ -72,18 +91,15 @@ def repair_stats(ctx: RepairContext) -> dict[str, object]:
             old = targets.get(m)
             targets[m] = (mean, std) if old is None else (old[0] + mean, old[1] + std)
     model = ctx.task_model(0)
-    # one map at a time, in forward order: each correction changes what the later maps see
-    for m in [m for group in ctx.forward_groups(model, modules) for m in group]:
-        module = model.get_submodule(m)
-        if module.bias is None:
-            raise ValueError(f"'{m}' has no bias, so its units cannot be shifted")
-        measured = UnitMoments()
-        for b in range(len(ctx.batches)):
-            measured.update(ctx.observe(model, [(m, "output")], b)[(m, "output")])
-        mean, std = measured.mean_std()
-        want_mean, want_std = (v.to(mean.device) for v in targets[m])
-        scale = torch.where(std > 0, want_std / std.clamp(min=torch.finfo(torch.float64).tiny), torch.ones_like(std))
-        weight = module.weight.detach().to(torch.float64) * scale.unsqueeze(1)
-        bias = module.bias.detach().to(torch.float64) * scale + (want_mean - scale * mean)
-        ctx.set_linear(m, weight, bias)
+    order = [m for group in ctx.forward_groups(model, modules) for m in group]
+    blocks = ctx.blocks()
+    merged = LayerInputs(ctx, model, blocks)
+    for l, block in enumerate(blocks):
+        inside = [m for m in order if m.startswith(block + ".")]
+        if not inside:
+            break  # a partial merge: no shared layer from here on
+        if l:
+            merged.advance()
+        for m in inside:  # one map at a time: each correction changes what the later maps see
+            _renormalise(ctx, model, m, merged.observe, targets[m])
     return {"maps": len(modules)}
