@@ -153,7 +153,8 @@ def test_stats_repair_hits_the_merge_weighted_parent_statistics(kind, modules, c
     parents = [_unit_stats(p, names, calib) for p in (a, b)]
     got = _unit_stats(result.task_models[0], names, calib)
     for m in names:
-        space = "residual" if m.endswith(("output.dense", "o_proj")) else f"layer.{re.search(r'\.(\d+)\.', m)[1]}.ffn"
+        layer = re.search(r"\.(\d+)\.", m)[1]
+        space = "residual" if m.endswith(("output.dense", "o_proj")) else f"layer.{layer}.ffn"
         t = result.transforms[space]
         for k in range(2):  # mean, std
             want = sum(t.merge(s[m][k], i, 0) for i, s in enumerate(parents))

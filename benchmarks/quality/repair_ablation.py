@@ -8,7 +8,7 @@ Pair 1 of each family (``common.pair_definitions``); parents come from the paren
 there first when absent). ``--max-test`` scores a seeded subset of each task's test set, to keep
 the run short on a loaded machine. Repair cost is given in wall seconds, CPU seconds of the process, and
 CPU seconds over those of one forward pass of a parent over the calibration data (robust to a loaded
-machine). Writes ``benchmarks/results/quality_repair_ablation.{json,md}``.
+machine). Writes ``benchmarks/results/quality_repair_ablation_<families>.{json,md}``.
 """
 from __future__ import annotations
 
@@ -120,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                            "forward passes": _joined(r.get("repair_in_forward_passes", {}))}
                           for r in rows], ["family", "merge", "repair", "joint", "per_task", "seconds", "CPU s",
                                            "forward passes"])
-    path = write_results("repair_ablation", {
+    path = write_results("repair_ablation_" + "_".join(args.family), {
         "command": shlex.join(["python", *sys.argv]),
         "pairs": "pair 1 of each family (classes 0-4 | 5-9, seeds 0, 1)",
         "calibration": {"num_samples": 256, "batch_size": 32, "seed": 0, "source": "both tasks' training data, unlabeled"},

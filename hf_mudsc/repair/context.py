@@ -66,7 +66,7 @@ class RepairContext:
         values = {f"{module}.weight": weight, **({} if bias is None else {f"{module}.bias": bias})}
         store = self.weights.shared if task is None else self.weights.private[task]
         for name, value in values.items():
-            store[name] = value.to(device=store[name].device, dtype=store[name].dtype)
+            store[name] = value.detach().to(device=store[name].device, dtype=store[name].dtype)
         for i, model in self._models.items():
             if task is None or i == task:
                 mod = model.get_submodule(module)

@@ -38,9 +38,9 @@ class RidgeSums:
         """The map ``(weight (d_out, d_in), bias)`` nearest to the current one that fits the samples."""
         if self.gram is None or self.n == 0:
             raise ValueError("no samples to fit a linear map on")
-        current = weight.to(device=self.gram.device, dtype=torch.float64).T
+        current = weight.detach().to(device=self.gram.device, dtype=torch.float64).T
         if self.bias:
-            current = torch.cat([current, bias.to(current).unsqueeze(0)], dim=0)
+            current = torch.cat([current, bias.detach().to(current).unsqueeze(0)], dim=0)
         lam = LAMBDA_SCALE * self.gram.diagonal().mean()
         eye = torch.eye(self.gram.shape[0], dtype=torch.float64, device=self.gram.device)
         solved = torch.linalg.solve(self.gram + lam * eye, self.cross + lam * current)
