@@ -1,5 +1,7 @@
-"""What every repair works on: the merged weights, the parents, the cached calibration batches,
-and a way to observe module inputs and outputs of a model on one batch (real tokens only)."""
+"""What every repair works on: the merged weights, the parents and the calibration batches
+(:class:`RepairContext`); observing module inputs and outputs on one batch, real tokens only
+(:meth:`RepairContext.capture`); and hidden states cached at one layer's input and advanced layer
+by layer (:class:`LayerInputs`), so that a repair in forward order runs each layer about once."""
 from __future__ import annotations
 
 import zlib
