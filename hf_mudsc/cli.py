@@ -388,10 +388,12 @@ def _merge(args: argparse.Namespace) -> int:
                                          trust_remote_code=bool(recipe.get("trust_remote_code")), **load,
                                          **merge_config)
     data = None
-    if merger.config.needs_data:
+    if merger.config.uses_data:
         if not recipe.get("dataset"):
-            raise CLIError(f"method '{merger.config.method}' needs calibration data: give --dataset "
-                           "(or use --method weight-matching)")
+            needs = f"repair {', '.join(merger.config.repair)}" if not merger.config.needs_data else \
+                f"method '{merger.config.method}'"
+            raise CLIError(f"{needs} needs calibration data: give --dataset (or use --method weight-matching "
+                           "without --repair)")
         data = load_calibration_dataset(recipe["dataset"], recipe.get("split"), token=args.token)
     accelerator = _launched_accelerator()
     result = merger.merge(data, num_samples=int(recipe.get("num_samples", 256)),

@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from .repair import REPAIRS
+
 Mode = Literal["permute", "zip"]
 RECIPE_NAME = "merge_recipe.json"
 
@@ -82,6 +84,9 @@ class MergeConfig:
             products of every token cost about twice the forward) and still gives the FFN space of
             the default 256 texts in batches of 16 more samples than units.
         seed: seeds the calibration rows drawn, the token subsets and the sweep order.
+        repair: closed-form repairs run after the merge on the calibration data (``stats``, ``lsq``,
+            ``heads``; a comma-separated string is accepted); always run in that order. Not part of
+            the published methods; ``()`` (none) by default.
     """
 
     method: str = "mudsc"
@@ -96,6 +101,7 @@ class MergeConfig:
     residual_layers: tuple[int, ...] | None = None
     max_tokens_per_batch: int | None = 256
     seed: int = 0
+    repair: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.method not in PRESETS:
@@ -139,6 +145,7 @@ class MergeConfig:
         if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or not 0 <= self.seed < 2**64:
             raise ConfigError(f"seed must be an integer in [0, 2**64), got {self.seed}")
         object.__setattr__(self, "seed", int(self.seed))
+        object.__setattr__(self, "repair", _repairs(self.repair))
 
     @property
     def preset(self) -> Preset:
@@ -162,8 +169,13 @@ class MergeConfig:
 
     @property
     def needs_data(self) -> bool:
-        """Whether calibration data is used (any activation term, or scoring candidates)."""
+        """Whether the solve uses calibration data (any activation term, or scoring candidates)."""
         return self.method == "auto" or (self.preset.match and self.resolved_alpha < 1.0)
+
+    @property
+    def uses_data(self) -> bool:
+        """Whether the merge uses calibration data at all (the solve, or a repair)."""
+        return self.needs_data or bool(self.repair)
 
     def check_depth(self, num_layers: int) -> None:
         """Refuse ``merge_layers`` or ``residual_layers`` beyond the model's depth."""
@@ -182,6 +194,7 @@ class MergeConfig:
         data.update({name: getattr(self, name) for name in RESOLVED})
         if self.residual_layers is not None:
             data["residual_layers"] = list(self.residual_layers)
+        data["repair"] = list(self.repair)
         return data
 
     @classmethod
@@ -202,3 +215,14 @@ class MergeConfig:
             return cls.from_dict(json.loads(path.read_text())["config"])
         except (OSError, KeyError, json.JSONDecodeError) as err:
             raise ConfigError(f"cannot read a merge recipe from {path}: {err}") from None
+
+
+def _repairs(value: Any) -> tuple[str, ...]:
+    """Repair names as a tuple in run order (a comma-separated string is accepted)."""
+    if not isinstance(value, (str, list, tuple)):
+        raise ConfigError(f"repair must be a list of names or a comma-separated string, got {value!r}")
+    names = [n.strip() for n in value.split(",") if n.strip()] if isinstance(value, str) else list(value)
+    unknown = [n for n in names if n not in REPAIRS]
+    if unknown:
+        raise ConfigError(f"unknown repair {', '.join(map(repr, unknown))}; choose from: {', '.join(REPAIRS)}")
+    return tuple(n for n in REPAIRS if n in names)

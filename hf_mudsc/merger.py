@@ -19,6 +19,7 @@ from .data import Calibration, calibration
 from .io.writer import atomic_output_dir
 from .loading import Parent, check_compatible, load_parent
 from .output import write_merge_folder
+from .repair import apply_repairs
 from .select import choose
 from .similarity import WeightSimilarity
 from .solve.descent import SolveSettings, coordinate_descent, solve_units
@@ -48,6 +49,7 @@ class MuDSCMerger:
         self._activation: dict[str, np.ndarray] | None = None
         self._heldout: Calibration | None = None
         self._statistics_config: MergeConfig | None = None  # the recipe the statistics were collected with
+        self._calibration_source: Calibration | None = None  # the fit part, which the repairs stream again
 
     @classmethod
     def from_pretrained(
@@ -133,6 +135,7 @@ class MuDSCMerger:
         self._heldout = None
         if holdout is not None:  # method="auto": a part the statistics never see scores the candidates
             calib, self._heldout = calib.split(holdout)
+        self._calibration_source = calib
         maps = [_residual_sites(m, config.residual_layers) for m in self.unit_maps]
         merged = self.merged_spaces(config)
         groups = [merged]
@@ -266,8 +269,8 @@ class MuDSCMerger:
         progress: bool = True,
         **overrides: Any,
     ) -> "MergeResult":
-        """Collect statistics (when the method uses data), solve, and apply; with
-        ``method="auto"``, solve, apply and score every candidate (:mod:`hf_mudsc.select`).
+        """Collect statistics (when the method uses data), solve, apply, and repair (``config.repair``);
+        with ``method="auto"``, solve, apply, repair and score every candidate (:mod:`hf_mudsc.select`).
 
         Given ``data``, the statistics are collected (again) with this merge's recipe; without it, a
         merge reuses those of the last :meth:`collect` or ``merge(data)``, and refuses ``overrides``
@@ -275,12 +278,21 @@ class MuDSCMerger:
         merged layers).
         """
         config = self.config.with_updates(**overrides) if overrides else self.config
+        if config.repair and accelerator is not None and accelerator.num_processes > 1:
+            raise ValueError("repairs run in one process only: merge without repair under accelerate launch, "
+                             "or run the merge in one process")
         auto = config.method == "auto"
         if config.needs_data and (data is not None or self._activation is None or (auto and self._heldout is None)):
             if data is None:
                 raise ValueError(f"method '{config.method}' needs calibration data (or use method='weight-matching')")
             self._collect(config, data, num_samples=num_samples, batch_size=batch_size, column=column,
                           accelerator=accelerator, progress=progress, holdout=config.holdout if auto else None)
+        elif config.repair and (data is not None or self._calibration_source is None):
+            if data is None:
+                raise ValueError(f"repair {', '.join(config.repair)} needs calibration data: give merge(data)")
+            self._calibration_source = self.prepare_calibration(data, num_samples=num_samples, batch_size=batch_size,
+                                                                column=column, seed=config.seed)
+            self.calibration = self._calibration_source.describe()
         if auto:
             return choose(self, config, self._heldout, progress=progress)
         transforms, report = self.solve(progress=progress, config=config)
@@ -288,19 +300,29 @@ class MuDSCMerger:
 
     def apply(self, transforms: Transforms, config: MergeConfig | None = None,
               report: list[dict[str, Any]] | None = None) -> "MergeResult":
-        """Build the merged task models and the joint model from transforms."""
+        """Build the merged task models and the joint model from transforms, then run the
+        repairs of ``config.repair`` on the calibration data given to :meth:`collect` or :meth:`merge`."""
         config = config or self.config
+        if config.repair and self._calibration_source is None:
+            raise ValueError(f"repair {', '.join(config.repair)} needs calibration data: call merge(data) "
+                             "or collect(data) first")
         weights = apply_transforms(self.unit_maps, [_params(p.model) for p in self.parents], transforms,
                                    config.merge_layers)
+        repairs = []
+        if config.repair:
+            repairs = apply_repairs(config.repair, [p.model for p in self.parents], self.unit_maps, transforms,
+                                    weights, list(self._calibration_source), seed=config.seed,
+                                    max_tokens_per_batch=config.max_tokens_per_batch)
         return MergeResult(self.parents, config, transforms, weights, report or [],
-                           self.calibration if config.needs_data else None)
+                           self.calibration if config.uses_data else None, repairs)
 
 
 class MergeResult:
     """The outcome of a merge: one standard model per parent, the joint model, the report."""
 
     def __init__(self, parents: Sequence[Parent], config: MergeConfig, transforms: Transforms,
-                 weights: MergedWeights, report: list[dict[str, Any]], calibration: dict[str, Any] | None) -> None:
+                 weights: MergedWeights, report: list[dict[str, Any]], calibration: dict[str, Any] | None,
+                 repairs: list[dict[str, Any]] | None = None) -> None:
         self.parents = list(parents)
         self.config = config
         self.transforms = transforms
@@ -308,6 +330,7 @@ class MergeResult:
         self.report = report
         self.calibration = calibration
         self.selection: list[dict[str, Any]] | None = None  # method="auto": every candidate's score
+        self.repairs = repairs or []  # one row per repair run (repair, seconds, what it changed)
         self._task_models: list[torch.nn.Module] | None = None
         self._model = None
 
@@ -351,6 +374,7 @@ class MergeResult:
             "calibration": self.calibration,
             "report": self.report,
             **({"selection": self.selection} if self.selection else {}),
+            "repairs": self.repairs,
         }
 
     def save_pretrained(self, out: str | Path, *, max_shard_size: str | int = "5GB", overwrite: bool = False,
@@ -382,6 +406,9 @@ def reapply(folder: str | Path, **load: Any) -> MergeResult:
         raise ValueError(f"'{folder}' is not a merge folder: it needs {RECIPE_NAME} and {TRANSFORMS_NAME}")
     recipe = json.loads(path.read_text())
     config = MergeConfig.from_dict(recipe["config"])
+    if config.repair:
+        raise ValueError(f"'{folder}' was repaired after the merge ({', '.join(config.repair)}) on calibration data, "
+                         "which reapply cannot repeat: load the saved model itself, or merge again with data")
     merger = MuDSCMerger.from_pretrained(recipe["parents"], **load, **_config_kwargs(config))
     result = merger.apply(load_transforms(str(Path(folder, TRANSFORMS_NAME))), config, recipe.get("report"))
     result.calibration = recipe.get("calibration")

@@ -89,7 +89,8 @@ def _card(result: MergeOutputs, names: list[str], model: Any, *, notes: list[str
         base_models=names, method=config.method, method_title=PRESETS[config.method].title,
         recipe=recipe, pipeline_tag=pipeline_tag(model),
         datasets=[calib["name"]] if calib.get("name") else None, calibration=calib or None,
-        diagnostics=result.report, evaluation=evaluation, notes=list(notes) + extra, selection=result.selection or (),
+        diagnostics=result.report, repairs=result.repairs, evaluation=evaluation, notes=list(notes) + extra,
+        selection=result.selection or (),
         task_folders=task_folders or [f"tasks/{i}" for i in range(len(names))], top=top,
         merge_layers=config.merge_layers, num_layers=result.parents[0].unit_map.num_layers, base_model_ids=ids,
     )

@@ -203,6 +203,18 @@ def _calibration_section(calibration: Mapping[str, Any] | None) -> str:
     return _section("Calibration data", "\n".join(lines))
 
 
+def _repair_section(repairs: Sequence[Mapping[str, Any]]) -> str:
+    return _section(
+        "Repair after alignment",
+        "After the merge, hf-mudsc ran these closed-form repairs on the calibration data (no labels, no gradient"
+        " step): `stats` renormalises units to the parents' statistics (after REPAIR, Jordan et al., ICLR 2023),"
+        " `lsq` re-solves every merged linear map by least squares (after RegMean / PLeaS), `heads` refits each"
+        " task head to its parent's outputs. They are additions of hf-mudsc, not part of the published methods"
+        " cited above.",
+        markdown_table([{k: v for k, v in r.items() if not isinstance(v, (dict, list))} for r in repairs]),
+    )
+
+
 def _usage_section(
     model_id: str, pipeline_task: str | None, task_folders: Sequence[str], library_name: str, top: str
 ) -> str:
@@ -243,6 +255,7 @@ def build_model_card(
     datasets: list[str] | None = None,
     calibration: Mapping[str, Any] | None = None,
     diagnostics: Sequence[Mapping[str, Any]] = (),
+    repairs: Sequence[Mapping[str, Any]] = (),
     evaluation: Sequence[Mapping[str, Any]] | None = None,
     notes: Sequence[str] = (),
     selection: Sequence[Mapping[str, Any]] = (),
@@ -258,6 +271,7 @@ def build_model_card(
 ) -> ModelCard:
     """Build the README.md card of a merged model.
 
+    ``repairs``: one row per repair run after the merge (``MergeResult.repairs``);
     ``task_name``: the ``pipeline`` task of the usage snippet (defaults to ``pipeline_tag``);
     ``task_folders``: where each parent's merged checkpoint lives (default ``tasks/<i>``);
     ``model_id``: the Hub id or folder the snippets load from; ``top``: what the folder holds at its
@@ -282,6 +296,8 @@ def build_model_card(
             " task models agree with their parents on calibration samples held out of the statistics (score ="
             " -KL(parent || merged) for task heads, the cosine of the last hidden states for base models); the best"
             " (`chosen`) is this model.", markdown_table(selection)))
+    if repairs:
+        body.append(_repair_section(repairs))
     if diagnostics:
         body.append(_section("Diagnostics per merge space", markdown_table(diagnostics)))
     if evaluation:

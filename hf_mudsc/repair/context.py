@@ -1,0 +1,215 @@
+"""What every repair works on: the merged weights, the parents and the calibration batches
+(:class:`RepairContext`); observing module inputs and outputs on one batch, real tokens only
+(:meth:`RepairContext.capture`); and hidden states cached at one layer's input and advanced layer
+by layer (:class:`LayerInputs`), so that a repair in forward order runs each layer about once."""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..apply import MergedWeights, build_task_model
+from ..transforms import Transforms
+from ..unitmaps.spaces import UnitMap
+
+Site = tuple[str, str]  # (module name, "input" | "output")
+
+
+class _Stop(Exception):
+    """Raised by a hook once every wanted site has fired: the rest of the forward pass is not needed."""
+
+
+@dataclass
+class RepairContext:
+    """The merge being repaired. Repairs change ``weights`` in place (shared parameters once for
+    all tasks, heads per task) and keep the task models built here in step with it."""
+
+    parents: Sequence[nn.Module]
+    unit_maps: Sequence[UnitMap]
+    transforms: Transforms
+    weights: MergedWeights
+    batches: Sequence[Mapping[str, Tensor]]
+    seed: int = 0
+    max_tokens_per_batch: int | None = None
+    _models: dict[int, nn.Module] = field(default_factory=dict, init=False, repr=False)
+
+    def task_model(self, i: int) -> nn.Module:
+        """Task ``i``'s merged model (built once, on parent ``i``'s device, in its dtype)."""
+        if i not in self._models:
+            parent = self.parents[i]
+            device = next(parent.parameters()).device
+            self._models[i] = build_task_model(parent, self.weights.task_state_dict(i)).to(device)
+        return self._models[i]
+
+    def shared_linears(self) -> list[str]:
+        """Linear modules whose weight is shared by every task (those of merged layers)."""
+        model = self.parents[0]
+        return [name for name, mod in model.named_modules()
+                if isinstance(mod, nn.Linear) and f"{name}.weight" in self.weights.shared]
+
+    def head_linears(self) -> list[str]:
+        """Linear modules of the task heads (never merged; one per task)."""
+        heads = set(self.unit_maps[0].task_heads)
+        return [name for name, mod in self.parents[0].named_modules()
+                if isinstance(mod, nn.Linear) and f"{name}.weight" in heads]
+
+    def output_space(self, module: str) -> str:
+        """The merge space a shared linear module writes (its weight's rows)."""
+        for space, member in self.unit_maps[0].param_members().get(f"{module}.weight", []):
+            if member.role == "out" and member.axis == 0:
+                return space.name
+        raise ValueError(f"'{module}' writes no merge space")
+
+    def set_linear(self, module: str, weight: Tensor, bias: Tensor | None, task: int | None = None) -> None:
+        """Replace a linear map: shared (``task=None``) or task ``task``'s private one."""
+        values = {f"{module}.weight": weight, **({} if bias is None else {f"{module}.bias": bias})}
+        store = self.weights.shared if task is None else self.weights.private[task]
+        for name, value in values.items():
+            store[name] = value.detach().to(device=store[name].device, dtype=store[name].dtype)
+        for i, model in self._models.items():
+            if task is None or i == task:
+                mod = model.get_submodule(module)
+                with torch.no_grad():
+                    mod.weight.copy_(weight)
+                    if bias is not None:
+                        mod.bias.copy_(bias)
+
+    def blocks(self) -> list[str]:
+        """The encoder layers' module names, in order (where the residual stream is observed)."""
+        return [site.module for site in self.unit_maps[0]["residual"].sites if site.kind == "input"]
+
+    def observe(self, model: nn.Module, sites: Sequence[Site], b: int) -> dict[Site, Tensor]:
+        """Run ``model`` on batch ``b`` (a full forward pass, stopped early) and return the sites' rows
+        (see :meth:`capture`)."""
+        device = next(model.parameters()).device
+        inputs = {k: v.to(device) for k, v in self.batches[b].items() if k != "labels"}
+        return self.capture(model, sites, b, lambda: model(**inputs))
+
+    def capture(self, model: nn.Module, sites: Sequence[Site], b: int, run: Callable[[], Any]) -> dict[Site, Tensor]:
+        """Call ``run()`` (a forward pass of ``model`` or of one of its layers, on batch ``b``) and return,
+        per site, the float64 rows that count: real tokens (``attention_mask``), capped at
+        ``max_tokens_per_batch`` by a subset seeded by (seed, batch, module), so that every model
+        observing one module on one batch gets the same rows. The pass stops once every site has fired."""
+        mask = self.batches[b].get("attention_mask")
+        wanted = set(sites)
+        seen: dict[Site, Tensor] = {}
+
+        def hook(module_name: str, kinds: list[str]):
+            def fire(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+                for kind in kinds:
+                    if (module_name, kind) in seen:
+                        continue
+                    value = (args[0] if args else kwargs["hidden_states"]) if kind == "input" else output
+                    value = value[0] if isinstance(value, (tuple, list)) else value
+                    seen[(module_name, kind)] = self._rows(value.detach(), mask, b, module_name)
+                if wanted <= set(seen):
+                    raise _Stop
+            return fire
+
+        kinds: dict[str, list[str]] = {}
+        for module, kind in sites:
+            kinds.setdefault(module, []).append(kind)
+        handles = [model.get_submodule(m).register_forward_hook(hook(m, k), with_kwargs=True) for m, k in kinds.items()]
+        try:
+            with torch.no_grad():
+                run()
+        except _Stop:
+            pass
+        finally:
+            for h in handles:
+                h.remove()
+        missing = wanted - set(seen)
+        if missing:
+            raise ValueError(f"modules {sorted(m for m, _ in missing)} did not run in the forward pass")
+        return seen
+
+    def _rows(self, value: Tensor, mask: Tensor | None, b: int, module: str) -> Tensor:
+        flat = value.reshape(-1, value.shape[-1])
+        if value.ndim == 3 and mask is not None and tuple(mask.shape) == tuple(value.shape[:2]):
+            rows = mask.reshape(-1).to(flat.device).bool().nonzero().squeeze(1)
+        else:
+            rows = torch.arange(flat.shape[0], device=flat.device)
+        cap = self.max_tokens_per_batch
+        if cap is not None and rows.numel() > cap:
+            seed = zlib.crc32(f"{self.seed}/{b}/{module}".encode())
+            pick = torch.randperm(rows.numel(), generator=torch.Generator().manual_seed(seed))[:cap]
+            rows = rows[pick.sort().values.to(rows.device)]
+        return flat.index_select(0, rows).to(torch.float64)
+
+    def forward_groups(self, model: nn.Module, modules: Sequence[str]) -> list[list[str]]:
+        """``modules`` in the order a forward pass calls them, in groups that read the same input
+        tensor (q, k, v): a group can be re-solved from one pass, since no member feeds another."""
+        order: list[tuple[str, Tensor]] = []  # the inputs stay referenced, so identity compares safely
+        handles = []
+        for name in modules:
+            def fire(module: nn.Module, args: tuple, kwargs: dict, output: Any, name: str = name) -> None:
+                if name not in [n for n, _ in order]:
+                    order.append((name, args[0] if args else kwargs["hidden_states"]))
+            handles.append(model.get_submodule(name).register_forward_hook(fire, with_kwargs=True))
+        device = next(model.parameters()).device
+        try:
+            with torch.no_grad():
+                model(**{k: v.to(device) for k, v in self.batches[0].items() if k != "labels"})
+        finally:
+            for h in handles:
+                h.remove()
+        missing = set(modules) - {n for n, _ in order}
+        if missing:
+            raise ValueError(f"modules {sorted(missing)} did not run in the forward pass")
+        groups: list[list[str]] = []
+        last = None
+        for name, source in order:
+            if groups and source is last:
+                groups[-1].append(name)
+            else:
+                groups.append([name])
+            last = source
+        return groups
+
+
+class LayerInputs:
+    """One model's calibration hidden states cached at the input of one encoder layer, per batch,
+    and advanced layer by layer: observing a module of layer ``l`` runs layer ``l`` alone, so a
+    repair in forward order costs about one forward pass per model, not one per corrected map.
+
+    The other arguments of a layer call (attention mask, ...) are recorded at the first layer and
+    reused for every layer, as BERT- and ViT-like encoders pass the same ones to each layer.
+    """
+
+    def __init__(self, ctx: RepairContext, model: nn.Module, blocks: Sequence[str]) -> None:
+        self.ctx, self.model, self.blocks = ctx, model, list(blocks)
+        self.layer = 0
+        self.states: list[tuple[Tensor, tuple, dict]] = []
+        first = model.get_submodule(self.blocks[0])
+        device = next(model.parameters()).device
+        for batch in ctx.batches:
+            def record(module: nn.Module, args: tuple, kwargs: dict) -> None:
+                self.states.append((args[0] if args else kwargs.pop("hidden_states"), args[1:], kwargs))
+                raise _Stop
+            handle = first.register_forward_pre_hook(record, with_kwargs=True)
+            try:
+                with torch.no_grad():
+                    model(**{k: v.to(device) for k, v in batch.items() if k != "labels"})
+            except _Stop:
+                pass
+            finally:
+                handle.remove()
+
+    def _call(self, b: int) -> Any:
+        hidden, args, kwargs = self.states[b]
+        return self.model.get_submodule(self.blocks[self.layer])(hidden, *args, **kwargs)
+
+    def observe(self, sites: Sequence[Site], b: int) -> dict[Site, Tensor]:
+        """The sites' rows (modules of the current layer) on batch ``b``, from the cached input."""
+        return self.ctx.capture(self.model, sites, b, lambda: self._call(b))
+
+    def advance(self) -> None:
+        """Run the current layer (as it is now) on every batch: the cache moves to the next layer."""
+        with torch.no_grad():
+            for b, (_, args, kwargs) in enumerate(self.states):
+                out = self._call(b)
+                self.states[b] = (out[0] if isinstance(out, (tuple, list)) else out, args, kwargs)
+        self.layer += 1

@@ -1,0 +1,49 @@
+"""Ridge regression pulled towards a current linear map, from streamed float64 sums.
+
+``argmin_W ||X~ W~ - Y||^2 + lam ||W~ - W~0||^2`` with ``X~ = [X, 1]`` (a bias column when the
+map has a bias) and ``lam = LAMBDA_SCALE * mean(diag(X~^T X~))``: the normal equations
+``(G + lam I) W~ = X~^T Y + lam W~0`` need only the Gram ``G`` and the cross sums, accumulated
+batch by batch, never the samples.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+LAMBDA_SCALE = 1e-3
+
+
+class RidgeSums:
+    """Streamed ``X~^T X~`` and ``X~^T Y`` (float64) of one linear map."""
+
+    def __init__(self, bias: bool) -> None:
+        self.bias = bias
+        self.gram: Tensor | None = None
+        self.cross: Tensor | None = None
+        self.n = 0
+
+    def update(self, x: Tensor, y: Tensor) -> None:
+        """Add samples: ``x`` (rows, d_in) inputs, ``y`` (rows, d_out) wanted outputs."""
+        x, y = x.to(torch.float64), y.to(device=x.device, dtype=torch.float64)
+        if self.bias:
+            x = torch.cat([x, torch.ones_like(x[:, :1])], dim=1)
+        if self.gram is None:
+            self.gram = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=x.device)
+            self.cross = torch.zeros(x.shape[1], y.shape[1], dtype=torch.float64, device=x.device)
+        self.gram.addmm_(x.T, x)
+        self.cross.addmm_(x.T, y)
+        self.n += x.shape[0]
+
+    def solve(self, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """The map ``(weight (d_out, d_in), bias)`` nearest to the current one that fits the samples."""
+        if self.gram is None or self.n == 0:
+            raise ValueError("no samples to fit a linear map on")
+        current = weight.detach().to(device=self.gram.device, dtype=torch.float64).T
+        if self.bias:
+            current = torch.cat([current, bias.detach().to(current).unsqueeze(0)], dim=0)
+        lam = LAMBDA_SCALE * self.gram.diagonal().mean()
+        eye = torch.eye(self.gram.shape[0], dtype=torch.float64, device=self.gram.device)
+        solved = torch.linalg.solve(self.gram + lam * eye, self.cross + lam * current)
+        if self.bias:
+            return solved[:-1].T, solved[-1]
+        return solved.T, None

@@ -1,0 +1,289 @@
+"""Closed-form repairs after alignment (hf_mudsc.repair): identity on exact merges, targets hit,
+the ridge solve, head refits, partial merges, three parents, the recipe and the config."""
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import outputs, tiny_inputs, tiny_model
+from hf_mudsc import MergeConfig, MuDSCMerger, reapply
+from hf_mudsc.apply import apply_transforms, build_task_model
+from hf_mudsc.config import ConfigError
+from hf_mudsc.repair import apply_repairs
+from hf_mudsc.repair.ridge import LAMBDA_SCALE, RidgeSums
+from hf_mudsc.transforms import SpaceTransform, invert
+from hf_mudsc.unitmaps import unit_map_of
+from test_apply import params, permuted_copy
+
+ALL = ("stats", "lsq", "heads")
+pytestmark = pytest.mark.filterwarnings("ignore::hf_mudsc.MergeQualityWarning")
+
+
+def calibration(model, n=6, size=8):
+    return [tiny_inputs(model, batch=size, seed=300 + i) for i in range(n)]
+
+
+def copies_with_transforms(model, count: int, zip_order: int | None = None):
+    """``model`` and ``count`` permuted copies, with the transforms that merge them all back onto
+    one frame (model 0 identity; ``zip_order``: the merged units in a random head-respecting order)."""
+    from hf_mudsc.transforms import random_permutation
+
+    umap = unit_map_of(model)
+    copies, perms = zip(*(permuted_copy(model, seed=10 + j) for j in range(count)))
+    order = None if zip_order is None else random_permutation(umap, zip_order)
+    transforms = {}
+    for s in umap.spaces:
+        sigma = torch.arange(s.dim) if order is None else order[s.name].assign[0]
+        transforms[s.name] = SpaceTransform((sigma, *(sigma[invert(p[s.name])] for p in perms)), s.dim)
+    return [model, *copies], transforms
+
+
+def merged(models, transforms, repair, calib, **config):
+    merger = MuDSCMerger.from_pretrained(models, "mudsc", repair=repair, **config)
+    merger.collect(calib, num_samples=10_000, progress=False)
+    return merger.apply(transforms)
+
+
+def hidden(model, x):
+    """What a base model's merged copy must reproduce (its pooled output, or for ViT its last hidden state)."""
+    with torch.no_grad():
+        out = model(**x)
+    return out.pooler_output if getattr(out, "pooler_output", None) is not None else out.last_hidden_state
+
+
+# ---------------------------------------------------------------------------- identity on exact merges
+
+
+@pytest.mark.parametrize("kind", ["bert-seq", "roberta-seq", "vit-cls", "bert-base"])
+def test_every_repair_keeps_a_self_merge_exact(kind):
+    model = tiny_model(kind)
+    x = tiny_inputs(model, seed=99)
+    calib = calibration(model)
+    result = MuDSCMerger.from_pretrained([model, model], "mudsc", repair=ALL).merge(calib, num_samples=48, progress=False)
+    assert [r["repair"] for r in result.repairs] == list(ALL)
+    for task in result.task_models:
+        if kind.endswith("-base"):
+            torch.testing.assert_close(hidden(task, x), hidden(model, x), atol=1e-5, rtol=0)
+        else:
+            torch.testing.assert_close(outputs(task, x), outputs(model, x), atol=1e-5, rtol=0)
+    heads = result.repairs[-1]
+    if kind.endswith("-base"):
+        assert heads["maps"] == 0 and "no task heads" in heads["note"]
+    else:
+        assert heads["maps"] >= 2
+
+
+@pytest.mark.parametrize("kind,zip_order", [("bert-seq", None), ("bert-seq", 11), ("vit-cls", 11), ("bert-token", None)])
+def test_every_repair_keeps_a_merge_with_a_permuted_copy_exact(kind, zip_order):
+    model = tiny_model(kind)
+    x = tiny_inputs(model, seed=99)
+    models, transforms = copies_with_transforms(model, 1, zip_order)
+    result = merged(models, transforms, ALL, calibration(model))
+    for task in result.task_models:
+        torch.testing.assert_close(outputs(task, x), outputs(model, x), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["bert-seq", "vit-cls"])
+def test_partial_merge_of_three_parents_stays_exact_and_keeps_private_layers(kind):
+    model = tiny_model(kind)
+    x = tiny_inputs(model, seed=99)
+    models, transforms = copies_with_transforms(model, 2, zip_order=5)
+    result = merged(models, transforms, ALL, calibration(model), merge_layers=1)
+    for task in result.task_models:
+        torch.testing.assert_close(outputs(task, x), outputs(model, x), atol=1e-5, rtol=0)
+    assert all(r["maps"] > 0 for r in result.repairs)
+
+
+def test_partial_merge_repairs_only_shared_layers_and_every_head():
+    a, b, c = (tiny_model("bert-seq", seed=s) for s in range(3))
+    calib = calibration(a)
+    merger = MuDSCMerger.from_pretrained([a, b, c], "mudsc", merge_layers=1)
+    merger.collect(calib, num_samples=48, progress=False)
+    transforms, _ = merger.solve(progress=False)
+    plain = merger.apply(transforms)
+    fixed = merger.apply(transforms, merger.config.with_updates(repair=ALL))
+    for i in range(3):  # private trunk layers are untouched; every head is refit
+        for name, tensor in plain.weights.private[i].items():
+            if name.startswith("classifier."):
+                assert not torch.equal(fixed.weights.private[i][name], tensor), name
+            else:
+                assert torch.equal(fixed.weights.private[i][name], tensor), name
+    changed = [n for n, t in plain.weights.shared.items() if not torch.equal(fixed.weights.shared[n], t)]
+    assert any("layer.0." in n for n in changed) and not any("layer.1." in n for n in changed)
+
+
+# ---------------------------------------------------------------------------- what each repair achieves
+
+
+def _unit_stats(model, module_names, calib):
+    """Per-module mean and std over the real tokens of the calibration batches (numpy, float64)."""
+    seen = {m: [] for m in module_names}
+    handles = [model.get_submodule(m).register_forward_hook(lambda mod, i, o, m=m: seen[m].append(o.detach()))
+               for m in module_names]
+    rows = {m: [] for m in module_names}
+    with torch.no_grad():
+        for batch in calib:
+            for m in module_names:
+                seen[m].clear()
+            model(**batch)
+            mask = batch.get("attention_mask")
+            for m in module_names:
+                out = seen[m][0]
+                rows[m].append(out[mask.bool()] if mask is not None else out.reshape(-1, out.shape[-1]))
+    for h in handles:
+        h.remove()
+    return {m: (torch.cat(r).mean(0), torch.cat(r).std(0, unbiased=False)) for m, r in rows.items()}
+
+
+@pytest.mark.parametrize("kind,modules,config", [
+    ("bert-seq", ("bert.encoder.layer.{i}.attention.output.dense", "bert.encoder.layer.{i}.intermediate.dense"),
+     {"method": "zipit", "zip_budget": 0.5, "zip_decay": 0.5}),
+    ("vit-cls", ("vit.layers.{i}.attention.o_proj", "vit.layers.{i}.mlp.fc1"), {"method": "mudsc"}),
+])
+def test_stats_repair_hits_the_merge_weighted_parent_statistics(kind, modules, config):
+    a, b = tiny_model(kind, seed=0), tiny_model(kind, seed=1)
+    calib = calibration(a)
+    merger = MuDSCMerger.from_pretrained([a, b], repair=("stats",), **config)
+    result = merger.merge(calib, num_samples=48, progress=False)
+    names = [m.format(i=i) for i in range(2) for m in modules]
+    parents = [_unit_stats(p, names, calib) for p in (a, b)]
+    got = _unit_stats(result.task_models[0], names, calib)
+    for m in names:
+        layer = re.search(r"\.(\d+)\.", m)[1]
+        space = "residual" if m.endswith(("output.dense", "o_proj")) else f"layer.{layer}.ffn"
+        t = result.transforms[space]
+        for k in range(2):  # mean, std
+            want = sum(t.merge(s[m][k], i, 0) for i, s in enumerate(parents))
+            torch.testing.assert_close(got[m][k], want, atol=1e-6, rtol=0, msg=f"{m} {'mean std'.split()[k]}")
+    before = _unit_stats(merger.apply(result.transforms, merger.config.with_updates(repair=())).task_models[0], names, calib)
+    assert any((before[m][1] - got[m][1]).abs().max() > 1e-2 for m in names)  # the repair did change something
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_ridge_sums_equal_a_direct_numpy_solve(bias):
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(50, 6)), rng.normal(size=(50, 3))
+    w0, b0 = rng.normal(size=(3, 6)), rng.normal(size=3)
+    sums = RidgeSums(bias)
+    for chunk in np.array_split(np.arange(50), 3):  # streamed
+        sums.update(torch.from_numpy(x[chunk]), torch.from_numpy(y[chunk]))
+    w, b = sums.solve(torch.from_numpy(w0), torch.from_numpy(b0) if bias else None)
+    xt = np.hstack([x, np.ones((50, 1))]) if bias else x
+    current = np.vstack([w0.T, b0]) if bias else w0.T
+    gram = xt.T @ xt
+    lam = LAMBDA_SCALE * np.mean(np.diag(gram))
+    direct = np.linalg.solve(gram + lam * np.eye(len(gram)), xt.T @ y + lam * current)
+    np.testing.assert_allclose(w.numpy(), direct[:6].T, atol=1e-12)
+    if bias:
+        np.testing.assert_allclose(b.numpy(), direct[6], atol=1e-12)
+    else:
+        assert b is None
+
+
+@pytest.mark.parametrize("kind", ["bert-seq", "vit-cls"])
+def test_head_refit_recovers_the_head_on_an_unchanged_trunk(kind):
+    """Trunk = the parent's, head damaged: the refit is the ridge solution pulled towards the damaged head
+    (checked in closed form on independently taken features), and it recovers the parent's head: exactly
+    when the head is intact, and up to the pull (1e-3 of the Gram) when damaged."""
+    model = tiny_model(kind)
+    umap = unit_map_of(model)
+    calib = calibration(model, n=8)
+    exact = apply_transforms([umap], [params(model)], {s.name: SpaceTransform.identity([s.dim]) for s in umap.spaces})
+    damaged = apply_transforms([umap], [params(model)], {s.name: SpaceTransform.identity([s.dim]) for s in umap.spaces})
+    g = torch.Generator().manual_seed(0)
+    for name in ("classifier.weight", "classifier.bias"):
+        damaged.private[0][name] = damaged.private[0][name] + torch.randn(damaged.private[0][name].shape, generator=g,
+                                                                          dtype=torch.float64)
+    bad_w, bad_b = damaged.private[0]["classifier.weight"].clone(), damaged.private[0]["classifier.bias"].clone()
+    identity = {s.name: SpaceTransform.identity([s.dim]) for s in umap.spaces}
+    for weights in (exact, damaged):
+        rows = apply_repairs(("heads",), [model], [umap], identity, weights, calib)
+        assert rows[0]["maps"] == 1
+    w, b = model.classifier.weight.detach(), model.classifier.bias.detach()
+    torch.testing.assert_close(exact.private[0]["classifier.weight"], w, atol=1e-9, rtol=0)
+    torch.testing.assert_close(exact.private[0]["classifier.bias"], b, atol=1e-9, rtol=0)
+    with torch.no_grad():  # the classifier's inputs, taken without hooks
+        base = [model.base_model(**batch) for batch in calib]
+    feats = torch.cat([o.pooler_output if kind == "bert-seq" else o.last_hidden_state[:, 0] for o in base]).numpy()
+    xt = np.hstack([feats, np.ones((len(feats), 1))])
+    gram = xt.T @ xt
+    lam = LAMBDA_SCALE * np.mean(np.diag(gram))
+    target = xt @ np.vstack([w.numpy().T, b.numpy()])
+    direct = np.linalg.solve(gram + lam * np.eye(len(gram)), xt.T @ target + lam * np.vstack([bad_w.numpy().T, bad_b.numpy()]))
+    np.testing.assert_allclose(damaged.private[0]["classifier.weight"].numpy(), direct[:-1].T, atol=1e-8)
+    np.testing.assert_allclose(damaged.private[0]["classifier.bias"].numpy(), direct[-1], atol=1e-8)
+    x = tiny_inputs(model, seed=99)
+    refit = outputs(build_task_model(model, damaged.task_state_dict(0)), x)
+    broken = outputs(build_task_model(model, {**damaged.task_state_dict(0), "classifier.weight": bad_w,
+                                               "classifier.bias": bad_b}), x)
+    assert (refit - outputs(model, x)).abs().max() < 0.05 * (broken - outputs(model, x)).abs().max()
+
+
+@pytest.mark.parametrize("repair", ["lsq", "heads"])
+def test_least_squares_repairs_bring_the_merge_closer_to_its_parents(repair):
+    """A ridge refit never fits the calibration targets worse than the map it starts from: with
+    ``heads`` alone, each task's logits on the calibration data get closer to its parent's."""
+    a, b = tiny_model("bert-seq", seed=0), tiny_model("bert-seq", seed=1)
+    calib = calibration(a)
+    merger = MuDSCMerger.from_pretrained([a, b], "mudsc")
+    merger.collect(calib, num_samples=48, progress=False)
+    transforms, _ = merger.solve(progress=False)
+    plain = merger.apply(transforms)
+    fixed = merger.apply(transforms, merger.config.with_updates(repair=(repair,)))
+
+    def gap(task, parent):
+        return sum(float(((outputs(task, x) - outputs(parent, x)) ** 2).sum()) for x in calib)
+
+    gaps = [(gap(p, q), gap(f, q)) for p, f, q in zip(plain.task_models, fixed.task_models, (a, b))]
+    if repair == "heads":
+        assert all(after < before for before, after in gaps), gaps
+    else:  # layer by layer towards the averaged parents: the logits need not improve, but they must change
+        assert all(after != before for before, after in gaps)
+
+
+# ---------------------------------------------------------------------------- config, data, recipe
+
+
+def test_repair_config_is_validated_normalised_and_saved():
+    assert MergeConfig().repair == ()
+    assert MergeConfig(repair=["heads", "stats", "heads"]).repair == ("stats", "heads")
+    assert MergeConfig(repair="heads, lsq").repair == ("lsq", "heads")
+    config = MergeConfig(method="zipit", repair=("heads", "lsq"))
+    data = config.to_dict()
+    assert data["repair"] == ["lsq", "heads"] and json.loads(json.dumps(data)) == data
+    assert MergeConfig.from_dict(data) == config
+    with pytest.raises(ConfigError, match="unknown repair 'bn'; choose from: stats, lsq, heads"):
+        MergeConfig(repair=("heads", "bn"))
+    with pytest.raises(ConfigError, match="repair must be"):
+        MergeConfig(repair=3)
+
+
+def test_repairs_need_calibration_data():
+    a, b = tiny_model("vit-cls", seed=0), tiny_model("vit-cls", seed=1)
+    merger = MuDSCMerger.from_pretrained([a, b], "weight-matching", repair=("heads",))
+    with pytest.raises(ValueError, match="repair heads needs calibration data"):
+        merger.merge(progress=False)
+    transforms, _ = merger.solve(progress=False)
+    with pytest.raises(ValueError, match="needs calibration data"):
+        merger.apply(transforms)
+    result = merger.merge(calibration(a), num_samples=48, progress=False)  # data-free solve, repair on data
+    assert result.calibration["num_samples"] == 48 and result.repairs[0]["repair"] == "heads"
+
+
+def test_saved_folder_records_the_repairs_and_reapply_refuses(tmp_path):
+    from parents_on_disk import image_dataset, vit_parents
+
+    paths = vit_parents(tmp_path)
+    merger = MuDSCMerger.from_pretrained([str(p) for p in paths], "average", repair=("heads", "stats"))
+    out = merger.merge(image_dataset(32), num_samples=32, batch_size=8, progress=False).save_pretrained(tmp_path / "merged")
+    recipe = json.loads((out / "merge_recipe.json").read_text())
+    assert recipe["config"]["repair"] == ["stats", "heads"]
+    assert [r["repair"] for r in recipe["repairs"]] == ["stats", "heads"]
+    card = (out / "README.md").read_text()
+    assert "## Repair after alignment" in card and "not part of the published methods" in card
+    with pytest.raises(ValueError, match="reapply cannot repeat"):
+        reapply(out)
