@@ -31,6 +31,7 @@ MERGE_FIELDS: dict[str, tuple[Any, str]] = {
     "patience": (int, "sweeps without gain before stopping"),
     "max_tokens_per_batch": (int, "cap on tokens per batch per activation site"),
     "seed": (int, "random seed"),
+    "unpaired_layers": (str, "parents of different depths: keep | average a deep layer without a partner"),
 }
 DATA_FIELDS: dict[str, tuple[Any, str]] = {
     "dataset": (str, "calibration data: Hub id, local file/folder for datasets.load_dataset, or a save_to_disk folder"),

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import PRESETS, RECIPE_NAME
+from .hetero.depth import describe_plan
+from .hetero.width import differ_in_width, widths
 from .io.card import build_model_card, hub_ids
 from .transforms import TRANSFORMS_NAME, save_transforms
 
@@ -60,13 +62,27 @@ def _card(result: "MergeResult", names: list[str], model: Any, *, notes: list[st
     calib = result.calibration or {}
     local = [n for n in names if n not in hub_ids(names)]
     extra = [f"Parents given as local folders (not in `base_model` metadata): {', '.join(local)}."] if local else []
+    extra += hetero_notes(result)
     return build_model_card(
         base_models=names, method=config.method, method_title=PRESETS[config.method].title,
         recipe=recipe, pipeline_tag=pipeline_tag(model),
         datasets=[calib["name"]] if calib.get("name") else None, calibration=calib or None,
         diagnostics=result.report, evaluation=evaluation, notes=list(notes) + extra,
         task_folders=task_folders or [f"tasks/{i}" for i in range(len(names))], top=top,
+        heterogeneous=bool(hetero_notes(result)),
     )
+
+
+def hetero_notes(result: "MergeResult") -> list[str]:
+    """Card lines for parents of different depths (the layer map) or widths (the merged widths)."""
+    names = [p.name for p in result.parents]
+    notes = [describe_plan(result.depth, names, result.config.unpaired_layers)] if result.depth else []
+    maps = [p.unit_map for p in result.parents]
+    if differ_in_width(maps):
+        kinds = {kind: [widths(m)[kind] for m in maps] for kind in widths(maps[0])}
+        shown = "; ".join(f"{kind} {max(d)} (parents {', '.join(map(str, d))})" for kind, d in kinds.items())
+        notes.append(f"Parents of different widths, zipped to the widest: {shown}.")
+    return notes
 
 
 def _save_processor(processor: Any, folder: Path) -> None:

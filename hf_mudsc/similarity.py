@@ -41,8 +41,8 @@ def weight_similarity(
     sums = torch.zeros(dim, dtype=torch.float64, device=device)
     features = 0
     for member in unit_maps[0][space].members:
-        if member.param in unit_maps[0].task_heads:
-            continue
+        if member.param in unit_maps[0].task_heads or any(member.param not in sd for sd in state_dicts):
+            continue  # a head, or a layer that another model lacks (a deeper parent's layer without a partner)
         if aligned is not None and any(m.axis != member.axis and other.name not in aligned
                                        for other, m in unit_maps[0].param_members()[member.param]):
             continue
