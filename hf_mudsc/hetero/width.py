@@ -55,8 +55,10 @@ def merged_config(config: PretrainedConfig, transforms: Transforms, depth: int) 
     if "residual" in transforms:
         out.hidden_size = transforms["residual"].k
     if "layer.0.qk" in transforms:
-        head_dim = config.hidden_size // config.num_attention_heads
-        out.num_attention_heads = transforms["layer.0.qk"].k // int(getattr(config, "head_dim", None) or head_dim)
+        head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
+        out.num_attention_heads = transforms["layer.0.qk"].k // head_dim
+        if out.num_attention_heads * head_dim != out.hidden_size:  # ViT reads a config's head_dim
+            out.head_dim = head_dim
     if "layer.0.ffn" in transforms:
         out.intermediate_size = transforms["layer.0.ffn"].k
     pooled = getattr(config, "pooler_output_size", None)
