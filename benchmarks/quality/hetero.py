@@ -7,7 +7,8 @@ homogeneous pair of the same tasks.
 
 Parent A is always the standard 4-layer, 64-wide ViT (seed 0, classes 0-4); parent B (seed 1,
 classes 5-9) is the same recipe (homogeneous), 2 layers (depth), 32 wide with 2 heads of the same
-head_dim 16 and an FFN of 64 (width), or both. Every pair: each parent alone, the ensemble, and
+head_dim 16 and an FFN of 64 (width), or both; a second depth pair (seeds 2 and 3) checks the choice
+between keeping and averaging unpaired layers. Every pair: each parent alone, the ensemble, and
 the same merges from one statistics pass (depth pairs with ``unpaired_layers`` keep and average);
 the homogeneous pair also plain averaging. Parents are trained once into the parent cache
 (~2 min each on one core). Scoring uses a seeded random subset of each task's test set.
@@ -26,17 +27,19 @@ from typing import Any
 from common import calibration_rows, score_pair, write_results  # this folder is on sys.path
 from transformers import AutoImageProcessor
 
+from hf_mudsc import MuDSCMerger
 from hf_mudsc.evaluation import format_table, image_batches
 from hf_mudsc.parents import FASHION_RECIPE, load_fashion_mnist, task_parents
 
 GROUPS = (range(5), range(5, 10))
 SEEDS = (0, 1)
 NARROW = {**FASHION_RECIPE, "hidden_size": 32, "heads": 2, "intermediate": 64}
-PAIRS: dict[str, dict[str, Any]] = {  # parent B's recipe (parent A: FASHION_RECIPE)
-    "homogeneous (4x64 + 4x64)": FASHION_RECIPE,
-    "depth (4x64 + 2x64)": {**FASHION_RECIPE, "layers": 2},
-    "width (4x64 + 4x32)": NARROW,
-    "depth and width (4x64 + 2x32)": {**NARROW, "layers": 2},
+PAIRS: dict[str, tuple[dict[str, Any], tuple[int, int]]] = {  # parent B's recipe (A: FASHION_RECIPE), seeds
+    "homogeneous (4x64 + 4x64)": (FASHION_RECIPE, SEEDS),
+    "depth (4x64 + 2x64)": ({**FASHION_RECIPE, "layers": 2}, SEEDS),
+    "width (4x64 + 4x32)": (NARROW, SEEDS),
+    "depth and width (4x64 + 2x32)": ({**NARROW, "layers": 2}, SEEDS),
+    "depth, seeds 2 and 3 (4x64 + 2x64)": ({**FASHION_RECIPE, "layers": 2}, (2, 3)),
 }
 MERGES: list[tuple[str, dict[str, Any]]] = [
     ("ZipIt!", {"method": "zipit"}),
@@ -67,10 +70,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     data = load_fashion_mnist(args.root)
     calibration = calibration_rows(data["train"], list(range(10)), args.num_samples, 0)
     results = []
-    for pair, recipe_b in PAIRS.items():
+    for pair, (recipe_b, seeds) in PAIRS.items():
         log(pair)
         paths = []
-        for group, seed, recipe in zip(GROUPS, SEEDS, (FASHION_RECIPE, recipe_b)):
+        for group, seed, recipe in zip(GROUPS, seeds, (FASHION_RECIPE, recipe_b)):
             folder, tests = task_parents(data, [group], [seed], recipe, {"name": "fashion-mnist"})
             paths.append(folder[0])
         tests = [t.shuffle(seed=0).select(range(min(args.test_per_task, len(t))))
@@ -78,7 +81,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         scoring = image_batches(tests, AutoImageProcessor.from_pretrained(paths[0]))
         rows = score_pair(paths, scoring, calibration, runs_for(pair), num_samples=args.num_samples,
                           batch_size=args.batch_size, log=log)
-        results.append({"pair": pair, "parent_b_recipe": recipe_b, "parents": [str(p) for p in paths], "rows": rows})
+        results.append({"pair": pair, "seeds": list(seeds), "parent_b_recipe": recipe_b,
+                        "parents": [str(p) for p in paths], "rows": rows, "layer_alignment": alignment(paths, calibration)})
     verdict = comparisons(results)
     payload = {"command": shlex.join(["python", *sys.argv]),
                "calibration": {"num_samples": args.num_samples, "batch_size": args.batch_size, "seed": 0,
@@ -92,12 +96,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     log("\n" + table)
 
 
+def alignment(paths: Sequence[Any], calibration: Any) -> dict[str, Any] | None:
+    """The layer map and each pair's CKA, for parents of different depths."""
+    merger = MuDSCMerger.from_pretrained([str(p) for p in paths], "zipit")
+    if not merger.differ_in_depth:
+        return None
+    merger.collect(calibration, progress=False)
+    return merger.depth.to_dict()
+
+
 def comparisons(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Joint accuracy of every heterogeneous merge over that of the same merge of the homogeneous
-    pair; ``comparable`` when the ratio is at least 0.9."""
+    pair (same seeds); ``comparable`` when the ratio is at least 0.9."""
     homogeneous = {r["model"]: r["joint"] for r in results[0]["rows"]}
     out = []
-    for res in results[1:]:
+    for res in [r for r in results[1:] if r["seeds"] == results[0]["seeds"]]:
         for row in res["rows"]:
             base = row["model"].split(", unpaired")[0]
             if base in homogeneous and row["joint"] is not None:
@@ -114,7 +127,10 @@ def markdown(results: list[dict[str, Any]], verdict: list[dict[str, Any]], paylo
     for res in results:
         rows = [{"model": r["model"], "joint": _fmt(r["joint"]), "per task": _fmt(r["per_task"]),
                  "task A": _fmt(r["by_task"][0]), "task B": _fmt(r["by_task"][1])} for r in res["rows"]]
-        parts.append(f"### {res['pair']}\n\n" + format_table(rows, ["model", "joint", "per task", "task A", "task B"]))
+        aligned = res["layer_alignment"]
+        note = (f"\n\nLayer map (shallow -> deep): {aligned['layer_map']}, pair CKA {aligned['pair_cka']}"
+                if aligned else "")
+        parts.append(f"### {res['pair']}{note}\n\n" + format_table(rows, ["model", "joint", "per task", "task A", "task B"]))
     rows = [{**v, "comparable": "yes" if v["comparable"] else "no"} for v in verdict]
     parts.append("### Heterogeneous merge / homogeneous merge (joint accuracy; comparable: ratio >= 0.9)\n\n"
                  + format_table(rows, ["pair", "model", "joint", "homogeneous_joint", "ratio", "comparable"]))
