@@ -40,13 +40,14 @@ class DepthPlan:
     """Which parent is deeper, and where every layer of the shallower one goes.
 
     ``layer_map[s]``: the deep layer partnered with shallow layer ``s``; ``cka[s, d]``: linear
-    CKA of shallow layer ``s`` and deep layer ``d`` (hidden states after the layers).
+    CKA of shallow layer ``s`` and deep layer ``d`` (hidden states after the layers), ``None``
+    for a map given by hand.
     """
 
     deep: int
     shallow: int
     layer_map: tuple[int, ...]
-    cka: np.ndarray
+    cka: np.ndarray | None
     depth: int
 
     @property
@@ -58,7 +59,8 @@ class DepthPlan:
         """For the report, the recipe and the card."""
         return {"deep_parent": self.deep, "shallow_parent": self.shallow, "depth": self.depth,
                 "layer_map": list(self.layer_map), "unpaired_deep_layers": self.unpaired,
-                "pair_cka": [round(float(self.cka[s, d]), 4) for s, d in enumerate(self.layer_map)]}
+                "pair_cka": None if self.cka is None
+                else [round(float(self.cka[s, d]), 4) for s, d in enumerate(self.layer_map)]}
 
 
 class IdentityLayer(nn.Module):
@@ -140,8 +142,7 @@ def plan_depth(parents: Sequence[Parent], cka: np.ndarray | None = None, layer_m
                 or not all(0 <= d < depths[deep] for d in mapping):
             raise ParentError(f"layer_map {list(layer_map)} is not a strictly increasing map of "
                               f"{depths[shallow]} layers into {depths[deep]}")
-        score = np.zeros((depths[shallow], depths[deep])) if cka is None else _shallow_rows(cka, deep)
-        return DepthPlan(deep, shallow, mapping, score, depths[deep])
+        return DepthPlan(deep, shallow, mapping, None if cka is None else _shallow_rows(cka, deep), depths[deep])
     score = _shallow_rows(cka, deep)
     return DepthPlan(deep, shallow, align_layers(score), score, depths[deep])
 
@@ -229,7 +230,8 @@ def identity_private(private: dict[str, Tensor], deep_private: Mapping[str, Tens
 
 def describe_plan(plan: DepthPlan, names: Sequence[str], unpaired_layers: str) -> str:
     """One line for the model card: the layer map with each pair's CKA and the unpaired layers."""
-    pairs = ", ".join(f"{s} → {d} (CKA {plan.cka[s, d]:.3f})" for s, d in enumerate(plan.layer_map))
+    pairs = ", ".join(f"{s} → {d}" + ("" if plan.cka is None else f" (CKA {plan.cka[s, d]:.3f})")
+                      for s, d in enumerate(plan.layer_map))
     line = (f"Layer alignment: '{names[plan.shallow]}' ({len(plan.layer_map)} layers) into '{names[plan.deep]}' "
             f"({plan.depth} layers), shallow layer → deep layer: {pairs}.")
     if plan.unpaired:
