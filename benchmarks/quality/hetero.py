@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
-from common import calibration_rows, score_pair, write_results  # this folder is on sys.path
+from common import PARENT_ROWS, calibration_rows, score_pair, write_results  # this folder is on sys.path
 from transformers import AutoImageProcessor
 
 from hf_mudsc import MuDSCMerger
@@ -107,17 +107,20 @@ def alignment(paths: Sequence[Any], calibration: Any) -> dict[str, Any] | None:
 
 def comparisons(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Joint accuracy of every heterogeneous merge over that of the same merge of the homogeneous
-    pair (same seeds); ``comparable`` when the ratio is at least 0.9."""
+    pair (same seeds); ``comparable`` when the ratio is at least 0.9. Beside it, each merge's joint
+    accuracy as a share of its own pair's ensemble (the parents differ from pair to pair)."""
     homogeneous = {r["model"]: r["joint"] for r in results[0]["rows"]}
     out = []
     for res in [r for r in results[1:] if r["seeds"] == results[0]["seeds"]]:
+        ensemble = next(r["joint"] for r in res["rows"] if r["model"] == PARENT_ROWS[2])
         for row in res["rows"]:
             base = row["model"].split(", unpaired")[0]
-            if base in homogeneous and row["joint"] is not None:
+            if base in homogeneous and base in dict(MERGES):
                 ratio = row["joint"] / homogeneous[base]
                 out.append({"pair": res["pair"], "model": row["model"], "joint": round(row["joint"], 4),
                             "homogeneous_joint": round(homogeneous[base], 4), "ratio": round(ratio, 3),
-                            "comparable": ratio >= 0.9})
+                            "comparable": ratio >= 0.9, "of_ensemble": round(row["joint"] / ensemble, 3),
+                            "homogeneous_of_ensemble": round(homogeneous[base] / homogeneous[PARENT_ROWS[2]], 3)})
     return out
 
 
@@ -132,8 +135,10 @@ def markdown(results: list[dict[str, Any]], verdict: list[dict[str, Any]], paylo
                 if aligned else "")
         parts.append(f"### {res['pair']}{note}\n\n" + format_table(rows, ["model", "joint", "per task", "task A", "task B"]))
     rows = [{**v, "comparable": "yes" if v["comparable"] else "no"} for v in verdict]
-    parts.append("### Heterogeneous merge / homogeneous merge (joint accuracy; comparable: ratio >= 0.9)\n\n"
-                 + format_table(rows, ["pair", "model", "joint", "homogeneous_joint", "ratio", "comparable"]))
+    parts.append("### Heterogeneous merge / homogeneous merge (joint accuracy; comparable: ratio >= 0.9; "
+                 "of_ensemble: joint accuracy / the same pair's ensemble)\n\n"
+                 + format_table(rows, ["pair", "model", "joint", "homogeneous_joint", "ratio", "comparable",
+                                       "of_ensemble", "homogeneous_of_ensemble"]))
     return "\n\n".join(parts) + "\n"
 
 
