@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Any, Collection, Mapping, Sequence
 
 import torch
 
@@ -44,12 +44,14 @@ def apply_transforms(
     state_dicts: Sequence[Mapping[str, torch.Tensor]],
     transforms: Transforms,
     merge_layers: int | None = None,
+    alone: Sequence[Collection[str]] | None = None,
 ) -> MergedWeights:
     """Build the merged parameters of all tasks.
 
     ``unit_maps[i]`` describes ``state_dicts[i]`` (parameters only, validated); ``transforms``
     holds every merged space (spaces of unmerged layers are ignored); ``merge_layers=None``
-    merges every layer.
+    merges every layer. ``alone[i]``: shared parameters of model i that no other model shares
+    (a deeper parent's layer without a partner): they write through ``pinv(U_i)``, not ``M_i``.
     """
     if len(unit_maps) != len(state_dicts):
         raise ValueError("one unit map per model is needed")
@@ -70,12 +72,13 @@ def apply_transforms(
             owner = umap.param_layer(name)
             share = name not in umap.task_heads and is_merged(owner, depth, n_layers)
             active = [(s, m) for s, m in pairs if is_merged(s.layer, depth, n_layers)]
-            out = _transform(tensor, i, active, transforms, share)
+            solo = alone is not None and name in alone[i]
+            out = _transform(tensor, i, active, transforms, share and not solo)
             if share:
                 shared[name] = out if name not in shared else shared[name] + out
             else:
                 private[i][name] = out
-    cast = {name: t.to(state_dicts[0][name].dtype) for name, t in shared.items()}
+    cast = {name: t.to(next(sd[name].dtype for sd in state_dicts if name in sd)) for name, t in shared.items()}
     return MergedWeights(cast, [{n: t.to(state_dicts[i][n].dtype) for n, t in p.items()} for i, p in enumerate(private)])
 
 
@@ -99,10 +102,12 @@ def _transform(
     return x
 
 
-def build_task_model(parent: torch.nn.Module, state_dict: Mapping[str, torch.Tensor]) -> torch.nn.Module:
+def build_task_model(parent: torch.nn.Module, state_dict: Mapping[str, torch.Tensor],
+                     config: Any = None) -> torch.nn.Module:
     """A standard model of the parent's class on the CPU carrying ``state_dict`` (in the parent's
-    dtype, copied) and the parent's buffers. Built on the meta device: no random init to discard."""
-    config = copy.deepcopy(parent.config)
+    dtype, copied) and the parent's buffers. Built on the meta device: no random init to discard.
+    ``config``: the merged model's config (default: the parent's)."""
+    config = copy.deepcopy(parent.config if config is None else config)
     with torch.device("meta"):
         model = _without_absent_modules(type(parent)(config), parent)
     state = {k: v.detach().to(device="cpu", dtype=parent.dtype, copy=True) for k, v in state_dict.items()}

@@ -87,6 +87,9 @@ class MergeConfig:
         repair: closed-form repairs run after the merge on the calibration data (``stats``, ``lsq``,
             ``heads``; a comma-separated string is accepted); always run in that order. Not part of
             the published methods; ``()`` (none) by default.
+        unpaired_layers: parents of different depths: a deeper parent's layer without a partner
+            writes to the residual stream whole (``keep``) or averaged with the shallower
+            parent's identity layer (``average``, pre-LN families only).
     """
 
     method: str = "mudsc"
@@ -102,6 +105,7 @@ class MergeConfig:
     max_tokens_per_batch: int | None = 256
     seed: int = 0
     repair: tuple[str, ...] = ()
+    unpaired_layers: Literal["keep", "average"] = "keep"
 
     def __post_init__(self) -> None:
         if self.method not in PRESETS:
@@ -141,6 +145,8 @@ class MergeConfig:
             raise ConfigError(f"max_tokens_per_batch must be a positive integer, got {self.max_tokens_per_batch}")
         if self.residual_layers is not None:
             object.__setattr__(self, "residual_layers", tuple(int(i) for i in self.residual_layers))
+        if self.unpaired_layers not in ("keep", "average"):
+            raise ConfigError(f"unpaired_layers must be 'keep' or 'average', got '{self.unpaired_layers}'")
         # torch's generators take seeds below 2**64 only (a larger one would fail at the statistics pass)
         if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or not 0 <= self.seed < 2**64:
             raise ConfigError(f"seed must be an integer in [0, 2**64), got {self.seed}")

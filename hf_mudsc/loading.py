@@ -136,8 +136,12 @@ def _refuse_custom_code(name: str, *, revision: str | None, token: str | bool | 
 
 
 def check_compatible(parents: Sequence[Parent]) -> None:
-    """Refuse parents that cannot be merged: fewer than two, different families, widths
-    or depths, different tokenizers or image processors."""
+    """Refuse parents that cannot be merged: fewer than two, different families or heads,
+    different spaces outside the layers, different head sizes, more than two parents of
+    different depths, different tokenizers or image processors. Different depths and widths
+    are merged (``hf_mudsc.hetero``)."""
+    from .hetero.width import width_mismatch
+
     if len(parents) < 2:
         raise ParentError(f"merging needs at least two parents, got {len(parents)}")
     first = parents[0]
@@ -148,13 +152,22 @@ def check_compatible(parents: Sequence[Parent]) -> None:
         if type(p.model).__name__ != type(first.model).__name__:
             raise ParentError(f"parents have different heads: '{first.name}' is {type(first.model).__name__}, "
                               f"'{p.name}' is {type(p.model).__name__}")
-        for space in first.unit_map.spaces:
-            if space.name not in p.unit_map or p.unit_map[space.name].dim != space.dim:
-                other = p.unit_map[space.name].dim if space.name in p.unit_map else "no"
-                raise ParentError(f"parents differ in structure: space '{space.name}' has {space.dim} units in "
-                                  f"'{first.name}' and {other} in '{p.name}' (different widths or depths "
-                                  "are not supported yet)")
+        outside = [_outside_layers(x.unit_map) for x in (first, p)]
+        if outside[0] != outside[1]:
+            raise ParentError(f"parents differ in structure: '{first.name}' has the spaces {outside[0]} outside its "
+                              f"layers, '{p.name}' {outside[1]}")
         _check_processors(first, p)
+    mismatch = width_mismatch([p.unit_map for p in parents], [p.name for p in parents])
+    if mismatch:
+        raise ParentError(mismatch)
+    depths = [p.unit_map.num_layers for p in parents]
+    if len(set(depths)) > 1 and len(parents) > 2:
+        raise ParentError(f"parents of different depths ({depths} layers) can be merged two at a time only")
+
+
+def _outside_layers(umap: UnitMap) -> list[str]:
+    """Names of the spaces that belong to no layer (residual stream, pooler)."""
+    return sorted(s.name for s in umap.spaces if not 0 <= s.layer < umap.num_layers)
 
 
 def _check_processors(a: Parent, b: Parent) -> None:

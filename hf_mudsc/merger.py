@@ -16,6 +16,8 @@ from tqdm.auto import tqdm
 from .apply import MergedWeights, apply_transforms, build_task_model, is_merged
 from .config import RECIPE_NAME, RESOLVED, MergeConfig
 from .data import Calibration, calibration
+from .hetero import depth as hetero_depth
+from .hetero.width import differ_in_width, merged_config
 from .io.writer import atomic_output_dir
 from .loading import Parent, check_compatible, load_parent
 from .output import write_merge_folder
@@ -42,9 +44,12 @@ class MuDSCMerger:
 
     def __init__(self, parents: Sequence[Parent], config: MergeConfig) -> None:
         check_compatible(parents)
-        config.check_depth(parents[0].unit_map.num_layers)
+        config.check_depth(max(p.unit_map.num_layers for p in parents))
         self.parents = list(parents)
         self.config = config
+        self.depth: hetero_depth.DepthPlan | None = None  # set once parents of different depths are aligned
+        self._merging = self.parents  # the parents as merged: a shallower one expanded to the deep depth
+        _check_partial(config, self.unit_maps)
         self.calibration: dict[str, Any] | None = None
         self._activation: dict[str, np.ndarray] | None = None
         self._heldout: Calibration | None = None
@@ -79,14 +84,42 @@ class MuDSCMerger:
 
     @property
     def unit_maps(self) -> list[UnitMap]:
-        return [p.unit_map for p in self.parents]
+        """The unit maps of the parents as merged (of one depth once the layers are aligned)."""
+        return [p.unit_map for p in self._merging]
+
+    @property
+    def differ_in_depth(self) -> bool:
+        return len({p.unit_map.num_layers for p in self.parents}) > 1
 
     def merged_spaces(self, config: MergeConfig | None = None) -> list[str]:
-        """Names of the spaces that a merge with ``config`` merges."""
+        """Names of the spaces that a merge with ``config`` merges (and solves: not those of a
+        deeper parent's layers without a partner, which it merges alone)."""
         config = config or self.config
+        self._require_alignment()
         umap = self.unit_maps[0]
         depth = umap.num_layers if config.merge_layers is None else config.merge_layers
-        return [s.name for s in umap.spaces if is_merged(s.layer, depth, umap.num_layers)]
+        alone = set(hetero_depth.unpaired_spaces(umap, self.depth)) if self.depth else set()
+        return [s.name for s in umap.spaces if is_merged(s.layer, depth, umap.num_layers) and s.name not in alone]
+
+    def align(self, layer_map: Sequence[int] | None = None, cka: np.ndarray | None = None) -> None:
+        """Align parents of different depths: ``layer_map[s]`` is the deep layer partnered with
+        layer ``s`` of the shallower parent (default: the map of maximal summed ``cka``, which
+        :meth:`collect` measures on the calibration data)."""
+        if not self.differ_in_depth:
+            raise ValueError("the parents have one depth: there are no layers to align")
+        plan = hetero_depth.plan_depth(self.parents, cka, layer_map)
+        hetero_depth.check_plan(self.parents[0].unit_map.family, plan, self.config.merge_layers,
+                                self.config.unpaired_layers)
+        self.depth = plan
+        self._merging = [hetero_depth.expand_parent(p, plan) if i == plan.shallow else p
+                         for i, p in enumerate(self.parents)]
+        self._activation = None  # statistics of the unexpanded parents do not fit
+
+    def _require_alignment(self) -> None:
+        if self.differ_in_depth and self.depth is None:
+            depths = [p.unit_map.num_layers for p in self.parents]
+            raise ValueError(f"parents of different depths ({depths} layers) are aligned on calibration data: "
+                             "call merge(data) or collect(data) first, or align(layer_map=...)")
 
     # -- statistics -------------------------------------------------------------------
     def collect(
@@ -131,11 +164,18 @@ class MuDSCMerger:
         calib = self.prepare_calibration(data, num_samples=num_samples, batch_size=batch_size, column=column,
                                          seed=config.seed)
         if accelerator is not None and accelerator.num_processes > 1:
+            if self.differ_in_depth and self.depth is None:
+                raise ValueError("aligning the layers of parents of different depths runs in one process: "
+                                 "call align() (or collect without Accelerate) first")
             calib = dataclasses.replace(calib, rank=accelerator.process_index, world_size=accelerator.num_processes)
         self._heldout = None
         if holdout is not None:  # method="auto": a part the statistics never see scores the candidates
             calib, self._heldout = calib.split(holdout)
         self._calibration_source = calib
+        if self.differ_in_depth and self.depth is None:
+            self.align(cka=hetero_depth.collect_layer_cka(
+                [p.model for p in self.parents], [p.unit_map for p in self.parents], calib,
+                max_tokens_per_batch=config.max_tokens_per_batch, seed=config.seed, progress=progress))
         maps = [_residual_sites(m, config.residual_layers) for m in self.unit_maps]
         merged = self.merged_spaces(config)
         groups = [merged]
@@ -146,7 +186,7 @@ class MuDSCMerger:
         stats_device = next(first.model.parameters()).device
         moments = {}
         for group in groups:
-            moments.update(collect_statistics([p.model for p in self.parents], maps, calib, spaces=group,
+            moments.update(collect_statistics([p.model for p in self._merging], maps, calib, spaces=group,
                                               seed=config.seed, stats_device=stats_device,
                                               max_tokens_per_batch=config.max_tokens_per_batch,
                                               progress=progress, accelerator=accelerator))
@@ -201,8 +241,9 @@ class MuDSCMerger:
         names = self.merged_spaces(config)
         maps = self.unit_maps
         sizes = {n: [m[n].dim for m in maps] for n in names}
+        alone = hetero_depth.unpaired_transforms(maps, self.depth) if self.depth else {}
         if not config.preset.match:
-            identity = identity_transforms(maps)
+            identity = {**identity_transforms(maps), **alone}
             return identity, self._diagnostics(identity, names)
         if config.needs_data and self._activation is None:
             raise ValueError(f"method '{config.method}' with alpha={config.resolved_alpha} needs calibration data: "
@@ -213,7 +254,7 @@ class MuDSCMerger:
         units = solve_units([maps[0][n] for n in names])
         weight_sim = None
         if config.resolved_alpha > 0:
-            weight_sim = WeightSimilarity(maps, [_params(p.model) for p in self.parents],
+            weight_sim = WeightSimilarity(maps, [_params(p.model) for p in self._merging],
                                           within=settings.reads_within(len(maps)))
         activation = None if config.resolved_alpha == 1 else self._activation
         total = len(units) * (1 + (config.max_sweeps if 0 < config.resolved_alpha else 0))
@@ -221,8 +262,8 @@ class MuDSCMerger:
             result = coordinate_descent(units, sizes, settings, activation, weight_sim,
                                         {n: SpaceTransform.identity(sizes[n]) for n in names},
                                         progress=lambda _: bar.update(1))
-        return result.transforms, self._diagnostics(result.transforms, names, result.objectives,
-                                                    result.weight_objectives)
+        transforms = {**result.transforms, **alone}
+        return transforms, self._diagnostics(transforms, names, result.objectives, result.weight_objectives)
 
     def _check_statistics(self, config: MergeConfig, names: list[str]) -> None:
         """Refuse a recipe whose statistics differ from the collected ones (other statistics
@@ -306,15 +347,24 @@ class MuDSCMerger:
         if config.repair and self._calibration_source is None:
             raise ValueError(f"repair {', '.join(config.repair)} needs calibration data: call merge(data) "
                              "or collect(data) first")
-        weights = apply_transforms(self.unit_maps, [_params(p.model) for p in self.parents], transforms,
-                                   config.merge_layers)
+        self._require_alignment()
+        _check_partial(config, self.unit_maps)
+        maps, plan = self.unit_maps, self.depth
+        if plan is not None:
+            hetero_depth.check_plan(maps[0].family, plan, config.merge_layers, config.unpaired_layers)
+        alone = hetero_depth.alone_params(maps, plan, config.unpaired_layers) if plan else None
+        weights = apply_transforms(maps, [_params(p.model) for p in self._merging], transforms,
+                                   config.merge_layers, alone)
+        if plan is not None and any(weights.private):  # the shallow parent's own copy of unpaired layers
+            weights.private[plan.shallow] = hetero_depth.identity_private(
+                weights.private[plan.shallow], weights.private[plan.deep], plan, maps[plan.deep])
         repairs = []
         if config.repair:
-            repairs = apply_repairs(config.repair, [p.model for p in self.parents], self.unit_maps, transforms,
+            repairs = apply_repairs(config.repair, [p.model for p in self._merging], maps, transforms,
                                     weights, list(self._calibration_source), seed=config.seed,
                                     max_tokens_per_batch=config.max_tokens_per_batch)
-        return MergeResult(self.parents, config, transforms, weights, report or [],
-                           self.calibration if config.uses_data else None, repairs)
+        return MergeResult(self._merging, config, transforms, weights, report or [],
+                           self.calibration if config.uses_data else None, repairs=repairs, depth=plan)
 
 
 class MergeResult:
@@ -322,8 +372,9 @@ class MergeResult:
 
     def __init__(self, parents: Sequence[Parent], config: MergeConfig, transforms: Transforms,
                  weights: MergedWeights, report: list[dict[str, Any]], calibration: dict[str, Any] | None,
-                 repairs: list[dict[str, Any]] | None = None) -> None:
+                 repairs: list[dict[str, Any]] | None = None, depth: hetero_depth.DepthPlan | None = None) -> None:
         self.parents = list(parents)
+        self.depth = depth
         self.config = config
         self.transforms = transforms
         self.weights = weights
@@ -338,7 +389,9 @@ class MergeResult:
     def task_models(self) -> list[torch.nn.Module]:
         """Parent i's task in the merged model, as a standard model of the parent's class."""
         if self._task_models is None:
-            self._task_models = [build_task_model(p.model, self.weights.task_state_dict(i))
+            depth = self.parents[0].unit_map.num_layers
+            self._task_models = [build_task_model(p.model, self.weights.task_state_dict(i),
+                                                  merged_config(p.model.config, self.transforms, depth))
                                  for i, p in enumerate(self.parents)]
         return self._task_models
 
@@ -375,6 +428,7 @@ class MergeResult:
             "report": self.report,
             **({"selection": self.selection} if self.selection else {}),
             "repairs": self.repairs,
+            "layer_alignment": self.depth.to_dict() if self.depth else None,
         }
 
     def save_pretrained(self, out: str | Path, *, max_shard_size: str | int = "5GB", overwrite: bool = False,
@@ -410,6 +464,8 @@ def reapply(folder: str | Path, **load: Any) -> MergeResult:
         raise ValueError(f"'{folder}' was repaired after the merge ({', '.join(config.repair)}) on calibration data, "
                          "which reapply cannot repeat: load the saved model itself, or merge again with data")
     merger = MuDSCMerger.from_pretrained(recipe["parents"], **load, **_config_kwargs(config))
+    if recipe.get("layer_alignment"):
+        merger.align(recipe["layer_alignment"]["layer_map"])
     result = merger.apply(load_transforms(str(Path(folder, TRANSFORMS_NAME))), config, recipe.get("report"))
     result.calibration = recipe.get("calibration")
     return result
@@ -423,6 +479,13 @@ def _caller_level() -> int:
     while frame is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(package):
         frame, level = frame.f_back, level + 1
     return level
+
+
+def _check_partial(config: MergeConfig, maps: Sequence[UnitMap]) -> None:
+    """A partial merge keeps later layers per task in one config: it needs parents of one width."""
+    if config.merge_layers is not None and config.merge_layers < maps[0].num_layers and differ_in_width(maps):
+        raise ValueError("a partial merge (merge_layers) of parents of different widths is not supported: "
+                         "their unmerged layers would need different widths in one config")
 
 
 def _distinct(names: list[str]) -> list[str]:

@@ -9,6 +9,8 @@ from typing import Any, Protocol, Sequence
 
 from .apply import MergedWeights
 from .config import PRESETS, RECIPE_NAME, ZIPIT_BUDGET, ZIPIT_DECAY, MergeConfig
+from .hetero.depth import describe_plan
+from .hetero.width import differ_in_width, widths
 from .io.card import build_model_card, hub_ids
 from .loading import Parent
 from .paths import could_be_hub_id
@@ -26,6 +28,8 @@ class MergeOutputs(Protocol):
     report: list[dict[str, Any]]
     calibration: dict[str, Any] | None
     selection: list[dict[str, Any]] | None
+    repairs: list[dict[str, Any]]
+    depth: Any  # the layer alignment of parents of different depths (None: same depth)
     has_heads: bool
     model: Any
     task_models: list[Any]
@@ -85,6 +89,7 @@ def _card(result: MergeOutputs, names: list[str], model: Any, *, notes: list[str
     ids = _hub_ids(result.parents) if ids is None else ids
     local = [n for n in names if n not in ids]
     extra = [f"Parents given as local folders (not in `base_model` metadata): {', '.join(local)}."] if local else []
+    extra += hetero_notes(result)
     return build_model_card(
         base_models=names, method=config.method, method_title=PRESETS[config.method].title,
         recipe=recipe, pipeline_tag=pipeline_tag(model),
@@ -93,6 +98,7 @@ def _card(result: MergeOutputs, names: list[str], model: Any, *, notes: list[str
         selection=result.selection or (),
         task_folders=task_folders or [f"tasks/{i}" for i in range(len(names))], top=top,
         merge_layers=config.merge_layers, num_layers=result.parents[0].unit_map.num_layers, base_model_ids=ids,
+        heterogeneous=bool(hetero_notes(result)),
     )
 
 
@@ -112,6 +118,18 @@ def card_name(parent: Any) -> str:
 def _hub_ids(parents: list[Any]) -> list[str]:
     """The parents given as Hub ids (``base_model`` metadata): never a local folder."""
     return hub_ids([p.name for p in parents if p.local_path is None])
+
+
+def hetero_notes(result: MergeOutputs) -> list[str]:
+    """Card lines for parents of different depths (the layer map) or widths (the merged widths)."""
+    names = [p.name for p in result.parents]
+    notes = [describe_plan(result.depth, names, result.config.unpaired_layers)] if result.depth else []
+    maps = [p.unit_map for p in result.parents]
+    if differ_in_width(maps):
+        kinds = {kind: [widths(m)[kind] for m in maps] for kind in widths(maps[0])}
+        shown = "; ".join(f"{kind} {max(d)} (parents {', '.join(map(str, d))})" for kind, d in kinds.items())
+        notes.append(f"Parents of different widths, zipped to the widest: {shown}.")
+    return notes
 
 
 def _save_processor(processor: Any, folder: Path) -> None:

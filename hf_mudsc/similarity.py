@@ -103,8 +103,8 @@ class WeightSimilarity:
         umap = self.unit_maps[0]
         groups: dict[tuple[str, ...], list[Member]] = {}
         for member in umap[space].members:
-            if member.param in umap.task_heads:
-                continue
+            if member.param in umap.task_heads or any(member.param not in sd for sd in self.state_dicts):
+                continue  # a head, or a layer that another model lacks (a deeper parent's layer without a partner)
             deps = tuple(sorted({o.name for o, m in umap.param_members()[member.param] if m.axis != member.axis}))
             groups.setdefault(deps, []).append(member)
         return groups

@@ -1,0 +1,68 @@
+"""Parents of different widths (DESIGN §4): the checks, and the merged model's config.
+
+The engine already zips parents of different widths: every space is solved into
+``k = max_i d_i`` merged units (zip budgets are a fraction of each parent's own width; heads are
+matched by rectangular assignment and a wider parent's unmatched heads stay heads of their own),
+and ``M_i``, ``U_i`` are per parent. What is left is to refuse what cannot be merged and to
+describe the merged widths in the config of every output model.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Sequence
+
+from transformers import PretrainedConfig
+
+from ..transforms import Transforms
+from ..unitmaps.spaces import UnitMap
+
+
+def head_dims(umap: UnitMap) -> set[int]:
+    """The head dims of a unit map's attention spaces."""
+    return {s.heads.head_dim for s in umap.spaces if s.heads is not None}
+
+
+def width_mismatch(maps: Sequence[UnitMap], names: Sequence[str]) -> str | None:
+    """Why parents of different widths cannot be merged (a different head_dim), or ``None``."""
+    dims = [head_dims(m) for m in maps]
+    for name, d in zip(names[1:], dims[1:]):
+        if d != dims[0]:
+            return (f"parents have different attention head sizes: '{names[0]}' has head_dim "
+                    f"{sorted(dims[0])}, '{name}' {sorted(d)}; merging needs one head_dim")
+    return None
+
+
+def differ_in_width(maps: Sequence[UnitMap]) -> bool:
+    """Whether a space kind (residual, attention, FFN, pooler) differs in width between parents."""
+    return len({tuple(sorted(widths(m).items())) for m in maps}) > 1
+
+
+def widths(umap: UnitMap) -> dict[str, int]:
+    """The width of every kind of space of a unit map (one value per kind across layers)."""
+    out = {}
+    for s in umap.spaces:
+        out[s.name.rpartition(".")[2]] = s.dim
+    return out
+
+
+def merged_config(config: PretrainedConfig, transforms: Transforms, depth: int) -> PretrainedConfig:
+    """``config`` with the merged widths and ``depth`` layers (a copy): ``hidden_size`` from the
+    residual stream, ``num_attention_heads`` and ``intermediate_size`` from the first layer's
+    spaces, ``pooler_output_size`` (ViT) from the pooler, or the hidden size when it has none. A space not merged (a partial merge
+    of parents of one width) keeps the parent's value."""
+    out = copy.deepcopy(config)
+    out.num_hidden_layers = depth
+    if "residual" in transforms:
+        out.hidden_size = transforms["residual"].k
+    if "layer.0.qk" in transforms:
+        head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
+        out.num_attention_heads = transforms["layer.0.qk"].k // head_dim
+        if out.num_attention_heads * head_dim != out.hidden_size:  # ViT reads a config's head_dim
+            out.head_dim = head_dim
+    if "layer.0.ffn" in transforms:
+        out.intermediate_size = transforms["layer.0.ffn"].k
+    pooled = getattr(config, "pooler_output_size", None)
+    if pooled is not None:  # ViT: the pooler's width, the hidden size unless set apart
+        out.pooler_output_size = transforms["pooler"].k if "pooler" in transforms \
+            else out.hidden_size if pooled == config.hidden_size else pooled
+    return out
