@@ -50,6 +50,7 @@ class MuDSCMerger:
         self.depth: hetero_depth.DepthPlan | None = None  # set once parents of different depths are aligned
         self._merging = self.parents  # the parents as merged: a shallower one expanded to the deep depth
         _check_partial(config, self.unit_maps)
+        self._check_repair(config)
         self.calibration: dict[str, Any] | None = None
         self._activation: dict[str, np.ndarray] | None = None
         self._heldout: Calibration | None = None
@@ -90,6 +91,12 @@ class MuDSCMerger:
     @property
     def differ_in_depth(self) -> bool:
         return len({p.unit_map.num_layers for p in self.parents}) > 1
+
+    def _check_repair(self, config: MergeConfig) -> None:
+        """Refuse repairs of parents of different depths or widths (not supported yet)."""
+        if config.repair and (self.differ_in_depth or differ_in_width(self.unit_maps)):
+            raise ValueError(f"repair {', '.join(config.repair)} does not support parents of different depths or "
+                             "widths yet: merge them without repair")
 
     def merged_spaces(self, config: MergeConfig | None = None) -> list[str]:
         """Names of the spaces that a merge with ``config`` merges (and solves: not those of a
@@ -319,6 +326,7 @@ class MuDSCMerger:
         merged layers).
         """
         config = self.config.with_updates(**overrides) if overrides else self.config
+        self._check_repair(config)
         if config.repair and accelerator is not None and accelerator.num_processes > 1:
             raise ValueError("repairs run in one process only: merge without repair under accelerate launch, "
                              "or run the merge in one process")
@@ -344,6 +352,7 @@ class MuDSCMerger:
         """Build the merged task models and the joint model from transforms, then run the
         repairs of ``config.repair`` on the calibration data given to :meth:`collect` or :meth:`merge`."""
         config = config or self.config
+        self._check_repair(config)
         if config.repair and self._calibration_source is None:
             raise ValueError(f"repair {', '.join(config.repair)} needs calibration data: call merge(data) "
                              "or collect(data) first")

@@ -96,3 +96,14 @@ def test_partial_merge_of_different_widths_is_refused():
     with pytest.raises(ValueError, match="partial merge .* different widths"):
         MuDSCMerger.from_pretrained([tiny_model("vit-cls"), tiny_model("vit-cls", hidden_size=16, num_attention_heads=2)],
                                     merge_layers=1)
+
+
+@pytest.mark.parametrize("narrow", [dict(hidden_size=16, num_attention_heads=2), dict(num_hidden_layers=3)])
+def test_repair_of_different_depths_or_widths_is_refused_before_any_work(narrow):
+    a, b = tiny_model("vit-cls"), tiny_model("vit-cls", seed=1, **narrow)
+    with pytest.raises(ValueError, match="^repair heads does not support parents of different depths or widths"):
+        MuDSCMerger.from_pretrained([a, b], repair="heads")
+    merger = MuDSCMerger.from_pretrained([a, b])
+    with pytest.raises(ValueError, match="^repair stats, lsq does not support"):
+        merger.merge(calibration(a), repair="stats,lsq", progress=False)
+    assert merger._activation is None  # refused before the statistics pass

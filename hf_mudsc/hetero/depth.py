@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..loading import Parent, ParentError
-from ..statistics import _eval_mode, _model_device, _to_device
+from ..statistics.collect import eval_mode, model_device, to_device
 from ..transforms import SpaceTransform, Transforms
 from ..unitmaps import unit_map_of
 from ..unitmaps.spaces import UnitMap
@@ -106,11 +106,11 @@ def collect_layer_cka(
     acc = LayerCKA(*dims)
     generator = torch.Generator().manual_seed(seed)
     try:
-        with torch.no_grad(), _eval_mode(models):
+        with torch.no_grad(), eval_mode(models):
             for batch in tqdm(batches, desc="layer alignment (CKA)", unit="batch", disable=not progress):
                 inputs = {k: v for k, v in batch.items() if k != "labels"}
                 for model in models:
-                    model(**_to_device(inputs, _model_device(model)))
+                    model(**to_device(inputs, model_device(model)))
                 rows = _sample_rows(seen[0][0], batch.get("attention_mask"), max_tokens_per_batch, generator)
                 acc.update(*[[t.reshape(-1, t.shape[-1])[rows.to(t.device)] for t in layers] for layers in seen])
     finally:

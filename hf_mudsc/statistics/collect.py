@@ -102,7 +102,7 @@ class _Collector:
         self.batch = _BatchState(None if mask is None else mask.detach().to("cpu").bool(), len(self.models))
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         for model in self.models:
-            model(**_to_device(inputs, _model_device(model)))
+            model(**to_device(inputs, model_device(model)))
         self._check_batch_complete()
 
     def _hook(self, route: _Route) -> Callable[..., None]:
@@ -218,7 +218,7 @@ def collect_statistics(
     main = accelerator is None or accelerator.is_main_process
     handles = collector.register()
     try:
-        with torch.no_grad(), _eval_mode(models):
+        with torch.no_grad(), eval_mode(models):
             for batch in tqdm(batches, desc="activation statistics", unit="batch", disable=not (progress and main)):
                 collector.run(batch)
     finally:
@@ -250,19 +250,19 @@ def _site_tensor(route: _Route, args: tuple, kwargs: dict, output: Any) -> Tenso
     return value
 
 
-def _model_device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module) -> torch.device:
     device = getattr(model, "device", None)
     if isinstance(device, torch.device):
         return device
     return next(model.parameters()).device
 
 
-def _to_device(inputs: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+def to_device(inputs: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device) if isinstance(v, Tensor) else v for k, v in inputs.items()}
 
 
 @contextmanager
-def _eval_mode(models: Sequence[nn.Module]) -> Iterator[None]:
+def eval_mode(models: Sequence[nn.Module]) -> Iterator[None]:
     """Put the models in eval mode, restoring every submodule's training flag afterwards."""
     flags = [[(mod, mod.training) for mod in model.modules()] for model in models]
     for model in models:
