@@ -390,7 +390,7 @@ def _merge(args: argparse.Namespace) -> int:
     data = None
     if merger.config.uses_data:
         if not recipe.get("dataset"):
-            needs = f"repair {', '.join(merger.config.repair)}" if not merger.config.needs_data else \
+            needs = f"repair {', '.join(merger.config.resolved_repair)}" if not merger.config.needs_data else \
                 f"method '{merger.config.method}'"
             raise CLIError(f"{needs} needs calibration data: give --dataset (or use --method weight-matching "
                            "without --repair)")

@@ -30,6 +30,7 @@ class Preset:
     title: str = ""
     zip_budget: float = 0.0
     zip_decay: float = 0.0
+    repair: tuple[str, ...] = ()
 
 
 # ZipIt! as published (Stoica et al., ICLR 2024, Sec. 4.3 and the authors' matching code): decay
@@ -37,6 +38,8 @@ class Preset:
 # with two parents that is 0.0625 of each model's units (this engine's zip_budget is per model).
 ZIPIT_DECAY = 0.3
 ZIPIT_BUDGET = 0.0625
+# the repairs of the mudsc preset (the product's default); the published presets repair nothing
+DEFAULT_REPAIR = ("stats", "lsq", "heads")
 
 PRESETS: dict[str, Preset] = {
     "average": Preset("permute", 0.0, match=False, title="plain weight averaging"),
@@ -44,14 +47,14 @@ PRESETS: dict[str, Preset] = {
     "activation-matching": Preset("permute", 0.0, title="Git Re-Basin activation matching"),
     "zipit": Preset("zip", 0.0, title="ZipIt!", zip_budget=ZIPIT_BUDGET, zip_decay=ZIPIT_DECAY),
     "mudsc": Preset("zip", 0.5, fixed_alpha=False, fixed_mode=False, title="MuDSC (dual-space merging)",
-                    zip_budget=0.5, zip_decay=0.5),
+                    zip_budget=0.5, zip_decay=0.5, repair=DEFAULT_REPAIR),
     "auto": Preset("zip", 0.5, title="automatic: the candidate merge that agrees best with its parents "
                                      "on held-out calibration data"),
 }
 
 
 # what to_dict adds to the fields: the values the preset filled in
-RESOLVED = ("resolved_mode", "resolved_alpha", "resolved_zip_budget", "resolved_zip_decay")
+RESOLVED = ("resolved_mode", "resolved_alpha", "resolved_zip_budget", "resolved_zip_decay", "resolved_repair")
 
 
 class ConfigError(ValueError):
@@ -85,8 +88,9 @@ class MergeConfig:
             the default 256 texts in batches of 16 more samples than units.
         seed: seeds the calibration rows drawn, the token subsets and the sweep order.
         repair: closed-form repairs run after the merge on the calibration data (``stats``, ``lsq``,
-            ``heads``; a comma-separated string is accepted); always run in that order. Not part of
-            the published methods; ``()`` (none) by default.
+            ``heads``; a comma-separated string is accepted; ``"none"`` or ``()``: no repair); always run
+            in that order. Default: the preset's, all three for ``mudsc`` and none for the published
+            presets (a repair is not part of their papers). With ``auto``, applied to every candidate.
         unpaired_layers: parents of different depths: a deeper parent's layer without a partner
             writes to the residual stream whole (``keep``) or averaged with the shallower
             parent's identity layer (``average``, pre-LN families only).
@@ -104,7 +108,7 @@ class MergeConfig:
     residual_layers: tuple[int, ...] | None = None
     max_tokens_per_batch: int | None = 256
     seed: int = 0
-    repair: tuple[str, ...] = ()
+    repair: tuple[str, ...] | None = None
     unpaired_layers: Literal["keep", "average"] = "keep"
 
     def __post_init__(self) -> None:
@@ -151,7 +155,8 @@ class MergeConfig:
         if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or not 0 <= self.seed < 2**64:
             raise ConfigError(f"seed must be an integer in [0, 2**64), got {self.seed}")
         object.__setattr__(self, "seed", int(self.seed))
-        object.__setattr__(self, "repair", _repairs(self.repair))
+        if self.repair is not None:
+            object.__setattr__(self, "repair", _repairs(self.repair))
 
     @property
     def preset(self) -> Preset:
@@ -174,6 +179,10 @@ class MergeConfig:
         return float(self.preset.zip_decay if self.zip_decay is None else self.zip_decay)
 
     @property
+    def resolved_repair(self) -> tuple[str, ...]:
+        return self.preset.repair if self.repair is None else self.repair
+
+    @property
     def needs_data(self) -> bool:
         """Whether the solve uses calibration data (any activation term, or scoring candidates)."""
         return self.method == "auto" or (self.preset.match and self.resolved_alpha < 1.0)
@@ -181,7 +190,7 @@ class MergeConfig:
     @property
     def uses_data(self) -> bool:
         """Whether the merge uses calibration data at all (the solve, or a repair)."""
-        return self.needs_data or bool(self.repair)
+        return self.needs_data or bool(self.resolved_repair)
 
     def check_depth(self, num_layers: int) -> None:
         """Refuse ``merge_layers`` or ``residual_layers`` beyond the model's depth."""
@@ -200,7 +209,8 @@ class MergeConfig:
         data.update({name: getattr(self, name) for name in RESOLVED})
         if self.residual_layers is not None:
             data["residual_layers"] = list(self.residual_layers)
-        data["repair"] = list(self.repair)
+        data["repair"] = None if self.repair is None else list(self.repair)
+        data["resolved_repair"] = list(self.resolved_repair)
         return data
 
     @classmethod
@@ -209,7 +219,9 @@ class MergeConfig:
         unknown = set(data) - known - set(RESOLVED)
         if unknown:
             raise ConfigError(f"unknown merge settings: {', '.join(sorted(unknown))}")
-        return cls(**{k: v for k, v in data.items() if k in known})
+        settings = {k: v for k, v in data.items() if k in known}
+        settings.setdefault("repair", ())  # a recipe saved before repairs existed was not repaired
+        return cls(**settings)
 
     def save_pretrained(self, folder: str | Path) -> None:
         Path(folder, RECIPE_NAME).write_text(json.dumps({"config": self.to_dict()}, indent=2))
@@ -224,10 +236,13 @@ class MergeConfig:
 
 
 def _repairs(value: Any) -> tuple[str, ...]:
-    """Repair names as a tuple in run order (a comma-separated string is accepted)."""
+    """Repair names as a tuple in run order (a comma-separated string is accepted; ``"none"`` or
+    an empty list: no repair)."""
     if not isinstance(value, (str, list, tuple)):
         raise ConfigError(f"repair must be a list of names or a comma-separated string, got {value!r}")
     names = [n.strip() for n in value.split(",") if n.strip()] if isinstance(value, str) else list(value)
+    if names == ["none"]:
+        return ()
     unknown = [n for n in names if n not in REPAIRS]
     if unknown:
         raise ConfigError(f"unknown repair {', '.join(map(repr, unknown))}; choose from: {', '.join(REPAIRS)}")

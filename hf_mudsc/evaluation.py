@@ -25,6 +25,7 @@ from datasets import Dataset
 from torch import Tensor, nn
 
 __all__ = [
+    "DEFAULT_RUN",
     "PRESET_RUNS",
     "evaluate_models",
     "format_table",
@@ -35,15 +36,18 @@ __all__ = [
     "text_batches",
 ]
 
-# Every preset of the engine as (row name, overrides of the merger's recipe): the rows that the
-# demo and the quality benchmarks report.
+# Every preset of the engine as (row name, overrides of the merger's recipe), MuDSC without and
+# with its default repairs (the product's default): the rows that the demo and the quality
+# benchmarks report.
+DEFAULT_RUN = "MuDSC zip + stats, lsq, heads"
 PRESET_RUNS: list[tuple[str, dict[str, Any]]] = [
     ("average", {"method": "average"}),
     ("weight matching", {"method": "weight-matching"}),
     ("activation matching", {"method": "activation-matching"}),
     ("ZipIt! (published)", {"method": "zipit"}),
-    ("MuDSC zip (alpha 0.5)", {"method": "mudsc", "mode": "zip"}),
-    ("MuDSC permute (alpha 0.5)", {"method": "mudsc", "mode": "permute"}),
+    ("MuDSC zip (alpha 0.5)", {"method": "mudsc", "mode": "zip", "repair": "none"}),
+    ("MuDSC permute (alpha 0.5)", {"method": "mudsc", "mode": "permute", "repair": "none"}),
+    (DEFAULT_RUN, {"method": "mudsc"}),
 ]
 
 Batch = tuple[Mapping[str, Tensor], Tensor, Tensor]

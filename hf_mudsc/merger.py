@@ -50,6 +50,11 @@ class MuDSCMerger:
         self.depth: hetero_depth.DepthPlan | None = None  # set once parents of different depths are aligned
         self._merging = self.parents  # the parents as merged: a shallower one expanded to the deep depth
         _check_partial(config, self.unit_maps)
+        if config.repair is None and config.resolved_repair and self._differ_in_shape:
+            warnings.warn(f"the default repairs ({', '.join(config.resolved_repair)}) do not support parents of "
+                          "different depths or widths yet: merging without them", MergeQualityWarning,
+                          stacklevel=_caller_level())
+            config = self.config = config.with_updates(repair=())
         self._check_repair(config)
         self.calibration: dict[str, Any] | None = None
         self._activation: dict[str, np.ndarray] | None = None
@@ -94,9 +99,13 @@ class MuDSCMerger:
 
     def _check_repair(self, config: MergeConfig) -> None:
         """Refuse repairs of parents of different depths or widths (not supported yet)."""
-        if config.repair and (self.differ_in_depth or differ_in_width(self.unit_maps)):
-            raise ValueError(f"repair {', '.join(config.repair)} does not support parents of different depths or "
-                             "widths yet: merge them without repair")
+        if config.resolved_repair and self._differ_in_shape:
+            raise ValueError(f"repair {', '.join(config.resolved_repair)} does not support parents of different "
+                             "depths or widths yet: merge them without repair (repair='none')")
+
+    @property
+    def _differ_in_shape(self) -> bool:
+        return self.differ_in_depth or differ_in_width(self.unit_maps)
 
     def merged_spaces(self, config: MergeConfig | None = None) -> list[str]:
         """Names of the spaces that a merge with ``config`` merges (and solves: not those of a
@@ -170,15 +179,15 @@ class MuDSCMerger:
         first = self.parents[0]
         calib = self.prepare_calibration(data, num_samples=num_samples, batch_size=batch_size, column=column,
                                          seed=config.seed)
+        self._heldout = None
+        if holdout is not None:  # method="auto": a part the statistics never see scores the candidates
+            calib, self._heldout = calib.split(holdout)
+        self._calibration_source = calib  # every row, in every process: the repairs run alike in each
         if accelerator is not None and accelerator.num_processes > 1:
             if self.differ_in_depth and self.depth is None:
                 raise ValueError("aligning the layers of parents of different depths runs in one process: "
                                  "call align() (or collect without Accelerate) first")
             calib = dataclasses.replace(calib, rank=accelerator.process_index, world_size=accelerator.num_processes)
-        self._heldout = None
-        if holdout is not None:  # method="auto": a part the statistics never see scores the candidates
-            calib, self._heldout = calib.split(holdout)
-        self._calibration_source = calib
         if self.differ_in_depth and self.depth is None:
             self.align(cka=hetero_depth.collect_layer_cka(
                 [p.model for p in self.parents], [p.unit_map for p in self.parents], calib,
@@ -317,7 +326,7 @@ class MuDSCMerger:
         progress: bool = True,
         **overrides: Any,
     ) -> "MergeResult":
-        """Collect statistics (when the method uses data), solve, apply, and repair (``config.repair``);
+        """Collect statistics (when the method uses data), solve, apply, and repair (``config.resolved_repair``);
         with ``method="auto"``, solve, apply, repair and score every candidate (:mod:`hf_mudsc.select`).
 
         Given ``data``, the statistics are collected (again) with this merge's recipe; without it, a
@@ -327,18 +336,15 @@ class MuDSCMerger:
         """
         config = self.config.with_updates(**overrides) if overrides else self.config
         self._check_repair(config)
-        if config.repair and accelerator is not None and accelerator.num_processes > 1:
-            raise ValueError("repairs run in one process only: merge without repair under accelerate launch, "
-                             "or run the merge in one process")
         auto = config.method == "auto"
         if config.needs_data and (data is not None or self._activation is None or (auto and self._heldout is None)):
             if data is None:
                 raise ValueError(f"method '{config.method}' needs calibration data (or use method='weight-matching')")
             self._collect(config, data, num_samples=num_samples, batch_size=batch_size, column=column,
                           accelerator=accelerator, progress=progress, holdout=config.holdout if auto else None)
-        elif config.repair and (data is not None or self._calibration_source is None):
+        elif config.resolved_repair and (data is not None or self._calibration_source is None):
             if data is None:
-                raise ValueError(f"repair {', '.join(config.repair)} needs calibration data: give merge(data)")
+                raise ValueError(f"repair {', '.join(config.resolved_repair)} needs calibration data: give merge(data)")
             self._calibration_source = self.prepare_calibration(data, num_samples=num_samples, batch_size=batch_size,
                                                                 column=column, seed=config.seed)
             self.calibration = self._calibration_source.describe()
@@ -350,11 +356,11 @@ class MuDSCMerger:
     def apply(self, transforms: Transforms, config: MergeConfig | None = None,
               report: list[dict[str, Any]] | None = None) -> "MergeResult":
         """Build the merged task models and the joint model from transforms, then run the
-        repairs of ``config.repair`` on the calibration data given to :meth:`collect` or :meth:`merge`."""
+        repairs of ``config.resolved_repair`` on the calibration data given to :meth:`collect` or :meth:`merge`."""
         config = config or self.config
         self._check_repair(config)
-        if config.repair and self._calibration_source is None:
-            raise ValueError(f"repair {', '.join(config.repair)} needs calibration data: call merge(data) "
+        if config.resolved_repair and self._calibration_source is None:
+            raise ValueError(f"repair {', '.join(config.resolved_repair)} needs calibration data: call merge(data) "
                              "or collect(data) first")
         self._require_alignment()
         _check_partial(config, self.unit_maps)
@@ -368,8 +374,8 @@ class MuDSCMerger:
             weights.private[plan.shallow] = hetero_depth.identity_private(
                 weights.private[plan.shallow], weights.private[plan.deep], plan, maps[plan.deep])
         repairs = []
-        if config.repair:
-            repairs = apply_repairs(config.repair, [p.model for p in self._merging], maps, transforms,
+        if config.resolved_repair:
+            repairs = apply_repairs(config.resolved_repair, [p.model for p in self._merging], maps, transforms,
                                     weights, list(self._calibration_source), seed=config.seed,
                                     max_tokens_per_batch=config.max_tokens_per_batch)
         return MergeResult(self._merging, config, transforms, weights, report or [],
@@ -469,8 +475,9 @@ def reapply(folder: str | Path, **load: Any) -> MergeResult:
         raise ValueError(f"'{folder}' is not a merge folder: it needs {RECIPE_NAME} and {TRANSFORMS_NAME}")
     recipe = json.loads(path.read_text())
     config = MergeConfig.from_dict(recipe["config"])
-    if config.repair:
-        raise ValueError(f"'{folder}' was repaired after the merge ({', '.join(config.repair)}) on calibration data, "
+    if config.resolved_repair:
+        raise ValueError(f"'{folder}' was repaired after the merge ({', '.join(config.resolved_repair)}) on "
+                         "calibration data, "
                          "which reapply cannot repeat: load the saved model itself, or merge again with data")
     merger = MuDSCMerger.from_pretrained(recipe["parents"], **load, **_config_kwargs(config))
     if recipe.get("layer_alignment"):

@@ -7,6 +7,7 @@ from conftest import outputs, tiny_inputs, tiny_model
 
 from hf_mudsc import MuDSCMerger
 from hf_mudsc.loading import ParentError
+from hf_mudsc.quality import MergeQualityWarning
 
 
 def calibration(model, n=4, size=8):
@@ -103,7 +104,9 @@ def test_repair_of_different_depths_or_widths_is_refused_before_any_work(narrow)
     a, b = tiny_model("vit-cls"), tiny_model("vit-cls", seed=1, **narrow)
     with pytest.raises(ValueError, match="^repair heads does not support parents of different depths or widths"):
         MuDSCMerger.from_pretrained([a, b], repair="heads")
-    merger = MuDSCMerger.from_pretrained([a, b])
+    with pytest.warns(MergeQualityWarning, match="default repairs .* do not support parents of different depths"):
+        merger = MuDSCMerger.from_pretrained([a, b])  # the default merges them, without its repairs
+    assert merger.config.repair == () and merger.config.to_dict()["resolved_repair"] == []
     with pytest.raises(ValueError, match="^repair stats, lsq does not support"):
         merger.merge(calibration(a), repair="stats,lsq", progress=False)
     assert merger._activation is None  # refused before the statistics pass

@@ -104,7 +104,7 @@ def test_partial_merge_repairs_only_shared_layers_and_every_head():
     merger = MuDSCMerger.from_pretrained([a, b, c], "mudsc", merge_layers=1)
     merger.collect(calib, num_samples=48, progress=False)
     transforms, _ = merger.solve(progress=False)
-    plain = merger.apply(transforms)
+    plain = merger.apply(transforms, merger.config.with_updates(repair="none"))
     fixed = merger.apply(transforms, merger.config.with_updates(repair=ALL))
     for i in range(3):  # private trunk layers are untouched; every head is refit
         for name, tensor in plain.weights.private[i].items():
@@ -232,7 +232,7 @@ def test_least_squares_repairs_bring_the_merge_closer_to_its_parents(repair):
     merger = MuDSCMerger.from_pretrained([a, b], "mudsc")
     merger.collect(calib, num_samples=48, progress=False)
     transforms, _ = merger.solve(progress=False)
-    plain = merger.apply(transforms)
+    plain = merger.apply(transforms, merger.config.with_updates(repair="none"))
     fixed = merger.apply(transforms, merger.config.with_updates(repair=(repair,)))
 
     def gap(task, parent):
@@ -249,7 +249,12 @@ def test_least_squares_repairs_bring_the_merge_closer_to_its_parents(repair):
 
 
 def test_repair_config_is_validated_normalised_and_saved():
-    assert MergeConfig().repair == ()
+    # the product's default (mudsc) repairs; the published presets repair nothing unless asked
+    assert MergeConfig().repair is None and MergeConfig().resolved_repair == ("stats", "lsq", "heads")
+    assert all(MergeConfig(method=m).resolved_repair == () for m in ("zipit", "average", "weight-matching"))
+    assert MergeConfig(repair="none").resolved_repair == () == MergeConfig(repair=[]).resolved_repair
+    assert MergeConfig.from_dict(MergeConfig().to_dict()) == MergeConfig()
+    assert MergeConfig.from_dict({"method": "mudsc"}).resolved_repair == ()  # a recipe saved before repairs
     assert MergeConfig(repair=["heads", "stats", "heads"]).repair == ("stats", "heads")
     assert MergeConfig(repair="heads, lsq").repair == ("lsq", "heads")
     config = MergeConfig(method="zipit", repair=("heads", "lsq"))

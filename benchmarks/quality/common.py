@@ -28,7 +28,8 @@ RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"
 MERGE_FIELDS = {f.name for f in dataclasses.fields(MergeConfig)}
 
 # every preset of the engine (the demo's rows too), and the label-free choice among candidates
-METHOD_RUNS: list[tuple[str, dict[str, Any]]] = PRESET_RUNS + [("auto (label-free choice)", {"method": "auto"})]
+METHOD_RUNS: list[tuple[str, dict[str, Any]]] = PRESET_RUNS + [
+    ("auto (label-free choice)", {"method": "auto", "repair": "none"})]
 PARENT_ROWS = ("parent A alone", "parent B alone", "ensemble (2x compute)")
 FULL_MERGE = "MuDSC zip (alpha 0.5)"  # the alpha = 0.5, all-layers point of both sweeps
 ALPHAS = (0.0, 0.5, 1.0)  # the alpha sweep (0.5 is FULL_MERGE)
@@ -38,25 +39,36 @@ ZIP_GRID = ((0.0, 0.0), (0.25, 0.0), (0.5, 0.0), (1.0, 0.0), (0.25, 0.5), (1.0, 
 
 def alpha_runs(alphas: Iterable[float], mode: str = "zip") -> list[tuple[str, dict[str, Any]]]:
     """MuDSC at each alpha (0 = activations only, 1 = weights only)."""
-    return [(f"MuDSC {mode} alpha={a:g}", {"method": "mudsc", "mode": mode, "alpha": float(a)}) for a in alphas]
+    return [(f"MuDSC {mode} alpha={a:g}", {"method": "mudsc", "mode": mode, "alpha": float(a), "repair": "none"})
+            for a in alphas]
 
 
 def zip_runs(grid: Iterable[tuple[float, float]] = ZIP_GRID) -> list[tuple[str, dict[str, Any]]]:
     """MuDSC zip (alpha 0.5) at each (same-model budget, decay)."""
-    return [(f"MuDSC zip budget={b:g} decay={d:g}", {"method": "mudsc", "mode": "zip", "zip_budget": b, "zip_decay": d})
-            for b, d in grid]
+    return [(f"MuDSC zip budget={b:g} decay={d:g}",
+             {"method": "mudsc", "mode": "zip", "zip_budget": b, "zip_decay": d, "repair": "none"}) for b, d in grid]
+
+
+# closed-form repairs after alignment (MergeConfig.repair) after MuDSC zip, ZipIt!, averaging and
+# auto (MuDSC with all three, the default, is a row of PRESET_RUNS); the sweeps below run unrepaired
+REPAIR_RUNS: list[tuple[str, dict[str, Any]]] = [
+    ("MuDSC zip + heads", {"method": "mudsc", "repair": "heads"}),
+    ("ZipIt! (published) + heads", {"method": "zipit", "repair": "heads"}),
+    ("average + heads", {"method": "average", "repair": "heads"}),
+    ("auto + heads", {"method": "auto", "repair": "heads"}),
+]
 
 
 def partial_runs(layers: Iterable[int], num_layers: int) -> list[tuple[str, dict[str, Any]]]:
     """MuDSC zip merging the embeddings and the first L layers; later layers stay per task."""
-    return [(f"MuDSC zip, {n} of {num_layers} layers merged", {"method": "mudsc", "mode": "zip", "merge_layers": n})
-            for n in layers]
+    return [(f"MuDSC zip, {n} of {num_layers} layers merged",
+             {"method": "mudsc", "mode": "zip", "merge_layers": n, "repair": "none"}) for n in layers]
 
 
 def benchmark_runs(depths: Iterable[int], num_layers: int) -> list[tuple[str, dict[str, Any]]]:
-    """Every preset and auto, MuDSC zip at the other :data:`ALPHAS` and on the :data:`ZIP_GRID`, and
-    partial merges at ``depths``."""
-    return (METHOD_RUNS + alpha_runs([a for a in ALPHAS if a != 0.5]) + zip_runs()
+    """Every preset and auto, the :data:`REPAIR_RUNS`, MuDSC zip at the other :data:`ALPHAS` and on
+    the :data:`ZIP_GRID`, and partial merges at ``depths``."""
+    return (METHOD_RUNS + REPAIR_RUNS + alpha_runs([a for a in ALPHAS if a != 0.5]) + zip_runs()
             + partial_runs(depths, num_layers))
 
 

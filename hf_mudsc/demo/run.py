@@ -1,6 +1,7 @@
 """``hf-mudsc demo``: two small ViTs trained from different seeds on digits 0-4 and 5-9
 (scikit-learn's bundled digits; trained once, then cached), merged with every preset from one
-statistics pass, scored under ZipIt's protocol, and the MuDSC merge written with its card."""
+statistics pass, scored under ZipIt's protocol, and the default merge (MuDSC zip with its repairs)
+written with its card."""
 from __future__ import annotations
 
 import time
@@ -11,13 +12,13 @@ import torch
 import transformers
 
 from .. import __version__
-from ..evaluation import PRESET_RUNS, evaluate_models, format_table, image_batches
+from ..evaluation import DEFAULT_RUN, PRESET_RUNS, evaluate_models, format_table, image_batches
 from ..merger import MuDSCMerger
 from .parents import digit_parents, load_digits_dataset
 
-SAVED = "MuDSC zip (alpha 0.5)"  # the merge written with its card
+SAVED = DEFAULT_RUN  # the merge written with its card: the product's default
 RUNS: list[tuple[str, dict[str, Any]]] = PRESET_RUNS + [
-    ("MuDSC zip, 2 of 4 layers merged", {"method": "mudsc", "mode": "zip", "merge_layers": 2}),
+    ("MuDSC zip, 2 of 4 layers merged", {"method": "mudsc", "mode": "zip", "merge_layers": 2, "repair": "none"}),
 ]
 COLUMNS = ["model", "joint", "per_task", "task 0-4", "task 5-9", "seconds"]
 
