@@ -90,7 +90,8 @@ class MergeConfig:
         repair: closed-form repairs run after the merge on the calibration data (``stats``, ``lsq``,
             ``heads``; a comma-separated string is accepted; ``"none"`` or ``()``: no repair); always run
             in that order. Default: the preset's, all three for ``mudsc`` and none for the published
-            presets (a repair is not part of their papers). With ``auto``, applied to every candidate.
+            presets (a repair is not part of their papers). With ``auto``: when given, run on every
+            candidate; by default, each candidate gets its own method's.
         unpaired_layers: parents of different depths: a deeper parent's layer without a partner
             writes to the residual stream whole (``keep``) or averaged with the shallower
             parent's identity layer (``average``, pre-LN families only).

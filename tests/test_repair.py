@@ -253,6 +253,7 @@ def test_repair_config_is_validated_normalised_and_saved():
     assert MergeConfig().repair is None and MergeConfig().resolved_repair == ("stats", "lsq", "heads")
     assert all(MergeConfig(method=m).resolved_repair == () for m in ("zipit", "average", "weight-matching"))
     assert MergeConfig(repair="none").resolved_repair == () == MergeConfig(repair=[]).resolved_repair
+    assert MergeConfig(repair=("none",)).resolved_repair == ()  # `--repair none` on the command line
     assert MergeConfig.from_dict(MergeConfig().to_dict()) == MergeConfig()
     assert MergeConfig.from_dict({"method": "mudsc"}).resolved_repair == ()  # a recipe saved before repairs
     assert MergeConfig(repair=["heads", "stats", "heads"]).repair == ("stats", "heads")

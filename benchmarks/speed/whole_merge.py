@@ -11,9 +11,10 @@ per batch.
 
 Each sample count runs in a fresh subprocess, so its peak RSS is its own. Phases, in order: load
 the parents; the plain forward of both parents over the calibration batches (the baseline; one
-batch of warm-up first); the statistics pass, once, reused by both methods; then for ZipIt and
-MuDSC zip (alpha 0.5): solve (with MuDSC's coordinate-descent sweeps timed), apply (merged
-weights, the task models and the joint model) and save (the merged folder). Results go to
+batch of warm-up first); the statistics pass, once, reused by every method; then for ZipIt, MuDSC
+zip (alpha 0.5) without repairs, and the default (MuDSC zip with the repairs stats, lsq, heads):
+solve (with MuDSC's coordinate-descent sweeps timed), apply (merged weights, the repairs, the task
+models and the joint model) and save (the merged folder). Results go to
 ``benchmarks/results/speed_whole_merge_bert_<size>.json``.
 """
 from __future__ import annotations
@@ -48,7 +49,8 @@ from hf_mudsc import MergeResult, MuDSCMerger
 from hf_mudsc.data import calibration
 
 METHODS: list[tuple[str, dict[str, Any]]] = [("zipit", {"method": "zipit"}),
-                                             ("mudsc zip", {"method": "mudsc", "mode": "zip"})]
+                                             ("mudsc zip", {"method": "mudsc", "mode": "zip", "repair": "none"}),
+                                             ("default (mudsc zip + repairs)", {"method": "mudsc"})]
 TEXT_TOKENS = (16, 128)
 
 
@@ -83,7 +85,7 @@ def main() -> None:
         "setup": {"parents": f"bert-{args.size}, random init", "shape": SHAPES[args.size],
                   "texts": f"WordNet noun glosses, {TEXT_TOKENS[0]}-{TEXT_TOKENS[1]} tokens each",
                   "batch_size": args.batch_size, "max_tokens_per_batch": args.max_tokens_per_batch,
-                  "statistics": "collected once per sample count, reused by both methods"},
+                  "statistics": "collected once per sample count, reused by every method"},
         "runs": runs,
     })
     print_table(runs)
