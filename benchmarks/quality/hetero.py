@@ -25,11 +25,11 @@ from functools import partial
 from typing import Any
 
 from common import PARENT_ROWS, calibration_rows, score_pair, write_results  # this folder is on sys.path
+from parents import FASHION_RECIPE, load_fashion_mnist, task_parents
 from transformers import AutoImageProcessor
 
 from hf_mudsc import MuDSCMerger
 from hf_mudsc.evaluation import format_table, image_batches
-from hf_mudsc.parents import FASHION_RECIPE, load_fashion_mnist, task_parents
 
 GROUPS = (range(5), range(5, 10))
 SEEDS = (0, 1)
@@ -43,8 +43,9 @@ PAIRS: dict[str, tuple[dict[str, Any], tuple[int, int]]] = {  # parent B's recip
 }
 MERGES: list[tuple[str, dict[str, Any]]] = [
     ("ZipIt!", {"method": "zipit"}),
-    ("MuDSC zip (alpha 0.5)", {"method": "mudsc", "mode": "zip"}),
-    ("MuDSC zip (alpha 0.5, budget 0.5)", {"method": "mudsc", "mode": "zip", "zip_budget": 0.5}),
+    ("MuDSC zip, budget 0, no repair", {"method": "mudsc", "mode": "zip", "zip_budget": 0.0, "repair": "none"}),
+    ("MuDSC zip, no repair", {"method": "mudsc", "mode": "zip", "repair": "none"}),
+    ("default: MuDSC zip + stats, lsq, heads", {"method": "mudsc"}),
 ]
 log = partial(print, flush=True)
 
