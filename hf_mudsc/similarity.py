@@ -145,6 +145,9 @@ class WeightSimilarity:
         dim = sum(sizes)
         features = sum(p.features for p in parts)
         if features == 0:
+            # no member counted: in the data-free start a space none of whose members is aligned yet (or,
+            # for parents of different widths, none in one frame yet); the identity carries no evidence
+            # (each unit most like itself), and the sweeps that follow see every member
             return np.eye(dim)
         mean = sum(p.sums for p in parts) / features
         var = sum(p.squares for p in parts) / features - mean * mean
@@ -182,11 +185,15 @@ def _standardise(x: torch.Tensor) -> torch.Tensor:
 
 
 def blend(alpha: float, weight: np.ndarray | None, activation: np.ndarray | None) -> np.ndarray:
-    """``alpha * S_w + (1 - alpha) * S_act``; a missing term counts as weight 0."""
-    if weight is None and activation is None:
-        raise ValueError("no similarity for this space: give calibration data or use alpha = 1")
-    if alpha >= 1.0 or activation is None:
+    """``alpha * S_w + (1 - alpha) * S_act``. A term with weight 0 may be missing; a term that
+    ``alpha`` weighs must be there (the merger collects statistics for every space it solves)."""
+    if alpha > 0.0 and weight is None:
+        raise ValueError(f"alpha={alpha} weighs the weight similarity, but none was given for this space")
+    if alpha < 1.0 and activation is None:
+        raise ValueError(f"alpha={alpha} weighs the activation similarity, but this space has no statistics: "
+                         "give calibration data, or use alpha = 1")
+    if alpha >= 1.0:
         return weight  # type: ignore[return-value]
-    if alpha <= 0.0 or weight is None:
-        return activation
+    if alpha <= 0.0:
+        return activation  # type: ignore[return-value]
     return alpha * weight + (1.0 - alpha) * activation

@@ -61,6 +61,9 @@ def test_weight_similarity_equals_direct_computation(kind, aligned):
 def test_blend_weights_the_two_terms():
     w, a = np.full((2, 2), 0.8), np.full((2, 2), 0.2)
     np.testing.assert_allclose(blend(0.25, w, a), 0.25 * 0.8 + 0.75 * 0.2)
-    assert blend(1.0, w, a) is w and blend(0.0, w, a) is a and blend(0.5, None, a) is a
-    with pytest.raises(ValueError, match="no similarity"):
-        blend(0.5, None, None)
+    assert blend(1.0, w, a) is w and blend(0.0, w, a) is a
+    assert blend(1.0, w, None) is w and blend(0.0, None, a) is a  # a term of weight 0 may be missing
+    with pytest.raises(ValueError, match="weighs the weight similarity, but none was given"):
+        blend(0.5, None, a)  # never silently the activations alone
+    with pytest.raises(ValueError, match="weighs the activation similarity, but this space has no statistics"):
+        blend(0.5, w, None)
