@@ -148,6 +148,20 @@ def test_merging_with_identity_layers_reproduces_the_original(method, unpaired):
         torch.testing.assert_close(outputs(task, x), outputs(original, x), rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("method", ["mudsc", "average"])
+@pytest.mark.parametrize("unpaired", ["keep", "average"])
+def test_merging_with_identity_layers_and_every_repair_reproduces_the_original(method, unpaired):
+    original = tiny_model("vit-cls", seed=4)
+    merger = MuDSCMerger.from_pretrained([deep_with_identities(original), original], method,
+                                         unpaired_layers=unpaired, repair="stats,lsq,heads")
+    merger.align(layer_map=[0, 2])
+    result = merger.merge(calibration(original), progress=False)
+    assert [r["repair"] for r in result.repairs] == ["stats", "lsq", "heads"]
+    x = tiny_inputs(original)
+    for task in result.task_models:
+        torch.testing.assert_close(outputs(task, x), outputs(original, x), rtol=0, atol=1e-5)
+
+
 def test_a_deep_layer_without_partner_is_kept_whole_or_its_writes_averaged():
     """Plain averaging of a model with itself less one layer: 'keep' gives the deep model, 'average'
     the deep model with that layer's residual writes halved."""
