@@ -4,8 +4,9 @@ In forward order, each map of a merged layer gets ``argmin ||X W - Y||^2 + lam |
 (:mod:`.ridge`): ``X`` are the merged model's own inputs to the map (so earlier corrections are
 seen), ``Y`` the parents' outputs of the same map on the same tokens, brought into the merged frame
 by ``M_i`` and summed over parents, as the merge itself averages them (a map of a deep layer
-without a partner: the deep parent's outputs alone, see :meth:`.context.RepairContext.to_merged`). Layers run from cached
-inputs (:class:`.context.LayerInputs`); maps after the last layer (BERT's pooler) from full passes.
+without a partner: the deep parent's outputs alone, weighted as merged, see
+:meth:`.context.RepairContext.to_merged`). Layers run from cached inputs
+(:class:`.context.LayerInputs`); maps after the last layer (BERT's pooler) from full passes.
 """
 from __future__ import annotations
 
