@@ -50,12 +50,6 @@ class MuDSCMerger:
         self.depth: hetero_depth.DepthPlan | None = None  # set once parents of different depths are aligned
         self._merging = self.parents  # the parents as merged: a shallower one expanded to the deep depth
         _check_partial(config, self.unit_maps)
-        if config.repair is None and config.resolved_repair and self._differ_in_shape:
-            warnings.warn(f"the default repairs ({', '.join(config.resolved_repair)}) do not support parents of "
-                          "different depths or widths yet: merging without them", MergeQualityWarning,
-                          stacklevel=_caller_level())
-            config = self.config = config.with_updates(repair=())
-        self._check_repair(config)
         self.calibration: dict[str, Any] | None = None
         self._activation: dict[str, np.ndarray] | None = None
         self._heldout: Calibration | None = None
@@ -96,16 +90,6 @@ class MuDSCMerger:
     @property
     def differ_in_depth(self) -> bool:
         return len({p.unit_map.num_layers for p in self.parents}) > 1
-
-    def _check_repair(self, config: MergeConfig) -> None:
-        """Refuse repairs of parents of different depths or widths (not supported yet)."""
-        if config.resolved_repair and self._differ_in_shape:
-            raise ValueError(f"repair {', '.join(config.resolved_repair)} does not support parents of different "
-                             "depths or widths yet: merge them without repair (repair='none')")
-
-    @property
-    def _differ_in_shape(self) -> bool:
-        return self.differ_in_depth or differ_in_width(self.unit_maps)
 
     def merged_spaces(self, config: MergeConfig | None = None) -> list[str]:
         """Names of the spaces that a merge with ``config`` merges (and solves: not those of a
@@ -335,7 +319,6 @@ class MuDSCMerger:
         merged layers).
         """
         config = self.config.with_updates(**overrides) if overrides else self.config
-        self._check_repair(config)
         auto = config.method == "auto"
         if config.needs_data and (data is not None or self._activation is None or (auto and self._heldout is None)):
             if data is None:
@@ -358,7 +341,6 @@ class MuDSCMerger:
         """Build the merged task models and the joint model from transforms, then run the
         repairs of ``config.resolved_repair`` on the calibration data given to :meth:`collect` or :meth:`merge`."""
         config = config or self.config
-        self._check_repair(config)
         if config.resolved_repair and self._calibration_source is None:
             raise ValueError(f"repair {', '.join(config.resolved_repair)} needs calibration data: call merge(data) "
                              "or collect(data) first")
@@ -377,7 +359,7 @@ class MuDSCMerger:
         if config.resolved_repair:
             repairs = apply_repairs(config.resolved_repair, [p.model for p in self._merging], maps, transforms,
                                     weights, list(self._calibration_source), seed=config.seed,
-                                    max_tokens_per_batch=config.max_tokens_per_batch)
+                                    max_tokens_per_batch=config.max_tokens_per_batch, alone=alone)
         return MergeResult(self._merging, config, transforms, weights, report or [],
                            self.calibration if config.uses_data else None, repairs=repairs, depth=plan)
 

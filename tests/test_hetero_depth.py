@@ -148,6 +148,42 @@ def test_merging_with_identity_layers_reproduces_the_original(method, unpaired):
         torch.testing.assert_close(outputs(task, x), outputs(original, x), rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("method", ["mudsc", "average"])
+@pytest.mark.parametrize("unpaired", ["keep", "average"])
+def test_merging_with_identity_layers_and_every_repair_reproduces_the_original(method, unpaired):
+    original = tiny_model("vit-cls", seed=4)
+    merger = MuDSCMerger.from_pretrained([deep_with_identities(original), original], method,
+                                         unpaired_layers=unpaired, repair="stats,lsq,heads")
+    merger.align(layer_map=[0, 2])
+    result = merger.merge(calibration(original), progress=False)
+    assert [r["repair"] for r in result.repairs] == ["stats", "lsq", "heads"]
+    x = tiny_inputs(original)
+    for task in result.task_models:
+        torch.testing.assert_close(outputs(task, x), outputs(original, x), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("unpaired", ["keep", "average"])
+def test_repairs_fit_an_unpaired_layer_to_the_deep_parent_weighted_as_merged(unpaired):
+    """A model averaged with itself less layer 1: the repairs leave layer 0 and the attention output
+    of layer 1 (kept whole, or its writes halved by the merge) as merged, since their targets
+    come from the deep parent alone, weighted as the merge weighted their weights."""
+    deep = tiny_model("vit-cls", seed=5, num_hidden_layers=3)
+    shallow = with_layers(deep, [deep.vit.layers[0], deep.vit.layers[2]])
+    weights = {}
+    for repair in ("none", "stats,lsq,heads"):
+        merger = MuDSCMerger.from_pretrained([deep, shallow], "average", unpaired_layers=unpaired, repair=repair)
+        merger.align(layer_map=[0, 2])
+        weights[repair] = merger.merge(calibration(deep), progress=False).weights.shared
+    names = [n for n in weights["none"] if n.startswith(("vit.layers.0.", "vit.layers.1.attention.o_proj."))]
+    for name in names:
+        torch.testing.assert_close(weights["stats,lsq,heads"][name], weights["none"][name], rtol=0, atol=1e-6)
+    o_proj = weights["none"]["vit.layers.1.attention.o_proj.weight"]
+    scale = 1.0 if unpaired == "keep" else 0.5
+    torch.testing.assert_close(o_proj, scale * deep.vit.layers[1].attention.o_proj.weight.detach(), rtol=0, atol=1e-12)
+    changed = weights["stats,lsq,heads"]["vit.layers.2.mlp.fc1.weight"] - weights["none"]["vit.layers.2.mlp.fc1.weight"]
+    assert changed.abs().max() > 1e-4  # the paired layer 2 is repaired (the parents differ there)
+
+
 def test_a_deep_layer_without_partner_is_kept_whole_or_its_writes_averaged():
     """Plain averaging of a model with itself less one layer: 'keep' gives the deep model, 'average'
     the deep model with that layer's residual writes halved."""

@@ -82,8 +82,13 @@ def test_python_api_merges_text_of_different_shapes_and_runs_with_attention_mask
             torch.testing.assert_close(task(**batch).logits, result.task_models[i](**batch).logits, rtol=0, atol=1e-5)
     joint = AutoModelForSequenceClassification.from_pretrained(out)
     assert joint(**batch).logits.shape == (2, 5)
-    if shape != "width":  # the saved layer map re-applies without data
-        again = reapply(out)
+    assert [r["repair"] for r in result.repairs] == ["stats", "lsq", "heads"]  # the default repairs ran
+    with pytest.raises(ValueError, match="was repaired after the merge .* which reapply cannot repeat"):
+        reapply(out)
+    if shape != "width":  # the saved layer map re-applies without data (an unrepaired merge)
+        result = MuDSCMerger.from_pretrained([str(a), str(b)], "mudsc", zip_budget=0.3, repair="none").merge(
+            load_from_disk(str(data["text"])), num_samples=12, batch_size=4, progress=False)
+        again = reapply(result.save_pretrained(tmp_path / "unrepaired"))
         for x, y in zip(again.task_models, result.task_models):
             with torch.no_grad():
                 torch.testing.assert_close(x(**batch).logits, y(**batch).logits, rtol=0, atol=1e-6)

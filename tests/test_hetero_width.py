@@ -1,6 +1,8 @@
 """Parents of different widths (elastic zip), and of different depths and widths at once."""
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from conftest import outputs, tiny_inputs, tiny_model
@@ -99,14 +101,33 @@ def test_partial_merge_of_different_widths_is_refused():
                                     merge_layers=1)
 
 
-@pytest.mark.parametrize("narrow", [dict(hidden_size=16, num_attention_heads=2), dict(num_hidden_layers=3)])
-def test_repair_of_different_depths_or_widths_is_refused_before_any_work(narrow):
-    a, b = tiny_model("vit-cls"), tiny_model("vit-cls", seed=1, **narrow)
-    with pytest.raises(ValueError, match="^repair heads does not support parents of different depths or widths"):
-        MuDSCMerger.from_pretrained([a, b], repair="heads")
-    with pytest.warns(MergeQualityWarning, match="default repairs .* do not support parents of different depths"):
-        merger = MuDSCMerger.from_pretrained([a, b])  # the default merges them, without its repairs
-    assert merger.config.repair == () and merger.config.to_dict()["resolved_repair"] == []
-    with pytest.raises(ValueError, match="^repair stats, lsq does not support"):
-        merger.merge(calibration(a), repair="stats,lsq", progress=False)
-    assert merger._activation is None  # refused before the statistics pass
+def test_a_widened_parent_merged_with_every_repair_merges_back_to_the_original():
+    original = tiny_model("vit-cls", seed=4)
+    result = MuDSCMerger.from_pretrained([original, widened(original)], "mudsc", repair="stats,lsq,heads") \
+        .merge(calibration(original), progress=False)
+    assert [r["repair"] for r in result.repairs] == ["stats", "lsq", "heads"]
+    assert all(r["maps"] > 0 for r in result.repairs)
+    x = tiny_inputs(original)
+    for task in result.task_models:
+        assert task.config.intermediate_size == 88
+        torch.testing.assert_close(outputs(task, x), outputs(original, x), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["vit-cls", "bert-seq"])
+@pytest.mark.parametrize("narrow", [dict(hidden_size=16, num_attention_heads=2, intermediate_size=40),
+                                    dict(num_hidden_layers=3),
+                                    dict(hidden_size=16, num_attention_heads=2, num_hidden_layers=3)])
+def test_the_default_merge_repairs_parents_of_different_depths_or_widths(kind, narrow):
+    a, b = tiny_model(kind), tiny_model(kind, seed=1, **narrow)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MergeQualityWarning)  # no "merging without the repairs"
+        merger = MuDSCMerger.from_pretrained([a, b])
+    assert merger.config.repair is None and merger.config.to_dict()["resolved_repair"] == ["stats", "lsq", "heads"]
+    result = merger.merge(calibration(a, n=6), progress=False)
+    assert [r["repair"] for r in result.repairs] == ["stats", "lsq", "heads"]
+    assert all(r["maps"] > 0 for r in result.repairs)
+    assert result.recipe()["config"]["resolved_repair"] == ["stats", "lsq", "heads"]
+    for task in result.task_models:
+        x = tiny_inputs(task)
+        assert torch.isfinite(outputs(task, x)).all()
+    assert result.model(**tiny_inputs(a)).logits.shape == (4, 6)

@@ -5,7 +5,7 @@ joint model, saved folder) reads those weights unchanged. Not part of the publis
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -41,12 +41,15 @@ def apply_repairs(
     *,
     seed: int = 0,
     max_tokens_per_batch: int | None = None,
+    alone: Sequence[Collection[str]] | None = None,
 ) -> list[dict[str, Any]]:
     """Run the repairs ``names`` (in registry order) on ``weights`` in place; one report row each
-    (``repair``, wall ``seconds``, ``cpu_seconds`` of this process, what it changed)."""
+    (``repair``, wall ``seconds``, ``cpu_seconds`` of this process, what it changed). ``parents``:
+    as merged (a shallower parent expanded with identity layers); ``alone``: as given to
+    :func:`~hf_mudsc.apply.apply_transforms` (the parameters merged from one parent alone)."""
     if not batches:
         raise ValueError("repairs need calibration batches: none were given")
-    ctx = RepairContext(parents, unit_maps, transforms, weights, list(batches), seed, max_tokens_per_batch)
+    ctx = RepairContext(parents, unit_maps, transforms, weights, list(batches), seed, max_tokens_per_batch, alone)
     rows = []
     for name in [n for n in REPAIRS if n in names]:
         start, cpu = time.perf_counter(), time.process_time()

@@ -1,17 +1,25 @@
 """What every repair works on: the merged weights, the parents and the calibration batches
 (:class:`RepairContext`); observing module inputs and outputs on one batch, real tokens only
 (:meth:`RepairContext.capture`); and hidden states cached at one layer's input and advanced layer
-by layer (:class:`LayerInputs`), so that a repair in forward order runs each layer about once."""
+by layer (:class:`LayerInputs`), so that a repair in forward order runs each layer about once.
+
+Parents of different widths and depths (DESIGN §4, §9): the task models are built with the merged
+config (the widest widths), the parents' outputs reach the merged frame through their own ``M_i``,
+and a map of a layer that only one parent runs (the shallower parent, expanded, holds an
+:class:`~hf_mudsc.hetero.depth.IdentityLayer` there) takes its targets from the parents that run it
+(:meth:`RepairContext.sources`), combined as the merge combined that map's weights
+(:meth:`RepairContext.to_merged`)."""
 from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from ..apply import MergedWeights, build_task_model
+from ..hetero.width import merged_config
 from ..transforms import Transforms
 from ..unitmaps.spaces import UnitMap
 
@@ -34,34 +42,56 @@ class RepairContext:
     batches: Sequence[Mapping[str, Tensor]]
     seed: int = 0
     max_tokens_per_batch: int | None = None
+    alone: Sequence[Collection[str]] | None = None  # per parent: parameters merged from it alone
     _models: dict[int, nn.Module] = field(default_factory=dict, init=False, repr=False)
 
     def task_model(self, i: int) -> nn.Module:
-        """Task ``i``'s merged model (built once, on parent ``i``'s device, in its dtype)."""
+        """Task ``i``'s merged model (built once, on parent ``i``'s device, in its dtype), with the
+        merged config (the widest widths, the deepest depth), as :attr:`MergeResult.task_models`."""
         if i not in self._models:
             parent = self.parents[i]
             device = next(parent.parameters()).device
-            self._models[i] = build_task_model(parent, self.weights.task_state_dict(i)).to(device)
+            config = merged_config(parent.config, self.transforms, self.unit_maps[0].num_layers)
+            self._models[i] = build_task_model(parent, self.weights.task_state_dict(i), config).to(device)
         return self._models[i]
 
     def shared_linears(self) -> list[str]:
         """Linear modules whose weight is shared by every task (those of merged layers)."""
-        model = self.parents[0]
-        return [name for name, mod in model.named_modules()
+        return [name for name, mod in self.task_model(0).named_modules()
                 if isinstance(mod, nn.Linear) and f"{name}.weight" in self.weights.shared]
 
     def head_linears(self) -> list[str]:
         """Linear modules of the task heads (never merged; one per task)."""
         heads = set(self.unit_maps[0].task_heads)
-        return [name for name, mod in self.parents[0].named_modules()
+        return [name for name, mod in self.task_model(0).named_modules()
                 if isinstance(mod, nn.Linear) and f"{name}.weight" in heads]
+
+    def members(self, param: str) -> list:
+        """The (space, member) pairs of a parameter, from the first parent that has it (a shallower
+        parent's unit map lacks the layers it does not run)."""
+        return next((p for p in (um.param_members().get(param) for um in self.unit_maps) if p), [])
 
     def output_space(self, module: str) -> str:
         """The merge space a shared linear module writes (its weight's rows)."""
-        for space, member in self.unit_maps[0].param_members().get(f"{module}.weight", []):
+        for space, member in self.members(f"{module}.weight"):
             if member.role == "out" and member.axis == 0:
                 return space.name
         raise ValueError(f"'{module}' writes no merge space")
+
+    def sources(self, module: str) -> list[int]:
+        """The parents that run ``module``: every parent, less a shallower one at a layer that it
+        lacks (an identity layer of the expanded parent, which writes nothing)."""
+        return [i for i, p in enumerate(self.parents) if _has_module(p, module)]
+
+    def to_merged(self, module: str, value: Tensor, i: int, axis: int) -> Tensor:
+        """Parent ``i``'s ``value`` along the output units of shared map ``module`` (``axis``), in
+        the merged frame and weighted as the merge weighted that map's weights: ``M_i``, or
+        ``pinv(U_i)`` (weight 1) for a map merged from parent ``i`` alone (an unpaired deep layer).
+        Summed over :meth:`sources`, it is the target of the map."""
+        t = self.transforms[self.output_space(module)]
+        if self.alone is not None and f"{module}.weight" in self.alone[i]:
+            return t.project(value, i, axis)
+        return t.merge(value, i, axis)
 
     def set_linear(self, module: str, weight: Tensor, bias: Tensor | None, task: int | None = None) -> None:
         """Replace a linear map: shared (``task=None``) or task ``task``'s private one."""
@@ -168,6 +198,14 @@ class RepairContext:
                 groups.append([name])
             last = source
         return groups
+
+
+def _has_module(model: nn.Module, name: str) -> bool:
+    try:
+        model.get_submodule(name)
+    except AttributeError:
+        return False
+    return True
 
 
 class LayerInputs:

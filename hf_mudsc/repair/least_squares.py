@@ -3,8 +3,10 @@
 In forward order, each map of a merged layer gets ``argmin ||X W - Y||^2 + lam ||W - W_merged||^2``
 (:mod:`.ridge`): ``X`` are the merged model's own inputs to the map (so earlier corrections are
 seen), ``Y`` the parents' outputs of the same map on the same tokens, brought into the merged frame
-by ``M_i`` and summed over parents, as the merge itself averages them. Layers run from cached
-inputs (:class:`.context.LayerInputs`); maps after the last layer (BERT's pooler) from full passes.
+by ``M_i`` and summed over parents, as the merge itself averages them (a map of a deep layer
+without a partner: the deep parent's outputs alone, weighted as merged, see
+:meth:`.context.RepairContext.to_merged`). Layers run from cached inputs
+(:class:`.context.LayerInputs`); maps after the last layer (BERT's pooler) from full passes.
 """
 from __future__ import annotations
 
@@ -36,12 +38,19 @@ def refit_linears(ctx: RepairContext, model: nn.Module, groups: Sequence[Sequenc
 
 
 def _averaged_outputs(ctx: RepairContext, parents: Sequence[Observe]) -> Callable[[Sequence[str], int], dict[str, Tensor]]:
-    """Targets: the parents' outputs of each map, in the merged frame, summed over parents (``M_i`` averages)."""
+    """Targets: the parents' outputs of each map, in the merged frame, summed over the parents that
+    run the map (``M_i`` averages; see :meth:`RepairContext.to_merged`)."""
     def targets(group: Sequence[str], b: int) -> dict[str, Tensor]:
-        sites = [(m, "output") for m in group]
-        seen = [observe(sites, b) for observe in parents]
-        return {m: sum(ctx.transforms[ctx.output_space(m)].merge(s[(m, "output")], i, 1) for i, s in enumerate(seen))
-                for m in group}
+        wanted: dict[str, Tensor] = {}
+        for i, observe in enumerate(parents):
+            mine = [m for m in group if i in ctx.sources(m)]
+            if not mine:
+                continue
+            seen = observe([(m, "output") for m in mine], b)
+            for m in mine:
+                y = ctx.to_merged(m, seen[(m, "output")], i, 1)
+                wanted[m] = y if m not in wanted else wanted[m] + y
+        return wanted
     return targets
 
 

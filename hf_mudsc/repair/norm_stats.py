@@ -4,7 +4,9 @@ The units written by each merged layer's attention output projection (into the r
 and its first FFN linear (pre-activation) are rescaled and shifted, in forward order, so that
 their mean and standard deviation over the calibration tokens equal the merge-weighted average of
 the parents' matched units (each parent's per-unit statistics brought into the merged frame by
-``M_i`` and summed). The affine correction is folded into the map's weight rows and bias.
+``M_i`` and summed; a map of a deep layer without a partner: as the merge weighted it, see
+:meth:`.context.RepairContext.to_merged`). The affine correction is folded into the map's weight
+rows and bias.
 """
 from __future__ import annotations
 
@@ -62,10 +64,9 @@ def _renormalise(ctx: RepairContext, model: torch.nn.Module, name: str,
 def stats_modules(ctx: RepairContext) -> list[str]:
     """The shared attention output projections and first FFN linears: the maps that write the
     ``residual`` space from a ``vo`` space, or write an ``ffn`` space."""
-    umap = ctx.unit_maps[0]
     out = []
     for module in ctx.shared_linears():
-        reads = {s.name for s, m in umap.param_members()[f"{module}.weight"] if m.role == "in"}
+        reads = {s.name for s, m in ctx.members(f"{module}.weight") if m.role == "in"}
         writes = ctx.output_space(module)
         if (writes == "residual" and any(n.endswith(".vo") for n in reads)) or writes.endswith(".ffn"):
             out.append(module)
@@ -77,17 +78,18 @@ def repair_stats(ctx: RepairContext) -> dict[str, object]:
     modules = stats_modules(ctx)
     if not modules:
         return {"maps": 0, "note": "no merged attention output or FFN layer"}
-    sites = [(m, "output") for m in modules]
     targets: dict[str, tuple[Tensor, Tensor]] = {}
     for i, parent in enumerate(ctx.parents):
-        moments = {m: UnitMoments() for m in modules}
+        mine = [m for m in modules if i in ctx.sources(m)]  # not the identity layers of a shallower parent
+        if not mine:
+            continue
+        moments = {m: UnitMoments() for m in mine}
         for b in range(len(ctx.batches)):
-            seen = ctx.observe(parent, sites, b)
-            for m in modules:
+            seen = ctx.observe(parent, [(m, "output") for m in mine], b)
+            for m in mine:
                 moments[m].update(seen[(m, "output")])
-        for m in modules:
-            t = ctx.transforms[ctx.output_space(m)]
-            mean, std = (t.merge(v, i, 0) for v in moments[m].mean_std())
+        for m in mine:
+            mean, std = (ctx.to_merged(m, v, i, 0) for v in moments[m].mean_std())
             old = targets.get(m)
             targets[m] = (mean, std) if old is None else (old[0] + mean, old[1] + std)
     model = ctx.task_model(0)
