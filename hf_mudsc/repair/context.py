@@ -118,11 +118,13 @@ class RepairContext:
         inputs = {k: v.to(device) for k, v in self.batches[b].items() if k != "labels"}
         return self.capture(model, sites, b, lambda: model(**inputs))
 
-    def capture(self, model: nn.Module, sites: Sequence[Site], b: int, run: Callable[[], Any]) -> dict[Site, Tensor]:
+    def capture(self, model: nn.Module, sites: Sequence[Site], b: int, run: Callable[[], Any],
+                stop: bool = True) -> dict[Site, Tensor]:
         """Call ``run()`` (a forward pass of ``model`` or of one of its layers, on batch ``b``) and return,
         per site, the float64 rows that count: real tokens (``attention_mask``), capped at
         ``max_tokens_per_batch`` by a subset seeded by (seed, batch, module), so that every model
-        observing one module on one batch gets the same rows. The pass stops once every site has fired."""
+        observing one module on one batch gets the same rows. With ``stop``, the pass stops once every
+        site has fired; without, it runs to its end."""
         mask = self.batches[b].get("attention_mask")
         wanted = set(sites)
         seen: dict[Site, Tensor] = {}
@@ -135,7 +137,7 @@ class RepairContext:
                     value = (args[0] if args else kwargs["hidden_states"]) if kind == "input" else output
                     value = value[0] if isinstance(value, (tuple, list)) else value
                     seen[(module_name, kind)] = self._rows(value.detach(), mask, b, module_name)
-                if wanted <= set(seen):
+                if stop and wanted <= set(seen):
                     raise _Stop
             return fire
 
@@ -244,10 +246,20 @@ class LayerInputs:
         """The sites' rows (modules of the current layer) on batch ``b``, from the cached input."""
         return self.ctx.capture(self.model, sites, b, lambda: self._call(b))
 
-    def advance(self) -> None:
-        """Run the current layer (as it is now) on every batch: the cache moves to the next layer."""
+    def advance(self, sites: Sequence[Site] = ()) -> list[dict[Site, Tensor]]:
+        """Run the current layer (as it is now) on every batch: the cache moves to the next layer.
+        Returns, per batch, the rows of ``sites`` (modules of this layer) seen on the way, so that a
+        model whose layer does not change gives every target of the layer in one run."""
+        seen = []
         with torch.no_grad():
             for b, (_, args, kwargs) in enumerate(self.states):
-                out = self._call(b)
-                self.states[b] = (out[0] if isinstance(out, (tuple, list)) else out, args, kwargs)
+                out: dict[str, Any] = {}
+
+                def run(b: int = b) -> None:
+                    out["layer"] = self._call(b)
+
+                seen.append(self.ctx.capture(self.model, sites, b, run, stop=False))
+                y = out["layer"]
+                self.states[b] = (y[0] if isinstance(y, (tuple, list)) else y, args, kwargs)
         self.layer += 1
+        return seen

@@ -6,7 +6,9 @@ seen), ``Y`` the parents' outputs of the same map on the same tokens, brought in
 by ``M_i`` and summed over parents, as the merge itself averages them (a map of a deep layer
 without a partner: the deep parent's outputs alone, weighted as merged, see
 :meth:`.context.RepairContext.to_merged`). Layers run from cached inputs
-(:class:`.context.LayerInputs`); maps after the last layer (BERT's pooler) from full passes.
+(:class:`.context.LayerInputs`): each parent runs each layer once (every target of the layer is
+captured on the way), the merged model once per group of maps and once to advance; maps after the
+last layer (BERT's pooler) from full passes.
 """
 from __future__ import annotations
 
@@ -37,6 +39,25 @@ def refit_linears(ctx: RepairContext, model: nn.Module, groups: Sequence[Sequenc
             ctx.set_linear(m, weight, bias, task)
 
 
+def _layer_targets(ctx: RepairContext, parents: Sequence[LayerInputs],
+                   groups: Sequence[Sequence[str]]) -> Callable[[Sequence[str], int], dict[str, Tensor]]:
+    """Targets of one layer's maps, from one run of each parent's layer (which moves the parents'
+    caches to the next layer): the parents' outputs in the merged frame, summed over the parents that
+    run each map (:meth:`RepairContext.to_merged`)."""
+    seen = [runner.advance([(m, "output") for g in groups for m in g if i in ctx.sources(m)])
+            for i, runner in enumerate(parents)]
+
+    def targets(group: Sequence[str], b: int) -> dict[str, Tensor]:
+        wanted: dict[str, Tensor] = {}
+        for i in range(len(parents)):
+            for m in group:
+                if i in ctx.sources(m):
+                    y = ctx.to_merged(m, seen[i][b][(m, "output")], i, 1)
+                    wanted[m] = y if m not in wanted else wanted[m] + y
+        return wanted
+    return targets
+
+
 def _averaged_outputs(ctx: RepairContext, parents: Sequence[Observe]) -> Callable[[Sequence[str], int], dict[str, Tensor]]:
     """Targets: the parents' outputs of each map, in the merged frame, summed over the parents that
     run the map (``M_i`` averages; see :meth:`RepairContext.to_merged`)."""
@@ -62,13 +83,11 @@ def repair_least_squares(ctx: RepairContext) -> dict[str, object]:
     per_layer = [[g for g in groups if g[0].startswith(block + ".")] for block in blocks]
     depth = max((l + 1 for l, gs in enumerate(per_layer) if gs), default=0)
     if depth:
-        runners = [LayerInputs(ctx, m, blocks) for m in (model, *ctx.parents)]
-        targets = _averaged_outputs(ctx, [r.observe for r in runners[1:]])
+        merged, *parents = (LayerInputs(ctx, m, blocks) for m in (model, *ctx.parents))
         for l in range(depth):
-            refit_linears(ctx, model, per_layer[l], runners[0].observe, targets)
+            refit_linears(ctx, model, per_layer[l], merged.observe, _layer_targets(ctx, parents, per_layer[l]))
             if l + 1 < depth:
-                for runner in runners:
-                    runner.advance()
+                merged.advance()
     tail = [g for g in groups if not any(g[0].startswith(block + ".") for block in blocks)]
     full = [lambda sites, b, p=p: ctx.observe(p, sites, b) for p in ctx.parents]
     refit_linears(ctx, model, tail, lambda sites, b: ctx.observe(model, sites, b), _averaged_outputs(ctx, full))
