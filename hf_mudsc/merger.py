@@ -334,10 +334,10 @@ class MuDSCMerger:
         if auto:
             return choose(self, config, self._heldout, progress=progress)
         transforms, report = self.solve(progress=progress, config=config)
-        return self.apply(transforms, config, report)
+        return self.apply(transforms, config, report, progress=progress)
 
     def apply(self, transforms: Transforms, config: MergeConfig | None = None,
-              report: list[dict[str, Any]] | None = None) -> "MergeResult":
+              report: list[dict[str, Any]] | None = None, progress: bool = False) -> "MergeResult":
         """Build the merged task models and the joint model from transforms, then run the
         repairs of ``config.resolved_repair`` on the calibration data given to :meth:`collect` or :meth:`merge`."""
         config = config or self.config
@@ -359,7 +359,8 @@ class MuDSCMerger:
         if config.resolved_repair:
             repairs = apply_repairs(config.resolved_repair, [p.model for p in self._merging], maps, transforms,
                                     weights, list(self._calibration_source), seed=config.seed,
-                                    max_tokens_per_batch=config.max_tokens_per_batch, alone=alone)
+                                    max_tokens_per_batch=config.max_tokens_per_batch, alone=alone,
+                                    progress=progress)
         return MergeResult(self._merging, config, transforms, weights, report or [],
                            self.calibration if config.uses_data else None, repairs=repairs, depth=plan)
 

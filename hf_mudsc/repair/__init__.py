@@ -9,6 +9,7 @@ from typing import Any, Callable, Collection, Mapping, Sequence
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from ..apply import MergedWeights
 from ..transforms import Transforms
@@ -42,8 +43,10 @@ def apply_repairs(
     seed: int = 0,
     max_tokens_per_batch: int | None = None,
     alone: Sequence[Collection[str]] | None = None,
+    progress: bool = False,
 ) -> list[dict[str, Any]]:
-    """Run the repairs ``names`` (in registry order) on ``weights`` in place; one report row each
+    """Run the repairs ``names`` (in registry order) on ``weights`` in place (``progress``: a bar
+    over the repairs); one report row each
     (``repair``, wall ``seconds``, ``cpu_seconds`` of this process, what it changed). ``parents``:
     as merged (a shallower parent expanded with identity layers); ``alone``: as given to
     :func:`~hf_mudsc.apply.apply_transforms` (the parameters merged from one parent alone)."""
@@ -51,7 +54,7 @@ def apply_repairs(
         raise ValueError("repairs need calibration batches: none were given")
     ctx = RepairContext(parents, unit_maps, transforms, weights, list(batches), seed, max_tokens_per_batch, alone)
     rows = []
-    for name in [n for n in REPAIRS if n in names]:
+    for name in tqdm([n for n in REPAIRS if n in names], desc="repairing", unit="repair", disable=not progress):
         start, cpu = time.perf_counter(), time.process_time()
         done = REPAIRS[name](ctx)
         rows.append({"repair": name, "seconds": round(time.perf_counter() - start, 3),
