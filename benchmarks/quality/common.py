@@ -59,17 +59,21 @@ REPAIR_RUNS: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
-def partial_runs(layers: Iterable[int], num_layers: int) -> list[tuple[str, dict[str, Any]]]:
-    """MuDSC zip merging the embeddings and the first L layers; later layers stay per task."""
+def partial_runs(layers: Iterable[int], num_layers: int, repaired: bool = False) -> list[tuple[str, dict[str, Any]]]:
+    """MuDSC zip merging the embeddings and the first L layers; later layers stay per task; without
+    repairs, or (``repaired``) with the default's."""
+    if repaired:
+        return [(f"default (zip + repairs), {n} of {num_layers} layers merged", {"method": "mudsc", "merge_layers": n})
+                for n in layers]
     return [(f"MuDSC zip, {n} of {num_layers} layers merged",
              {"method": "mudsc", "mode": "zip", "merge_layers": n, "repair": "none"}) for n in layers]
 
 
 def benchmark_runs(depths: Iterable[int], num_layers: int) -> list[tuple[str, dict[str, Any]]]:
     """Every preset and auto, the :data:`REPAIR_RUNS`, MuDSC zip at the other :data:`ALPHAS` and on
-    the :data:`ZIP_GRID`, and partial merges at ``depths``."""
+    the :data:`ZIP_GRID`, and partial merges at ``depths`` without and with the default's repairs."""
     return (METHOD_RUNS + REPAIR_RUNS + alpha_runs([a for a in ALPHAS if a != 0.5]) + zip_runs()
-            + partial_runs(depths, num_layers))
+            + partial_runs(depths, num_layers) + partial_runs(depths, num_layers, repaired=True))
 
 
 def score_pair(
@@ -180,7 +184,7 @@ def _recipe_key(overrides: dict[str, Any]) -> tuple:
     """What a run's recipe resolves to (so that two spellings of one merge compare equal)."""
     c = MergeConfig(**overrides)
     return (c.method, c.resolved_mode, c.resolved_alpha, c.resolved_zip_budget, c.resolved_zip_decay,
-            c.merge_layers, getattr(c, "repair", None))
+            c.merge_layers, c.resolved_repair)
 
 
 def auto_against_oracle(rows: Sequence[dict[str, Any]], runs: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
