@@ -55,6 +55,7 @@ class MuDSCMerger:
         self._heldout: Calibration | None = None
         self._statistics_config: MergeConfig | None = None  # the recipe the statistics were collected with
         self._calibration_source: Calibration | None = None  # the fit part, which the repairs stream again
+        self._fit_batches: tuple[Calibration, list[dict[str, torch.Tensor]]] | None = None  # prepared once
 
     @classmethod
     def from_pretrained(
@@ -235,7 +236,9 @@ class MuDSCMerger:
         ``overrides`` change the recipe for this solve only (e.g. ``alpha``, ``zip_decay``), or
         ``config`` replaces it: a re-solve reuses the collected statistics.
         """
-        config = (config or self.config).with_updates(**overrides) if overrides else (config or self.config)
+        config = config or self.config
+        if overrides:
+            config = config.with_updates(**overrides)
         if config.method == "auto":
             raise ValueError("method 'auto' solves several candidates: call merge(data) (or pick a method to solve)")
         names = self.merged_spaces(config)
@@ -358,11 +361,19 @@ class MuDSCMerger:
         repairs = []
         if config.resolved_repair:
             repairs = apply_repairs(config.resolved_repair, [p.model for p in self._merging], maps, transforms,
-                                    weights, list(self._calibration_source), seed=config.seed,
+                                    weights, self._repair_batches(), seed=config.seed,
                                     max_tokens_per_batch=config.max_tokens_per_batch, alone=alone,
                                     progress=progress)
         return MergeResult(self._merging, config, transforms, weights, report or [],
                            self.calibration if config.uses_data else None, repairs=repairs, depth=plan)
+
+
+    def _repair_batches(self) -> list[dict[str, torch.Tensor]]:
+        """The fit part's batches, prepared (tokenized, processed) once for every repaired apply
+        of this calibration (``method="auto"`` applies each candidate)."""
+        if self._fit_batches is None or self._fit_batches[0] is not self._calibration_source:
+            self._fit_batches = (self._calibration_source, list(self._calibration_source))
+        return self._fit_batches[1]
 
 
 class MergeResult:

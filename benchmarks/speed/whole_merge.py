@@ -160,8 +160,7 @@ def measure(folder: Path, samples: int, batch_size: int, cap: int | None, wordne
     done("statistics", timed(merger.collect, data, num_samples=samples, batch_size=batch_size, progress=False)[1])
     methods, solved = {}, {}
     for name, overrides in METHODS:
-        key = tuple(sorted((k, v) for k, v in merger.config.with_updates(**overrides).to_dict().items()
-                           if "repair" not in k))
+        key = _solve_key(merger.config.with_updates(**overrides))
         if key in solved:  # the same solve as an earlier method (the default is MuDSC zip + repairs)
             transforms, report, solve_s, record = solved[key]
         else:
@@ -185,6 +184,13 @@ def measure(folder: Path, samples: int, batch_size: int, cap: int | None, wordne
             "peak_rss_gib": peak, "methods": methods,
             "max_tokens_per_batch": merger.config.max_tokens_per_batch,
             "load_average_1_5_15_min": {"start": load_start, "end": os.getloadavg()}}
+
+
+def _solve_key(config: Any) -> tuple:
+    """What a solve depends on: the resolved recipe without the repairs (which run after it), so
+    that ``mode="zip"`` given and the preset's zip compare equal."""
+    given = {"mode", "alpha", "zip_budget", "zip_decay", "repair", "resolved_repair"}
+    return tuple(sorted((k, repr(v)) for k, v in config.to_dict().items() if k not in given))
 
 
 def print_table(runs: list[dict[str, Any]]) -> None:

@@ -46,16 +46,8 @@ def _layer_targets(ctx: RepairContext, parents: Sequence[LayerInputs],
     run each map (:meth:`RepairContext.to_merged`)."""
     seen = [runner.advance([(m, "output") for g in groups for m in g if i in ctx.sources(m)])
             for i, runner in enumerate(parents)]
-
-    def targets(group: Sequence[str], b: int) -> dict[str, Tensor]:
-        wanted: dict[str, Tensor] = {}
-        for i in range(len(parents)):
-            for m in group:
-                if i in ctx.sources(m):
-                    y = ctx.to_merged(m, seen[i][b][(m, "output")], i, 1)
-                    wanted[m] = y if m not in wanted else wanted[m] + y
-        return wanted
-    return targets
+    captured = [lambda sites, b, rows=rows: {site: rows[b][site] for site in sites} for rows in seen]
+    return _averaged_outputs(ctx, captured)
 
 
 def _averaged_outputs(ctx: RepairContext, parents: Sequence[Observe]) -> Callable[[Sequence[str], int], dict[str, Tensor]]:
