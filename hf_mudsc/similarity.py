@@ -12,7 +12,7 @@ from typing import Collection, Mapping, Sequence
 import numpy as np
 import torch
 
-from .transforms import SpaceTransform, Transforms
+from .transforms import SpaceTransform, Transforms, same
 from .unitmaps.spaces import Member, UnitMap
 
 # A group of members with fewer features is recomputed at every call: its products cost less than
@@ -83,20 +83,68 @@ class WeightSimilarity:
         other axes all lie in these spaces (or in no space) count, so that nothing is compared across
         models in frames not yet aligned."""
         sizes = [m[space].dim for m in self.unit_maps]
+        return self._correlation(self._parts(space, transforms, aligned), sizes)
+
+    def entries(self, space: str, transforms: Transforms, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """``S_w[rows, cols]`` of ``space`` under ``transforms`` (every member counts), equal to the
+        same entries of :meth:`__call__` to the last bit, without building the whole matrix: what
+        scoring a solution needs (the pairs inside its merged units)."""
+        sizes = [m[space].dim for m in self.unit_maps]
+        parts = self._parts(space, transforms, None)
+        rows, cols = np.broadcast_arrays(np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64))
+        r, c = (torch.from_numpy(x.reshape(-1).copy()).to(self.device) for x in (rows, cols))
+        features = sum(p.features for p in parts)
+        if features == 0:
+            return (rows == cols).astype(np.float64)
+        mean, inv = _moments(parts, features)
+        offsets = torch.tensor(np.cumsum([0, *sizes]), device=self.device)
+        model_r, model_c = (torch.searchsorted(offsets, x, right=True) - 1 for x in (r, c))
+        out = torch.zeros(r.numel(), dtype=torch.float64, device=self.device)
+        for i, j in self.pairs:
+            a, b = int(offsets[i]), int(offsets[j])
+            for ri, ci, flip in ((model_r, model_c, False), (model_c, model_r, True)):
+                sel = ((ri == i) & (ci == j) & (r != c)).nonzero().squeeze(1)
+                if (flip and i == j) or not sel.numel():
+                    continue
+                lr, lc = (r[sel] - a, c[sel] - b) if not flip else (c[sel] - a, r[sel] - b)
+                value = self._entry(parts, (i, j), features, mean, inv, lr, lc, a, b)
+                if i == j:  # a within-model block is symmetrised
+                    value = (value + self._entry(parts, (i, j), features, mean, inv, lc, lr, a, b)) / 2
+                out[sel] = value
+        diagonal = (r == c).nonzero().squeeze(1)
+        out[diagonal] = (inv[r[diagonal]] > 0).to(torch.float64)
+        return out.reshape(rows.shape).cpu().numpy()
+
+    @staticmethod
+    def _entry(parts: list[_Sums], pair: tuple[int, int], features: int, mean: torch.Tensor, inv: torch.Tensor,
+               lr: torch.Tensor, lc: torch.Tensor, a: int, b: int) -> torch.Tensor:
+        """Entries ``(lr, lc)`` of block ``pair``, computed as :meth:`_correlation` computes the block."""
+        value = sum(p.gram[pair][lr, lc] for p in parts).to(torch.float64).div_(features)
+        value.sub_(mean[a + lr] * mean[b + lc]).mul_(inv[a + lr]).mul_(inv[b + lc]).clamp_(-1.0, 1.0)
+        return value
+
+    def _parts(self, space: str, transforms: Transforms, aligned: Collection[str] | None) -> list[_Sums]:
+        """Every counted group's share of ``space`` under ``transforms``, from the cache where it is
+        still valid."""
+        sizes = [m[space].dim for m in self.unit_maps]
         parts = []
         for deps, members in self._groups(space).items():
             if aligned is not None and not set(deps) <= set(aligned):
                 continue
             under = tuple(transforms.get(d) for d in deps)
             cached = self._cache.get((space, deps))
-            if cached is not None and all(_same(a, b) for a, b in zip(cached.under, under)):
+            if cached is not None and all(same(a, b) for a, b in zip(cached.under, under)):
                 parts.append(cached)
                 continue
-            part = self._compute(members, sizes, transforms, under)
+            part = self._compute(members, sizes, transforms, under, reuse=cached)
             if part.features >= _CACHED_FEATURES:
                 self._cache[space, deps] = part
             parts.append(part)
-        return self._correlation(parts, sizes)
+        return parts
+
+    def dependencies(self, space: str) -> set[str]:
+        """The spaces whose transforms S_w of ``space`` depends on (the other axes of its members)."""
+        return {d for deps in self._groups(space) for d in deps}
 
     def _groups(self, space: str) -> dict[tuple[str, ...], list[Member]]:
         """The space's members (task heads left out), by the other spaces their tensors lie in."""
@@ -110,11 +158,16 @@ class WeightSimilarity:
         return groups
 
     def _compute(self, members: list[Member], sizes: list[int], transforms: Transforms,
-                 under: tuple[SpaceTransform | None, ...]) -> _Sums:
+                 under: tuple[SpaceTransform | None, ...], reuse: _Sums | None = None) -> _Sums:
+        """The group's share under ``under``; ``reuse``: a stale share of the same group, whose Gram
+        blocks are overwritten (no new allocation of the largest arrays)."""
         offsets = np.cumsum([0, *sizes])
         cut = [slice(int(a), int(b)) for a, b in zip(offsets[:-1], offsets[1:])]
-        gram = {(i, j): torch.zeros(sizes[i], sizes[j], dtype=torch.float32, device=self.device)
-                for i, j in self.pairs}
+        if reuse is not None:
+            gram = {key: block.zero_() for key, block in reuse.gram.items()}
+        else:
+            gram = {(i, j): torch.zeros(sizes[i], sizes[j], dtype=torch.float32, device=self.device)
+                    for i, j in self.pairs}
         dim = sum(sizes)
         sums = torch.zeros(dim, dtype=torch.float64, device=self.device)
         squares = torch.zeros(dim, dtype=torch.float64, device=self.device)
@@ -149,10 +202,7 @@ class WeightSimilarity:
             # for parents of different widths, none in one frame yet); the identity carries no evidence
             # (each unit most like itself), and the sweeps that follow see every member
             return np.eye(dim)
-        mean = sum(p.sums for p in parts) / features
-        var = sum(p.squares for p in parts) / features - mean * mean
-        std = var.clamp(min=0).sqrt()
-        inv = torch.where(std > 1e-6, 1.0 / std.clamp(min=1e-300), torch.zeros_like(std))  # constant unit -> 0
+        mean, inv = _moments(parts, features)
         offsets = np.cumsum([0, *sizes])
         cut = [slice(int(a), int(b)) for a, b in zip(offsets[:-1], offsets[1:])]
         corr = torch.zeros(dim, dim, dtype=torch.float64, device=self.device)
@@ -168,13 +218,13 @@ class WeightSimilarity:
         return corr.cpu().numpy()
 
 
-def _same(a: SpaceTransform | None, b: SpaceTransform | None) -> bool:
-    """Whether two transforms (or their absence) are equal."""
-    if a is b:
-        return True
-    if a is None or b is None or a.k != b.k or len(a.assign) != len(b.assign):
-        return False
-    return all(torch.equal(x, y) for x, y in zip(a.assign, b.assign))
+def _moments(parts: list[_Sums], features: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every unit's mean over the standardised features, and 1 / its standard deviation (0 for a
+    constant unit)."""
+    mean = sum(p.sums for p in parts) / features
+    var = sum(p.squares for p in parts) / features - mean * mean
+    std = var.clamp(min=0).sqrt()
+    return mean, torch.where(std > 1e-6, 1.0 / std.clamp(min=1e-300), torch.zeros_like(std))
 
 
 def _standardise(x: torch.Tensor) -> torch.Tensor:
@@ -196,4 +246,6 @@ def blend(alpha: float, weight: np.ndarray | None, activation: np.ndarray | None
         return weight  # type: ignore[return-value]
     if alpha <= 0.0:
         return activation  # type: ignore[return-value]
-    return alpha * weight + (1.0 - alpha) * activation
+    out = np.multiply(weight, alpha)
+    out += np.multiply(activation, 1.0 - alpha)  # = alpha * weight + (1 - alpha) * activation, one array less
+    return out

@@ -108,6 +108,15 @@ def _scale(x: torch.Tensor, factor: torch.Tensor, axis: int) -> torch.Tensor:
 Transforms = dict[str, SpaceTransform]
 
 
+def same(a: SpaceTransform | None, b: SpaceTransform | None) -> bool:
+    """Whether two transforms (or their absence) are equal, by content."""
+    if a is b:
+        return True
+    if a is None or b is None or a.k != b.k or len(a.assign) != len(b.assign):
+        return False
+    return all(torch.equal(x, y) for x, y in zip(a.assign, b.assign))
+
+
 def identity_transforms(unit_maps: Sequence[UnitMap]) -> Transforms:
     """Plain weight averaging of models with identical shapes."""
     return {s.name: SpaceTransform.identity([m[s.name].dim for m in unit_maps]) for s in unit_maps[0].spaces}

@@ -27,7 +27,17 @@ def test_descent_keeps_its_start_when_the_sweeps_are_worse():
     spaces = (MergeSpace("a", 2, ()), MergeSpace("b", 2, ()))
     activation = {"a": two_by_two(IDENTITY), "b": two_by_two(IDENTITY)}
 
-    def weight_sim(name, transforms, aligned):
+    class WeightSim:  # the descent's protocol: whole matrices, and their entries
+        def __call__(self, name, transforms, aligned):
+            return weight_matrix(name, transforms)
+
+        def entries(self, name, transforms, rows, cols):
+            return weight_matrix(name, transforms)[rows, cols]
+
+        def dependencies(self, name):
+            return {"a"} if name == "b" else set()
+
+    def weight_matrix(name, transforms):
         if name == "a":
             return two_by_two(np.array([[-0.6, 0.6], [0.6, -0.6]]))
         a_is_identity = bool((transforms["a"].assign[1] == transforms["a"].assign[0]).all())
@@ -36,7 +46,7 @@ def test_descent_keeps_its_start_when_the_sweeps_are_worse():
     settings = SolveSettings.from_config(MergeConfig(method="mudsc", mode="permute", alpha=0.5, max_sweeps=3))
     start = {s.name: SpaceTransform.identity([2, 2]) for s in spaces}
     result = coordinate_descent([(s,) for s in spaces], {"a": [2, 2], "b": [2, 2]}, settings, activation,
-                                weight_sim, start)
+                                WeightSim(), start)
     assert result.history[0] == pytest.approx(0.6) and result.history[1] == pytest.approx(0.15)
     assert len(result.history) == 2  # patience 1: one sweep without gain ends the descent
     assert all(t.assign[1].tolist() == [0, 1] for t in result.transforms.values())
@@ -53,3 +63,35 @@ def test_solve_settings_come_from_the_config_alone():
     assert settings.reads_within(2) and not dataclasses.replace(settings, zip_budget=0.0).reads_within(2)
     assert dataclasses.replace(settings, zip_budget=0.0).reads_within(3)
     assert not dataclasses.replace(settings, mode="permute").reads_within(3)
+
+
+def test_units_whose_neighbours_did_not_change_are_not_solved_again(monkeypatch):
+    """Skipping a unit whose weight similarity is unchanged since its last solve is exact: the
+    descent returns what it returns when every unit is solved in every sweep, with fewer solves."""
+    import torch
+
+    import hf_mudsc.solve.descent as descent
+    from conftest import tiny_inputs, tiny_model
+    from hf_mudsc import MuDSCMerger
+    from hf_mudsc.similarity import WeightSimilarity
+
+    a, b = tiny_model("bert-seq", seed=0, dtype=torch.float32), tiny_model("bert-seq", seed=1, dtype=torch.float32)
+    merger = MuDSCMerger.from_pretrained([a, b], "mudsc", max_sweeps=4, patience=4)
+    merger.collect([tiny_inputs(a, batch=8, seed=200 + i) for i in range(4)], num_samples=32, progress=False)
+    calls: list[str] = []
+    original = descent.solve_unit
+
+    def counted(unit, *args):
+        calls.append(unit[0].name)
+        return original(unit, *args)
+
+    monkeypatch.setattr(descent, "solve_unit", counted)
+    fast, fast_report = merger.solve(progress=False)
+    skipping = len(calls)
+    calls.clear()
+    everything = set(merger.unit_maps[0].space_names)
+    monkeypatch.setattr(WeightSimilarity, "dependencies", lambda self, space: everything)
+    slow, slow_report = merger.solve(progress=False)
+    assert all(torch.equal(x, y) for n in fast for x, y in zip(fast[n].assign, slow[n].assign))
+    assert fast_report == slow_report
+    assert skipping < len(calls)

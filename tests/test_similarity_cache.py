@@ -31,9 +31,9 @@ def test_cached_equals_fresh_and_recomputes_only_what_changed(monkeypatch):
     computed: list[str] = []
     original = WeightSimilarity._compute
 
-    def spy(self, members, *args):
+    def spy(self, members, *args, **kwargs):
         computed.append(members[0].param)
-        return original(self, members, *args)
+        return original(self, members, *args, **kwargs)
 
     monkeypatch.setattr(WeightSimilarity, "_compute", spy)
     transforms = identity_transforms(maps)
@@ -85,3 +85,22 @@ def test_merge_with_cross_blocks_only_equals_the_full_computation(monkeypatch):
         from hf_mudsc.solve.solution import pair_objective
 
         assert abs(row["weight_similarity"] - pair_objective(sim, labels)) <= 5e-5 + TOL
+
+
+def test_entries_equal_the_whole_matrix_to_the_last_bit():
+    """The descent scores a solution from entries alone: they must be the whole matrix's, bit for bit,
+    for within and cross blocks, both triangles, the diagonal, and three models."""
+    kinds = [("bert-seq", 2, True), ("vit-cls", 2, False), ("bert-seq", 3, True)]
+    for kind, count, within in kinds:
+        models = [tiny_model(kind, seed=s, dtype=torch.float32) for s in range(count)]
+        maps = [unit_map_of(m) for m in models]
+        states = [{n: p.detach() for n, p in m.named_parameters()} for m in models]
+        transforms = identity_transforms(maps)
+        sim = WeightSimilarity(maps, states, within=within)
+        rng = np.random.default_rng(0)
+        for space in maps[0].space_names:
+            whole = sim(space, transforms, None)
+            n = len(whole)
+            rows, cols = rng.integers(0, n, size=(2, 3, 40))
+            rows[0, :n if n < 40 else 40] = cols[0, :n if n < 40 else 40]  # some diagonal entries
+            assert np.array_equal(sim.entries(space, transforms, rows, cols), whole[rows, cols]), (kind, space)

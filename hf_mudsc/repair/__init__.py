@@ -4,8 +4,7 @@ gradient): ``stats`` (REPAIR renormalisation), ``lsq`` (layer-wise least squares
 joint model, saved folder) reads those weights unchanged. Not part of the published methods."""
 from __future__ import annotations
 
-import time
-from typing import Any, Callable, Collection, Mapping, Sequence
+from typing import Any, Collection, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -15,17 +14,11 @@ from ..apply import MergedWeights
 from ..transforms import Transforms
 from ..unitmaps.spaces import UnitMap
 from .context import RepairContext
-from .heads import repair_heads
-from .least_squares import repair_least_squares
-from .norm_stats import repair_stats
+from .walk import Clock, walk
 
-# Run order: renormalise, then re-solve the trunk's maps, then the heads on the final trunk.
-REPAIRS: dict[str, Callable[[RepairContext], dict[str, Any]]] = {
-    "stats": repair_stats,
-    "lsq": repair_least_squares,
-    "heads": repair_heads,
-}
-REPAIR_TITLES = {
+# name -> what it does, in run order: renormalise, then re-solve the trunk's maps, then the heads on
+# the final trunk (one forward walk runs all three, :mod:`.walk`)
+REPAIRS: dict[str, str] = {
     "stats": "REPAIR-style renormalisation of attention-output and FFN pre-activation units (Jordan et al., ICLR 2023)",
     "lsq": "layer-wise least-squares re-solve of every merged linear map (RegMean / PLeaS style)",
     "heads": "task-head refit: ridge regression of each parent's head outputs on the merged model's head inputs",
@@ -45,18 +38,18 @@ def apply_repairs(
     alone: Sequence[Collection[str]] | None = None,
     progress: bool = False,
 ) -> list[dict[str, Any]]:
-    """Run the repairs ``names`` (in registry order) on ``weights`` in place (``progress``: a bar
-    over the repairs); one report row each
-    (``repair``, wall ``seconds``, ``cpu_seconds`` of this process, what it changed). ``parents``:
+    """Run the repairs ``names`` (in registry order) on ``weights`` in place, in one forward walk
+    (:mod:`.walk`; ``progress``: a bar); one report row each (``repair``, wall ``seconds`` and
+    ``cpu_seconds`` of this process spent for it, a step serving several split evenly; what it changed). ``parents``:
     as merged (a shallower parent expanded with identity layers); ``alone``: as given to
     :func:`~hf_mudsc.apply.apply_transforms` (the parameters merged from one parent alone)."""
     if not batches:
         raise ValueError("repairs need calibration batches: none were given")
     ctx = RepairContext(parents, unit_maps, transforms, weights, list(batches), seed, max_tokens_per_batch, alone)
-    rows = []
-    for name in tqdm([n for n in REPAIRS if n in names], desc="repairing", unit="repair", disable=not progress):
-        start, cpu = time.perf_counter(), time.process_time()
-        done = REPAIRS[name](ctx)
-        rows.append({"repair": name, "seconds": round(time.perf_counter() - start, 3),
-                     "cpu_seconds": round(time.process_time() - cpu, 3), **done})
-    return rows
+    chosen = [n for n in REPAIRS if n in names]
+    clock = Clock(chosen)
+    with tqdm(total=1, desc=f"repairing ({', '.join(chosen)})", unit="walk", disable=not progress) as bar:
+        done = walk(ctx, chosen, clock)
+        bar.update(1)
+    return [{"repair": n, "seconds": round(clock.seconds[n], 3), "cpu_seconds": round(clock.cpu[n], 3), **done[n]}
+            for n in chosen]

@@ -87,8 +87,9 @@ class RepairContext:
         """Parent ``i``'s ``value`` along the output units of shared map ``module`` (``axis``), in
         the merged frame and weighted as the merge weighted that map's weights: ``M_i``, or
         ``pinv(U_i)`` (weight 1) for a map merged from parent ``i`` alone (an unpaired deep layer).
-        Summed over :meth:`sources`, it is the target of the map."""
+        Summed over :meth:`sources`, it is the target of the map (float64)."""
         t = self.transforms[self.output_space(module)]
+        value = value.to(torch.float64)
         if self.alone is not None and f"{module}.weight" in self.alone[i]:
             return t.project(value, i, axis)
         return t.merge(value, i, axis)
@@ -121,7 +122,7 @@ class RepairContext:
     def capture(self, model: nn.Module, sites: Sequence[Site], b: int, run: Callable[[], Any],
                 stop: bool = True) -> dict[Site, Tensor]:
         """Call ``run()`` (a forward pass of ``model`` or of one of its layers, on batch ``b``) and return,
-        per site, the float64 rows that count: real tokens (``attention_mask``), capped at
+        per site, the rows that count (in the model's dtype; consumers sum them in float64): real tokens (``attention_mask``), capped at
         ``max_tokens_per_batch`` by a subset seeded by (seed, batch, module), so that every model
         observing one module on one batch gets the same rows. With ``stop``, the pass stops once every
         site has fired; without, it runs to its end."""
@@ -169,7 +170,7 @@ class RepairContext:
             seed = zlib.crc32(f"{self.seed}/{b}/{module}".encode())
             pick = torch.randperm(rows.numel(), generator=torch.Generator().manual_seed(seed))[:cap]
             rows = rows[pick.sort().values.to(rows.device)]
-        return flat.index_select(0, rows).to(torch.float64)
+        return flat.index_select(0, rows)
 
     def forward_groups(self, model: nn.Module, modules: Sequence[str]) -> list[list[str]]:
         """``modules`` in the order a forward pass calls them, in groups that read the same input
@@ -214,6 +215,8 @@ class LayerInputs:
     """One model's calibration hidden states cached at the input of one encoder layer, per batch,
     and advanced layer by layer: observing a module of layer ``l`` runs layer ``l`` alone, so a
     repair in forward order costs about one forward pass per model, not one per corrected map.
+    Once past the last layer, :meth:`replay` runs what follows the encoder (pooler, task heads)
+    from the cached outputs, without running a layer again.
 
     The other arguments of a layer call (attention mask, ...) are recorded at the first layer and
     reused for every layer, as BERT- and ViT-like encoders pass the same ones to each layer.
@@ -223,6 +226,7 @@ class LayerInputs:
         self.ctx, self.model, self.blocks = ctx, model, list(blocks)
         self.layer = 0
         self.states: list[tuple[Tensor, tuple, dict]] = []
+        self.returned: list[Any] = []  # per batch: what the last layer run returned (for replay)
         first = model.get_submodule(self.blocks[0])
         device = next(model.parameters()).device
         for batch in ctx.batches:
@@ -251,6 +255,7 @@ class LayerInputs:
         Returns, per batch, the rows of ``sites`` (modules of this layer) seen on the way, so that a
         model whose layer does not change gives every target of the layer in one run."""
         seen = []
+        self.returned = []
         with torch.no_grad():
             for b, (_, args, kwargs) in enumerate(self.states):
                 out: dict[str, Any] = {}
@@ -260,6 +265,45 @@ class LayerInputs:
 
                 seen.append(self.ctx.capture(self.model, sites, b, run, stop=False))
                 y = out["layer"]
+                self.returned.append(y)
                 self.states[b] = (y[0] if isinstance(y, (tuple, list)) else y, args, kwargs)
         self.layer += 1
         return seen
+
+    def finish(self) -> None:
+        """Advance through the remaining layers: the cache then holds the encoder's outputs."""
+        while self.layer < len(self.blocks):
+            self.advance()
+
+    def replay(self, sites: Sequence[Site], b: int, model: nn.Module | None = None) -> dict[Site, Tensor]:
+        """The rows of ``sites`` after the encoder (pooler, heads) on batch ``b``: ``model`` (default:
+        this one; or a model whose encoder layers equal this one's, as a merged task model's do) runs
+        with its encoder layers replaced by this cache's outputs, so only the embeddings and what
+        follows the encoder run. Needs :meth:`finish` first."""
+        if self.layer < len(self.blocks):
+            raise RuntimeError("replay needs the cache past the last layer: call finish() first")
+        model = self.model if model is None else model
+        swapped = []
+        for name in self.blocks:
+            owner, child = name.rsplit(".", 1)
+            container = model.get_submodule(owner)
+            swapped.append((container, child, container._modules[child]))
+            container._modules[child] = _Returns(self.returned[b])
+        device = next(model.parameters()).device
+        inputs = {k: v.to(device) for k, v in self.ctx.batches[b].items() if k != "labels"}
+        try:
+            return self.ctx.capture(model, sites, b, lambda: model(**inputs))
+        finally:
+            for container, child, module in swapped:
+                container._modules[child] = module
+
+
+class _Returns(nn.Module):
+    """Stands in for an encoder layer during :meth:`LayerInputs.replay`: returns a cached output."""
+
+    def __init__(self, value: Any) -> None:
+        super().__init__()
+        self.value = value
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.value

@@ -8,26 +8,26 @@ parent's up to a permutation, the merged head fits exactly and is returned uncha
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 from torch import Tensor
 
 from .context import RepairContext
-from .least_squares import refit_linears
+from .least_squares import Observe, refit_linears
 
 
-def repair_heads(ctx: RepairContext) -> dict[str, object]:
-    """Refit every task's head; a no-op for parents without heads."""
+def repair_heads(ctx: RepairContext, parents: Sequence[Observe], tasks: Callable[[int], Observe]) -> dict[str, object]:
+    """Refit every task's head (a no-op for parents without heads): ``parents[i]`` observes parent
+    ``i``, ``tasks(i)`` task ``i``'s merged model, both after the trunk's repairs."""
     heads = ctx.head_linears()
     if not heads:
         return {"maps": 0, "note": "the parents have no task heads: nothing to refit"}
-    for i, parent in enumerate(ctx.parents):
+    for i, observe in enumerate(parents):
         model = ctx.task_model(i)
 
-        def parent_outputs(group: Sequence[str], b: int, parent=parent) -> dict[str, Tensor]:
-            seen = ctx.observe(parent, [(m, "output") for m in group], b)
+        def parent_outputs(group: Sequence[str], b: int, observe: Observe = observe) -> dict[str, Tensor]:
+            seen = observe([(m, "output") for m in group], b)
             return {m: seen[(m, "output")] for m in group}
 
-        refit_linears(ctx, model, ctx.forward_groups(model, heads),
-                      lambda sites, b, model=model: ctx.observe(model, sites, b), parent_outputs, task=i)
+        refit_linears(ctx, model, ctx.forward_groups(model, heads), tasks(i), parent_outputs, task=i)
     return {"maps": len(heads) * len(ctx.parents)}

@@ -6,16 +6,14 @@ their mean and standard deviation over the calibration tokens equal the merge-we
 the parents' matched units (each parent's per-unit statistics brought into the merged frame by
 ``M_i`` and summed; a map of a deep layer without a partner: as the merge weighted it, see
 :meth:`.context.RepairContext.to_merged`). The affine correction is folded into the map's weight
-rows and bias.
+rows and bias. The layer-by-layer walk that measures and applies it is :mod:`.walk`.
 """
 from __future__ import annotations
-
-from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
 
-from .context import LayerInputs, RepairContext, Site
+from .context import RepairContext
 
 
 class UnitMoments:
@@ -44,21 +42,15 @@ class UnitMoments:
         return self.shift + m, (self.s2 / self.n - m * m).clamp(min=0).sqrt()
 
 
-def _renormalise(ctx: RepairContext, model: torch.nn.Module, name: str,
-                 observe: Callable[[Sequence[Site], int], dict[Site, Tensor]], target: tuple[Tensor, Tensor]) -> None:
-    """Fold ``y -> (y - mean) * want_std / std + want_mean`` (per unit) into the map ``name``."""
-    module = model.get_submodule(name)
-    if module.bias is None:
-        raise ValueError(f"'{name}' has no bias, so its units cannot be shifted")
-    measured = UnitMoments()
-    for b in range(len(ctx.batches)):
-        measured.update(observe([(name, "output")], b)[(name, "output")])
+def renormalised(weight: Tensor, bias: Tensor, measured: UnitMoments,
+                 target: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    """The map ``(weight, bias)`` with ``y -> (y - mean) * want_std / std + want_mean`` (per output
+    unit) folded in: ``measured``, the map's output moments; ``target``, the wanted ones (float64)."""
     mean, std = measured.mean_std()
     want_mean, want_std = (v.to(mean.device) for v in target)
     scale = torch.where(std > 0, want_std / std.clamp(min=torch.finfo(torch.float64).tiny), torch.ones_like(std))
-    weight = module.weight.detach().to(torch.float64) * scale.unsqueeze(1)
-    bias = module.bias.detach().to(torch.float64) * scale + (want_mean - scale * mean)
-    ctx.set_linear(name, weight, bias)
+    return (weight.detach().to(torch.float64) * scale.unsqueeze(1),
+            bias.detach().to(torch.float64) * scale + (want_mean - scale * mean))
 
 
 def stats_modules(ctx: RepairContext) -> list[str]:
@@ -71,37 +63,3 @@ def stats_modules(ctx: RepairContext) -> list[str]:
         if (writes == "residual" and any(n.endswith(".vo") for n in reads)) or writes.endswith(".ffn"):
             out.append(module)
     return out
-
-
-def repair_stats(ctx: RepairContext) -> dict[str, object]:
-    """Renormalise the chosen units of every merged layer; returns what it did."""
-    modules = stats_modules(ctx)
-    if not modules:
-        return {"maps": 0, "note": "no merged attention output or FFN layer"}
-    targets: dict[str, tuple[Tensor, Tensor]] = {}
-    for i, parent in enumerate(ctx.parents):
-        mine = [m for m in modules if i in ctx.sources(m)]  # not the identity layers of a shallower parent
-        if not mine:
-            continue
-        moments = {m: UnitMoments() for m in mine}
-        for b in range(len(ctx.batches)):
-            seen = ctx.observe(parent, [(m, "output") for m in mine], b)
-            for m in mine:
-                moments[m].update(seen[(m, "output")])
-        for m in mine:
-            mean, std = (ctx.to_merged(m, v, i, 0) for v in moments[m].mean_std())
-            old = targets.get(m)
-            targets[m] = (mean, std) if old is None else (old[0] + mean, old[1] + std)
-    model = ctx.task_model(0)
-    order = [m for group in ctx.forward_groups(model, modules) for m in group]
-    blocks = ctx.blocks()
-    merged = LayerInputs(ctx, model, blocks)
-    for l, block in enumerate(blocks):
-        inside = [m for m in order if m.startswith(block + ".")]
-        if not inside:
-            break  # a partial merge: no shared layer from here on
-        if l:
-            merged.advance()
-        for m in inside:  # one map at a time: each correction changes what the later maps see
-            _renormalise(ctx, model, m, merged.observe, targets[m])
-    return {"maps": len(modules)}

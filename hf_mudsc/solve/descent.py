@@ -13,21 +13,33 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Callable, Collection, Mapping, Sequence
+from typing import Callable, Collection, Mapping, Protocol, Sequence
 
 import numpy as np
 
 from ..config import MergeConfig
 from ..similarity import blend
-from ..transforms import SpaceTransform, Transforms
+from ..transforms import SpaceTransform, Transforms, same
 from ..unitmaps.spaces import MergeSpace
 from .assignment import solve_permute
 from .heads import solve_heads
-from .solution import Solution, pair_objective
+from .solution import MergedPairs, Solution
 from .zip import solve_zip
 
 REL_TOL = 1e-4  # a sweep gains when it beats the best score by this fraction of it
-WeightSim = Callable[[str, Transforms, Collection[str] | None], np.ndarray]
+
+
+class WeightSim(Protocol):
+    """S_w of a space under given transforms (:class:`~hf_mudsc.similarity.WeightSimilarity`)."""
+
+    def __call__(self, space: str, transforms: Transforms, aligned: Collection[str] | None) -> np.ndarray:
+        """The whole matrix, counting only members whose other axes lie in ``aligned`` (when given)."""
+
+    def entries(self, space: str, transforms: Transforms, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """``S_w[rows, cols]`` with every member counted, equal to those of the whole matrix."""
+
+    def dependencies(self, space: str) -> set[str]:
+        """The spaces whose transforms S_w of ``space`` depends on."""
 
 
 @dataclass(frozen=True)
@@ -115,16 +127,23 @@ def coordinate_descent(
     """
     transforms = dict(start)
     alpha = settings.alpha
+    inputs: dict[str, dict[str, SpaceTransform | None]] = {}  # per unit: its neighbours at its last weight solve
 
     def sweep(order: Sequence[tuple[MergeSpace, ...]], use_weights: bool,
               aligned: set[str] | None = None) -> dict[str, float]:
         objectives: dict[str, float] = {}
         for unit in order:
-            sims = []
-            for s in unit:
-                w = weight_sim(s.name, transforms, aligned) if use_weights and weight_sim is not None else None
-                a = activation.get(s.name) if activation is not None else None
-                sims.append(blend(alpha if use_weights else 0.0, w, a))
+            key = unit[0].name
+            if use_weights and aligned is None and weight_sim is not None:
+                now = {d: transforms.get(d) for s in unit for d in weight_sim.dependencies(s.name)}
+                if key in inputs and all(same(t, inputs[key][d]) for d, t in now.items()):
+                    if progress is not None:  # the same similarities as at its last solve: the same solution
+                        progress(unit[0].group or unit[0].name)
+                    continue
+                inputs[key] = now
+            sims = [blend(alpha if use_weights else 0.0,  # S_w is freed once blended
+                          weight_sim(s.name, transforms, aligned) if use_weights and weight_sim is not None else None,
+                          activation.get(s.name) if activation is not None else None) for s in unit]
             for s, sol in zip(unit, solve_unit(unit, sims, [sizes[s.name] for s in unit], settings)):
                 transforms[s.name] = SpaceTransform(tuple(sol.assign), sol.k)
                 objectives[s.name] = sol.objective
@@ -148,7 +167,8 @@ def coordinate_descent(
     for _ in range(settings.max_sweeps):
         order = list(units)
         rng.shuffle(order)
-        sweep(order, use_weights=True)
+        if not sweep(order, use_weights=True):
+            break  # no unit's neighbours changed since its last solve: a fixed point
         current = _scored(names, transforms, alpha, activation, weight_sim)
         score = _mean(current.objectives)
         best.history.append(score)
@@ -166,14 +186,15 @@ def coordinate_descent(
 
 def _scored(names: Sequence[str], transforms: Transforms, alpha: float, activation: Mapping[str, np.ndarray] | None,
             weight_sim: WeightSim) -> DescentResult:
-    """The objectives of every space under one set of transforms (a copy of them)."""
+    """The objectives of every space under one set of transforms (a copy of them), read from the
+    entries inside the merged units only."""
     objectives, weights = {}, {}
     for name in names:
-        labels = np.concatenate([a.numpy() for a in transforms[name].assign])
-        w = weight_sim(name, transforms, None)
+        pairs = MergedPairs(np.concatenate([a.numpy() for a in transforms[name].assign]))
+        w = weight_sim.entries(name, transforms, pairs.rows, pairs.cols)
         a = activation.get(name) if activation is not None else None
-        weights[name] = pair_objective(w, labels)
-        objectives[name] = pair_objective(blend(alpha, w, a), labels)
+        weights[name] = pairs.mean(w)
+        objectives[name] = pairs.mean(blend(alpha, w, None if a is None else a[pairs.rows, pairs.cols]))
     return DescentResult(dict(transforms), objectives, weights)
 
 

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 TIE_DECIMALS = 9
+_TILE = 256  # tile side of the transposed sum in tie_key (cache-sized)
 
 
 @dataclass(frozen=True, eq=False)
@@ -49,16 +50,38 @@ def pair_objective(sim: Any, labels: np.ndarray) -> float:
 
 
 def _pair_objective(sim: np.ndarray, labels: np.ndarray) -> float:
-    order = np.argsort(labels, kind="stable")
-    counts = np.bincount(labels)
-    starts = np.cumsum(counts) - counts
-    total, pairs = 0.0, 0
-    for c in np.unique(counts[counts > 1]):
-        members = order[starts[counts == c][:, None] + np.arange(c)]
-        blocks = sim[members[:, :, None], members[:, None, :]]
-        total += float(blocks.sum() - np.trace(blocks, axis1=1, axis2=2).sum())
-        pairs += len(members) * int(c) * (int(c) - 1)
-    return total / pairs if pairs else 0.0
+    pairs = MergedPairs(labels)
+    return pairs.mean(sim[pairs.rows, pairs.cols])
+
+
+class MergedPairs:
+    """The ordered pairs of units inside each merged unit (self-pairs included, for the layout),
+    as index arrays ``rows`` and ``cols``: :meth:`mean` of a matrix's values at them is
+    :func:`pair_objective`, so that a matrix known only by its entries can be scored."""
+
+    def __init__(self, labels: np.ndarray) -> None:
+        labels = np.asarray(labels, dtype=np.int64)
+        order = np.argsort(labels, kind="stable")
+        counts = np.bincount(labels)
+        starts = np.cumsum(counts) - counts
+        self.sizes: list[int] = [int(c) for c in np.unique(counts[counts > 1])]
+        blocks = [order[starts[counts == c][:, None] + np.arange(c)] for c in self.sizes]
+        self.clusters = [len(m) for m in blocks]
+        rows = [np.broadcast_to(m[:, :, None], (len(m), c, c)).reshape(-1) for m, c in zip(blocks, self.sizes)]
+        cols = [np.broadcast_to(m[:, None, :], (len(m), c, c)).reshape(-1) for m, c in zip(blocks, self.sizes)]
+        self.rows = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+        self.cols = np.concatenate(cols) if cols else np.zeros(0, dtype=np.int64)
+
+    def mean(self, values: np.ndarray) -> float:
+        """Mean of ``values`` (at ``rows, cols``) over the pairs of distinct units; 0.0 when no
+        merged unit has two members."""
+        total, pairs, start = 0.0, 0, 0
+        for c, n in zip(self.sizes, self.clusters):
+            blocks = values[start:start + n * c * c].reshape(n, c, c)
+            start += n * c * c
+            total += float(blocks.sum() - np.trace(blocks, axis1=1, axis2=2).sum())
+            pairs += n * c * (c - 1)
+        return total / pairs if pairs else 0.0
 
 
 def make_solution(sim: np.ndarray, labels: np.ndarray, sizes: Sequence[int],
@@ -69,10 +92,25 @@ def make_solution(sim: np.ndarray, labels: np.ndarray, sizes: Sequence[int],
                     _pair_objective(sim, labels), tuple(int(m) for m in over_budget))
 
 
-def tie_key(sim: np.ndarray) -> np.ndarray:
+def tie_key(sim: np.ndarray, symmetrise: bool = False) -> np.ndarray:
     """The similarities a solver compares: rounded to :data:`TIE_DECIMALS` decimals, so that
-    exact and nearly exact ties (``corrcoef`` of identical rows) resolve by index order."""
-    return np.round(sim, TIE_DECIMALS)
+    exact and nearly exact ties (``corrcoef`` of identical rows) resolve by index order;
+    ``symmetrise``: of ``(sim + sim.T) / 2``. A new array, computed in place and the transpose
+    tile by tile (``np.round``'s multiply, round half to even, divide: the same bits with fewer
+    passes over a large matrix)."""
+    scale = 10.0 ** TIE_DECIMALS
+    if symmetrise:
+        key = np.empty_like(sim)
+        for i in range(0, len(sim), _TILE):
+            for j in range(0, len(sim), _TILE):
+                np.add(sim[i:i + _TILE, j:j + _TILE], sim[j:j + _TILE, i:i + _TILE].T, out=key[i:i + _TILE, j:j + _TILE])
+        key /= 2
+    else:
+        key = np.array(sim)
+    key *= scale
+    np.rint(key, out=key)
+    key /= scale
+    return key
 
 
 def canonical_labels(labels: np.ndarray) -> np.ndarray:

@@ -54,8 +54,8 @@ def solve_zip(sim: Any, sizes: Sequence[int], k: int | None = None, budget: floa
     if not (0.0 <= budget <= 1.0 and 0.0 <= decay <= 1.0):
         raise ValueError(f"budget and decay must be in [0, 1], got {budget} and {decay}")
     clusters = _Clusters(sizes, budget)
-    key = tie_key((sim + sim.T) / 2)
-    if not _greedy(_initial(key, clusters), clusters, decay, k):
+    if not _greedy(_initial(tie_key(sim, symmetrise=True), clusters), clusters, decay, k):
+        key = tie_key(sim, symmetrise=True)  # computed again: the greedy's work array was the first copy
         if not _greedy(_linkage(key, clusters), clusters, 1.0, k):
             _complete(key, clusters, k)
     over = clusters.over_budget()
@@ -174,12 +174,11 @@ def _recompute(work: np.ndarray, live: np.ndarray, best_val: np.ndarray,
 
 
 def _initial(key: np.ndarray, clusters: _Clusters) -> np.ndarray:
-    """Similarity of singleton clusters (``key``, symmetric), self-pairs and pairs over an
-    exhausted budget ``-inf``."""
-    work = key.copy()
-    np.fill_diagonal(work, NEG)
-    clusters.forbid_exhausted(work)
-    return work
+    """Similarity of singleton clusters: ``key`` (symmetric) itself, changed in place, with
+    self-pairs and pairs over an exhausted budget ``-inf``."""
+    np.fill_diagonal(key, NEG)
+    clusters.forbid_exhausted(key)
+    return key
 
 
 def _linkage(key: np.ndarray, clusters: _Clusters) -> np.ndarray:

@@ -1,0 +1,137 @@
+"""One forward walk for every repair: each model runs each layer about once, whatever the repairs.
+
+The parents' outputs do not depend on the merge, so each parent runs each encoder layer once
+(:meth:`.context.LayerInputs.advance`), giving on the way every target of that layer: the output
+moments ``stats`` wants and the outputs ``lsq`` fits. The merged model then corrects the layer's
+maps in forward order, group by group (maps that read one input, as q, k, v): one run of the layer
+up to the group gives both the maps' inputs (for ``lsq``) and their outputs (for ``stats``); a map
+that both repairs touch is renormalised first, then re-solved pulled towards the renormalised map.
+After the last layer, the maps that follow the encoder (BERT's pooler; ``lsq``) and the task heads
+(``heads``) are fitted by replaying the cached encoder outputs (:meth:`.context.LayerInputs.replay`),
+so that no model runs its layers again. A partial merge (later layers private per task) observes
+each task model by a full pass instead.
+"""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from typing import Any, Collection, Iterator, Sequence
+
+import torch
+
+from .context import LayerInputs, RepairContext, Site
+from .heads import repair_heads
+from .least_squares import Observe, averaged_outputs, refit_linears
+from .norm_stats import UnitMoments, renormalised, stats_modules
+from .ridge import RidgeSums
+
+
+class Clock:
+    """Wall and CPU seconds per repair; a step that serves several repairs is split evenly among them."""
+
+    def __init__(self, names: Collection[str]) -> None:
+        self.seconds = {n: 0.0 for n in names}
+        self.cpu = {n: 0.0 for n in names}
+
+    @contextmanager
+    def charge(self, names: Collection[str]) -> Iterator[None]:
+        names = [n for n in self.seconds if n in names] or list(self.seconds)
+        start, cpu = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            for n in names:
+                self.seconds[n] += (time.perf_counter() - start) / len(names)
+                self.cpu[n] += (time.process_time() - cpu) / len(names)
+
+
+def walk(ctx: RepairContext, names: Collection[str], clock: Clock) -> dict[str, dict[str, Any]]:
+    """Run the repairs ``names`` (``stats``, ``lsq``, ``heads``) on ``ctx`` in place; what each did."""
+    trunk = [n for n in ("stats", "lsq") if n in names]
+    model = ctx.task_model(0)
+    shared = ctx.shared_linears()
+    renorm = set(stats_modules(ctx)) if "stats" in names else set()
+    refit = set(shared) if "lsq" in names else set()
+    blocks = ctx.blocks()
+    with clock.charge(names):
+        groups = ctx.forward_groups(model, [m for m in shared if m in renorm | refit]) if renorm | refit else []
+        per_layer = [[g for g in groups if g[0].startswith(block + ".")] for block in blocks]
+        depth = max((l + 1 for l, gs in enumerate(per_layer) if gs), default=0)
+        tail = [g for g in ctx.forward_groups(model, sorted(refit)) if not any(g[0].startswith(b + ".") for b in blocks)] \
+            if refit else []
+        merged, *parents = (LayerInputs(ctx, m, blocks) for m in (model, *ctx.parents))
+    for l in range(depth):
+        layer = [m for g in per_layer[l] for m in g]
+        with clock.charge(trunk):
+            seen = [runner.advance([(m, "output") for m in layer if i in ctx.sources(m)])
+                    for i, runner in enumerate(parents)]
+        for group in per_layer[l]:
+            with clock.charge([n for n, maps in (("stats", renorm), ("lsq", refit)) if set(group) & maps]):
+                _correct(ctx, model, group, merged, seen, renorm, refit)
+        if l + 1 < depth:
+            with clock.charge(trunk):
+                merged.advance()
+    # every encoder layer shared: the merged cache is every task model's encoder output
+    full = all(any(m.startswith(block + ".") for m in shared) for block in blocks)
+    if tail or "heads" in names:
+        with clock.charge(["lsq"] if tail else ["heads"]):
+            for runner in (*parents, *([merged] if full else [])):
+                runner.finish()
+    parent_obs: list[Observe] = [lambda sites, b, r=r: r.replay(sites, b) for r in parents]
+
+    def task_obs(i: int) -> Observe:
+        if full:
+            return lambda sites, b: merged.replay(sites, b, ctx.task_model(i))
+        return lambda sites, b: ctx.observe(ctx.task_model(i), sites, b)
+
+    done: dict[str, dict[str, Any]] = {}
+    if "stats" in names:
+        done["stats"] = {"maps": len(renorm)} if renorm else {"maps": 0, "note": "no merged attention output or FFN layer"}
+    if "lsq" in names:
+        with clock.charge(["lsq"]):
+            refit_linears(ctx, model, tail, task_obs(0), averaged_outputs(ctx, parent_obs))
+        done["lsq"] = {"maps": len(refit)}
+    if "heads" in names:
+        with clock.charge(["heads"]):
+            done["heads"] = repair_heads(ctx, parent_obs, task_obs)
+    return done
+
+
+def _correct(ctx: RepairContext, model: torch.nn.Module, group: Sequence[str], merged: LayerInputs,
+             seen: Sequence[list[dict[Site, torch.Tensor]]], renorm: Collection[str], refit: Collection[str]) -> None:
+    """Renormalise (``stats``) and re-solve (``lsq``) one group of maps of the merged layer from one
+    run of the layer per batch; ``seen[i][b]``: parent ``i``'s outputs of the layer's maps."""
+    sites = [(m, "input") for m in group if m in refit] + [(m, "output") for m in group if m in renorm]
+    targets = averaged_outputs(ctx, [lambda s, b, rows=rows: {site: rows[b][site] for site in s} for rows in seen])
+    sums = {m: RidgeSums(model.get_submodule(m).bias is not None) for m in group if m in refit}
+    measured = {m: UnitMoments() for m in group if m in renorm}
+    for b in range(len(ctx.batches)):
+        rows = merged.observe(sites, b)
+        if sums:
+            fitted = targets(list(sums), b)
+            for m, s in sums.items():
+                s.update(rows[(m, "input")], fitted[m])
+        for m, moments in measured.items():
+            moments.update(rows[(m, "output")])
+    for m in group:
+        module = model.get_submodule(m)
+        weight, bias = module.weight, module.bias
+        if m in measured:
+            if bias is None:
+                raise ValueError(f"'{m}' has no bias, so its units cannot be shifted")
+            weight, bias = renormalised(weight, bias, measured[m], _stats_target(ctx, m, seen))
+        if m in sums:
+            weight, bias = sums[m].solve(weight, bias)
+        ctx.set_linear(m, weight, bias)
+
+
+def _stats_target(ctx: RepairContext, module: str, seen: Sequence[list[dict[Site, torch.Tensor]]]):
+    """The merge-weighted sum of the parents' per-unit output mean and std of ``module``."""
+    target = None
+    for i in ctx.sources(module):
+        moments = UnitMoments()
+        for rows in seen[i]:
+            moments.update(rows[(module, "output")])
+        mean, std = (ctx.to_merged(module, v, i, 0) for v in moments.mean_std())
+        target = (mean, std) if target is None else (target[0] + mean, target[1] + std)
+    return target
