@@ -17,7 +17,7 @@ from .apply import MergedWeights, apply_transforms, build_task_model, is_merged
 from .config import RECIPE_NAME, RESOLVED, MergeConfig
 from .data import Calibration, calibration
 from .hetero import depth as hetero_depth
-from .hetero.width import differ_in_width, merged_config
+from .hetero.width import differ_in_width, merged_config, widen_heads
 from .io.writer import atomic_output_dir
 from .loading import Parent, check_compatible, load_parent
 from .output import write_merge_folder
@@ -358,6 +358,8 @@ class MuDSCMerger:
         if plan is not None and any(weights.private):  # the shallow parent's own copy of unpaired layers
             weights.private[plan.shallow] = hetero_depth.identity_private(
                 weights.private[plan.shallow], weights.private[plan.deep], plan, maps[plan.deep])
+        if differ_in_width(maps):  # a head whose inner width is the hidden size (RoBERTa) widens with it
+            widen_heads(weights, [p.model for p in self._merging], maps, transforms)
         repairs = []
         if config.resolved_repair:
             repairs = apply_repairs(config.resolved_repair, [p.model for p in self._merging], maps, transforms,

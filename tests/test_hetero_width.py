@@ -131,3 +131,31 @@ def test_the_default_merge_repairs_parents_of_different_depths_or_widths(kind, n
         x = tiny_inputs(task)
         assert torch.isfinite(outputs(task, x)).all()
     assert result.model(**tiny_inputs(a)).logits.shape == (4, 6)
+
+
+@pytest.mark.parametrize("repair", ["none", "stats,lsq,heads"])
+def test_roberta_of_different_widths_widens_the_narrower_two_layer_head(repair, tmp_path):
+    """RoBERTa's classifier is dense (hidden x hidden) -> tanh -> out_proj: the narrower parent's head
+    gains zero units (zero rows and bias in, zero columns out), which computes the same function."""
+    from transformers import AutoModelForSequenceClassification
+
+    a = tiny_model("roberta-seq", seed=0, hidden_size=16, num_attention_heads=2, intermediate_size=40)
+    b = tiny_model("roberta-seq", seed=1)
+    merger = MuDSCMerger.from_pretrained([a, b], "mudsc", repair=repair)
+    result = merger.merge(calibration(b), progress=False)
+    head = result.weights.private[0]
+    assert head["classifier.dense.weight"].shape == (32, 32) and head["classifier.out_proj.weight"].shape == (3, 32)
+    assert not head["classifier.dense.weight"][16:].any() and not head["classifier.dense.bias"][16:].any()
+    assert not head["classifier.out_proj.weight"][:, 16:].any()
+    unpadded = merger.apply(result.transforms, merger.config.with_updates(repair="none"))  # same shapes after widening
+    x = torch.randn(5, 32, dtype=torch.float64)
+    w, bias, out_w, out_b = (unpadded.weights.private[0][f"classifier.{n}"][:16] if n.startswith("dense") else
+                             unpadded.weights.private[0][f"classifier.{n}"] for n in ("dense.weight", "dense.bias",
+                                                                                      "out_proj.weight", "out_proj.bias"))
+    narrow = torch.tanh(x @ w.T + bias) @ out_w[:, :16].T + out_b
+    wide = result.task_models[0].classifier if repair == "none" else unpadded.task_models[0].classifier
+    torch.testing.assert_close(wide(x.unsqueeze(1)), narrow, rtol=0, atol=1e-12)
+    result.save_pretrained(tmp_path / "merged")
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged" / "tasks" / "0")
+    assert loaded.config.hidden_size == 32 and loaded.classifier.dense.weight.shape == (32, 32)
+    assert result.model(**tiny_inputs(b)).logits.shape == (4, 6)

@@ -4,15 +4,19 @@ The engine already zips parents of different widths: every space is solved into
 ``k = max_i d_i`` merged units (zip budgets are a fraction of each parent's own width; heads are
 matched by rectangular assignment and a wider parent's unmatched heads stay heads of their own),
 and ``M_i``, ``U_i`` are per parent. What is left is to refuse what cannot be merged and to
-describe the merged widths in the config of every output model.
+describe the merged widths in the config of every output model, and to widen a task head whose
+inner width follows the hidden size (RoBERTa's two-layer classifier).
 """
 from __future__ import annotations
 
 import copy
 from typing import Sequence
 
+import torch
+import torch.nn.functional as F
 from transformers import PretrainedConfig
 
+from ..apply import MergedWeights
 from ..transforms import Transforms
 from ..unitmaps.spaces import UnitMap
 
@@ -66,3 +70,26 @@ def merged_config(config: PretrainedConfig, transforms: Transforms, depth: int) 
         out.pooler_output_size = transforms["pooler"].k if "pooler" in transforms \
             else out.hidden_size if pooled == config.hidden_size else pooled
     return out
+
+
+def widen_heads(weights: MergedWeights, parents: Sequence[torch.nn.Module], unit_maps: Sequence[UnitMap],
+                transforms: Transforms) -> None:
+    """Pad, in place, each task head parameter of a narrower parent with zeros to its shape under
+    the merged config: a head whose inner width is the hidden size (RoBERTa's ``classifier.dense``,
+    then ``tanh``, then ``out_proj``) gains units with zero weights and bias, read through zero
+    columns: the same function (its activation maps 0 to 0, and it has no norm)."""
+    depth = unit_maps[0].num_layers
+    for i, (parent, umap) in enumerate(zip(parents, unit_maps)):
+        with torch.device("meta"):
+            model = type(parent)(merged_config(parent.config, transforms, depth))
+        shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+        for name in umap.task_heads:
+            tensor = weights.private[i].get(name)
+            want = shapes.get(name)
+            if tensor is None or want is None or want == tuple(tensor.shape):
+                continue
+            if len(want) != tensor.dim() or any(w < d for w, d in zip(want, tensor.shape)):
+                raise ValueError(f"task head '{name}' of parent {i} has shape {tuple(tensor.shape)}, which does not "
+                                 f"widen to {want} under the merged config")
+            weights.private[i][name] = F.pad(tensor, [p for w, d in zip(reversed(want), reversed(tensor.shape))
+                                                      for p in (0, w - d)])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
+import torch.nn.functional as F
 from torch import Tensor
 
 from .context import RepairContext
@@ -25,9 +26,10 @@ def repair_heads(ctx: RepairContext, parents: Sequence[Observe], tasks: Callable
     for i, observe in enumerate(parents):
         model = ctx.task_model(i)
 
-        def parent_outputs(group: Sequence[str], b: int, observe: Observe = observe) -> dict[str, Tensor]:
-            seen = observe([(m, "output") for m in group], b)
-            return {m: seen[(m, "output")] for m in group}
+        def parent_outputs(group: Sequence[str], b: int, observe: Observe = observe, model=model) -> dict[str, Tensor]:
+            seen = observe([(m, "output") for m in group], b)  # a head widened with zero units: zero targets there
+            return {m: F.pad(seen[(m, "output")], (0, model.get_submodule(m).out_features - seen[(m, "output")].shape[-1]))
+                    for m in group}
 
         refit_linears(ctx, model, ctx.forward_groups(model, heads), tasks(i), parent_outputs, task=i)
     return {"maps": len(heads) * len(ctx.parents)}
