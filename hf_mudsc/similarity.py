@@ -12,11 +12,11 @@ from typing import Collection, Mapping, Sequence
 import numpy as np
 import torch
 
-from .transforms import SpaceTransform, Transforms, same
+from .transforms import SpaceTransform, Transforms
 from .unitmaps.spaces import Member, UnitMap
 
-# A group of members with fewer features is recomputed at every call: its products cost less than
-# keeping its D x D blocks in memory.
+# A group whose members read no other space (embeddings, norms, biases) never changes: it is kept once
+# computed, unless it has fewer features than this (its products cost less than its D x D blocks in memory).
 _CACHED_FEATURES = 64
 
 
@@ -33,19 +33,24 @@ def weight_similarity(
 
 @dataclass
 class _Sums:
-    """A group's share of a space's weight statistics: Gram blocks over its standardised
-    features, the per-unit sums and sums of squares, the feature count, and the transforms of
-    the group's other spaces it was computed under."""
+    """A group's share of a space's weight statistics: Gram blocks over its standardised features
+    (``gram``), or only some of their entries (``picked``: one vector per requested index set), the
+    per-unit sums and sums of squares, the feature count, and the transforms of the group's other
+    spaces it was computed under."""
 
     under: tuple[SpaceTransform | None, ...]
-    gram: dict[tuple[int, int], torch.Tensor]
+    gram: dict[tuple[int, int], torch.Tensor] | None
+    picked: list[torch.Tensor] | None
     sums: torch.Tensor
     squares: torch.Tensor
     features: int
 
 
+Picks = Sequence[tuple[tuple[int, int], torch.Tensor, torch.Tensor]]  # (block, local rows, local cols)
+
+
 class WeightSimilarity:
-    """Weight similarity S_w of merge spaces under changing transforms, recomputing only what changed.
+    """Weight similarity S_w of merge spaces under changing transforms.
 
     A unit's weight vector concatenates its slice of every member of the space (its row where the
     tensor writes the space, its column where it reads it); each tensor's *other* axes are first
@@ -56,10 +61,11 @@ class WeightSimilarity:
     of units look alike. S_w is the Pearson correlation of these vectors. Task heads are left out:
     their label axes mean different things in different tasks.
 
-    A member's share depends only on the transforms of its tensor's other spaces: members are
-    grouped by those spaces, and each group's share is kept with the transforms it was computed
-    under and recomputed only when one of them changed (compared by content), so a descent sweep
-    that leaves most spaces as they were costs little.
+    Members are grouped by the other spaces their tensors lie in (:meth:`dependencies`). A group
+    that reads no other space never changes and is computed once; the others change with their
+    neighbours at almost every call of a descent, and are recomputed (keeping their D x D blocks
+    would hold gigabytes at BERT-base for little reuse). :meth:`entries` computes only the entries
+    a score reads, from the features directly.
 
     ``within=False``: only the cross-model blocks (and every unit's variance) are computed; the
     within-model off-diagonal entries are 0. Use it only for solvers that never read them
@@ -87,57 +93,54 @@ class WeightSimilarity:
 
     def entries(self, space: str, transforms: Transforms, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """``S_w[rows, cols]`` of ``space`` under ``transforms`` (every member counts), equal to the
-        same entries of :meth:`__call__` to the last bit, without building the whole matrix: what
-        scoring a solution needs (the pairs inside its merged units)."""
+        same entries of :meth:`__call__` to ~1e-6 (float32 sums in another order), without building
+        the whole matrix: what scoring a solution needs (the pairs inside its merged units)."""
         sizes = [m[space].dim for m in self.unit_maps]
-        parts = self._parts(space, transforms, None)
         rows, cols = np.broadcast_arrays(np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64))
         r, c = (torch.from_numpy(x.reshape(-1).copy()).to(self.device) for x in (rows, cols))
-        features = sum(p.features for p in parts)
-        if features == 0:
-            return (rows == cols).astype(np.float64)
-        mean, inv = _moments(parts, features)
-        offsets = torch.tensor(np.cumsum([0, *sizes]), device=self.device)
-        model_r, model_c = (torch.searchsorted(offsets, x, right=True) - 1 for x in (r, c))
-        out = torch.zeros(r.numel(), dtype=torch.float64, device=self.device)
-        for i, j in self.pairs:
-            a, b = int(offsets[i]), int(offsets[j])
+        offsets = [int(o) for o in np.cumsum([0, *sizes])]
+        model_r, model_c = (torch.searchsorted(torch.tensor(offsets, device=self.device), x, right=True) - 1
+                            for x in (r, c))
+        picks, where = [], []
+        for i, j in self.pairs:  # every off-diagonal entry, as (block, local row, local col) of an upper block
             for ri, ci, flip in ((model_r, model_c, False), (model_c, model_r, True)):
                 sel = ((ri == i) & (ci == j) & (r != c)).nonzero().squeeze(1)
                 if (flip and i == j) or not sel.numel():
                     continue
-                lr, lc = (r[sel] - a, c[sel] - b) if not flip else (c[sel] - a, r[sel] - b)
-                value = self._entry(parts, (i, j), features, mean, inv, lr, lc, a, b)
-                if i == j:  # a within-model block is symmetrised
-                    value = (value + self._entry(parts, (i, j), features, mean, inv, lc, lr, a, b)) / 2
-                out[sel] = value
+                first, second = (c[sel], r[sel]) if flip else (r[sel], c[sel])
+                picks.append(((i, j), first - offsets[i], second - offsets[j]))
+                where.append(sel)
+        parts = self._parts(space, transforms, None, picks)
+        features = sum(p.features for p in parts)
+        if features == 0:
+            return (rows == cols).astype(np.float64)
+        mean, inv = _moments(parts, features)
+        out = torch.zeros(r.numel(), dtype=torch.float64, device=self.device)
+        for k, (((i, j), lr, lc), sel) in enumerate(zip(picks, where)):
+            gram = sum(p.picked[k] if p.gram is None else p.gram[i, j][lr, lc] for p in parts)
+            a, b = lr + offsets[i], lc + offsets[j]
+            out[sel] = gram.to(torch.float64).div_(features).sub_(mean[a] * mean[b]).mul_(inv[a]).mul_(inv[b]) \
+                .clamp_(-1.0, 1.0)
         diagonal = (r == c).nonzero().squeeze(1)
         out[diagonal] = (inv[r[diagonal]] > 0).to(torch.float64)
         return out.reshape(rows.shape).cpu().numpy()
 
-    @staticmethod
-    def _entry(parts: list[_Sums], pair: tuple[int, int], features: int, mean: torch.Tensor, inv: torch.Tensor,
-               lr: torch.Tensor, lc: torch.Tensor, a: int, b: int) -> torch.Tensor:
-        """Entries ``(lr, lc)`` of block ``pair``, computed as :meth:`_correlation` computes the block."""
-        value = sum(p.gram[pair][lr, lc] for p in parts).to(torch.float64).div_(features)
-        value.sub_(mean[a + lr] * mean[b + lc]).mul_(inv[a + lr]).mul_(inv[b + lc]).clamp_(-1.0, 1.0)
-        return value
-
-    def _parts(self, space: str, transforms: Transforms, aligned: Collection[str] | None) -> list[_Sums]:
-        """Every counted group's share of ``space`` under ``transforms``, from the cache where it is
-        still valid."""
+    def _parts(self, space: str, transforms: Transforms, aligned: Collection[str] | None,
+               picks: Picks | None = None) -> list[_Sums]:
+        """Every counted group's share of ``space`` under ``transforms``: whole Gram blocks, or with
+        ``picks`` only those entries (a kept group always gives its whole blocks)."""
         sizes = [m[space].dim for m in self.unit_maps]
         parts = []
         for deps, members in self._groups(space).items():
             if aligned is not None and not set(deps) <= set(aligned):
                 continue
-            under = tuple(transforms.get(d) for d in deps)
-            cached = self._cache.get((space, deps))
-            if cached is not None and all(same(a, b) for a, b in zip(cached.under, under)):
-                parts.append(cached)
+            if (space, deps) in self._cache:
+                parts.append(self._cache[space, deps])
                 continue
-            part = self._compute(members, sizes, transforms, under, reuse=cached)
-            if part.features >= _CACHED_FEATURES:
+            under = tuple(transforms.get(d) for d in deps)
+            keep = not deps and sum(self._features(m) for m in members) >= _CACHED_FEATURES
+            part = self._compute(members, sizes, transforms, under, None if keep else picks)
+            if keep:
                 self._cache[space, deps] = part
             parts.append(part)
         return parts
@@ -158,16 +161,14 @@ class WeightSimilarity:
         return groups
 
     def _compute(self, members: list[Member], sizes: list[int], transforms: Transforms,
-                 under: tuple[SpaceTransform | None, ...], reuse: _Sums | None = None) -> _Sums:
-        """The group's share under ``under``; ``reuse``: a stale share of the same group, whose Gram
-        blocks are overwritten (no new allocation of the largest arrays)."""
+                 under: tuple[SpaceTransform | None, ...], picks: Picks | None = None) -> _Sums:
+        """The group's share: its Gram blocks, or (``picks``) only the entries asked for."""
         offsets = np.cumsum([0, *sizes])
         cut = [slice(int(a), int(b)) for a, b in zip(offsets[:-1], offsets[1:])]
-        if reuse is not None:
-            gram = {key: block.zero_() for key, block in reuse.gram.items()}
-        else:
-            gram = {(i, j): torch.zeros(sizes[i], sizes[j], dtype=torch.float32, device=self.device)
-                    for i, j in self.pairs}
+        gram = None if picks is not None else {
+            (i, j): torch.zeros(sizes[i], sizes[j], dtype=torch.float32, device=self.device) for i, j in self.pairs}
+        picked = None if picks is None else [torch.zeros(len(lr), dtype=torch.float32, device=self.device)
+                                             for _, lr, _ in picks]
         dim = sum(sizes)
         sums = torch.zeros(dim, dtype=torch.float64, device=self.device)
         squares = torch.zeros(dim, dtype=torch.float64, device=self.device)
@@ -177,12 +178,21 @@ class WeightSimilarity:
             if len({r.shape[1] for r in rows}) != 1:
                 continue  # other axes of different sizes (width heterogeneity outside the merged frame)
             z = _standardise(torch.cat(rows))
-            for (i, j), block in gram.items():
-                block.addmm_(z[cut[i]], z[cut[j]].T)
+            if gram is not None:
+                for (i, j), block in gram.items():
+                    block.addmm_(z[cut[i]], z[cut[j]].T)
+            else:
+                for total, ((i, j), lr, lc) in zip(picked, picks):
+                    total += (z[cut[i]][lr] * z[cut[j]][lc]).sum(dim=1)
             sums += z.sum(dim=1, dtype=torch.float64)
             squares += z.square().sum(dim=1, dtype=torch.float64)
             features += z.shape[1]
-        return _Sums(under, gram, sums, squares, features)
+        return _Sums(under, gram, picked, sums, squares, features)
+
+    def _features(self, member: Member) -> int:
+        """How many features a member gives each unit (its tensor's size over the unit axis)."""
+        tensor = self.state_dicts[0][member.param]
+        return tensor.numel() // tensor.shape[member.axis]
 
     def _unit_rows(self, param: str, axis: int, i: int, transforms: Transforms) -> torch.Tensor:
         """Model i's tensor (float32, on this object's device) with its other axes in the merged

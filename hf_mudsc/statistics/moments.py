@@ -40,8 +40,15 @@ class Moments:
         self.s1 = torch.zeros(dim, dtype=torch.float64, device=self.device)
         edges = [*range(0, dim, BLOCK), dim]
         self._cuts = [slice(a, b) for a, b in pairwise(edges)]
-        self._s2 = {(p, q): torch.zeros(a.stop - a.start, b.stop - b.start, dtype=torch.float64, device=self.device)
-                    for p, a in enumerate(self._cuts) for q, b in enumerate(self._cuts) if p <= q}
+        shapes = {(p, q): (a.stop - a.start, b.stop - b.start)
+                  for p, a in enumerate(self._cuts) for q, b in enumerate(self._cuts) if p <= q}
+        # the blocks are views of one allocation: freed at once and given back to the system, where
+        # many blocks of a few MB would stay behind in the allocator's heap
+        storage = torch.zeros(sum(r * c for r, c in shapes.values()), dtype=torch.float64, device=self.device)
+        self._s2, start = {}, 0
+        for key, (r, c) in shapes.items():
+            self._s2[key] = storage[start:start + r * c].view(r, c)
+            start += r * c
 
     def update(self, x: Tensor) -> Moments:
         """Add the rows of ``x`` (samples, dim), any float dtype or device, as samples."""
