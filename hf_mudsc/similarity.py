@@ -12,7 +12,7 @@ from typing import Collection, Mapping, Sequence
 import numpy as np
 import torch
 
-from .transforms import SpaceTransform, Transforms
+from .transforms import Transforms
 from .unitmaps.spaces import Member, UnitMap
 
 # A group whose members read no other space (embeddings, norms, biases) never changes: it is kept once
@@ -35,10 +35,8 @@ def weight_similarity(
 class _Sums:
     """A group's share of a space's weight statistics: Gram blocks over its standardised features
     (``gram``), or only some of their entries (``picked``: one vector per requested index set), the
-    per-unit sums and sums of squares, the feature count, and the transforms of the group's other
-    spaces it was computed under."""
+    per-unit sums and sums of squares, and the feature count."""
 
-    under: tuple[SpaceTransform | None, ...]
     gram: dict[tuple[int, int], torch.Tensor] | None
     picked: list[torch.Tensor] | None
     sums: torch.Tensor
@@ -137,9 +135,8 @@ class WeightSimilarity:
             if (space, deps) in self._cache:
                 parts.append(self._cache[space, deps])
                 continue
-            under = tuple(transforms.get(d) for d in deps)
             keep = not deps and sum(self._features(m) for m in members) >= _CACHED_FEATURES
-            part = self._compute(members, sizes, transforms, under, None if keep else picks)
+            part = self._compute(members, sizes, transforms, None if keep else picks)
             if keep:
                 self._cache[space, deps] = part
             parts.append(part)
@@ -161,7 +158,7 @@ class WeightSimilarity:
         return groups
 
     def _compute(self, members: list[Member], sizes: list[int], transforms: Transforms,
-                 under: tuple[SpaceTransform | None, ...], picks: Picks | None = None) -> _Sums:
+                 picks: Picks | None = None) -> _Sums:
         """The group's share: its Gram blocks, or (``picks``) only the entries asked for."""
         offsets = np.cumsum([0, *sizes])
         cut = [slice(int(a), int(b)) for a, b in zip(offsets[:-1], offsets[1:])]
@@ -187,7 +184,7 @@ class WeightSimilarity:
             sums += z.sum(dim=1, dtype=torch.float64)
             squares += z.square().sum(dim=1, dtype=torch.float64)
             features += z.shape[1]
-        return _Sums(under, gram, picked, sums, squares, features)
+        return _Sums(gram, picked, sums, squares, features)
 
     def _features(self, member: Member) -> int:
         """How many features a member gives each unit (its tensor's size over the unit axis)."""

@@ -27,9 +27,12 @@ def repair_heads(ctx: RepairContext, parents: Sequence[Observe], tasks: Callable
         model = ctx.task_model(i)
 
         def parent_outputs(group: Sequence[str], b: int, observe: Observe = observe, model=model) -> dict[str, Tensor]:
-            seen = observe([(m, "output") for m in group], b)  # a head widened with zero units: zero targets there
-            return {m: F.pad(seen[(m, "output")], (0, model.get_submodule(m).out_features - seen[(m, "output")].shape[-1]))
-                    for m in group}
+            seen = observe([(m, "output") for m in group], b)
+            wanted = {}
+            for m in group:  # a head widened with zero units (widen_heads): zero targets there
+                y = seen[(m, "output")]
+                wanted[m] = F.pad(y, (0, model.get_submodule(m).out_features - y.shape[-1]))
+            return wanted
 
         refit_linears(ctx, model, ctx.forward_groups(model, heads), tasks(i), parent_outputs, task=i)
     return {"maps": len(heads) * len(ctx.parents)}

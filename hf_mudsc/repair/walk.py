@@ -57,8 +57,8 @@ def walk(ctx: RepairContext, names: Collection[str], clock: Clock) -> dict[str, 
         groups = ctx.forward_groups(model, [m for m in shared if m in renorm | refit]) if renorm | refit else []
         per_layer = [[g for g in groups if g[0].startswith(block + ".")] for block in blocks]
         depth = max((l + 1 for l, gs in enumerate(per_layer) if gs), default=0)
-        tail = [g for g in ctx.forward_groups(model, sorted(refit)) if not any(g[0].startswith(b + ".") for b in blocks)] \
-            if refit else []
+        # the maps after the encoder (BERT's pooler): lsq's groups outside every layer
+        tail = [g for g in groups if not any(g[0].startswith(b + ".") for b in blocks)] if refit else []
         merged, *parents = (LayerInputs(ctx, m, blocks) for m in (model, *ctx.parents))
     for l in range(depth):
         layer = [m for g in per_layer[l] for m in g]
@@ -125,7 +125,8 @@ def _correct(ctx: RepairContext, model: torch.nn.Module, group: Sequence[str], m
         ctx.set_linear(m, weight, bias)
 
 
-def _stats_target(ctx: RepairContext, module: str, seen: Sequence[list[dict[Site, torch.Tensor]]]):
+def _stats_target(ctx: RepairContext, module: str,
+                  seen: Sequence[list[dict[Site, torch.Tensor]]]) -> tuple[torch.Tensor, torch.Tensor]:
     """The merge-weighted sum of the parents' per-unit output mean and std of ``module``."""
     target = None
     for i in ctx.sources(module):

@@ -36,7 +36,7 @@ class WeightSim(Protocol):
         """The whole matrix, counting only members whose other axes lie in ``aligned`` (when given)."""
 
     def entries(self, space: str, transforms: Transforms, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        """``S_w[rows, cols]`` with every member counted, equal to those of the whole matrix."""
+        """``S_w[rows, cols]`` with every member counted, equal to those of the whole matrix (to ~1e-6)."""
 
     def dependencies(self, space: str) -> set[str]:
         """The spaces whose transforms S_w of ``space`` depends on."""
