@@ -224,7 +224,13 @@ def _length(data: Any) -> int | None:
         return None
 
 
+def first_samples(batches: Sequence[Mapping[str, torch.Tensor]], limit: int | None) -> list[dict[str, torch.Tensor]]:
+    """The first ``limit`` samples of model-input ``batches`` (the last one cut), or all (``None``)."""
+    return list(batches) if limit is None else list(_ready_batches(batches, limit))
+
+
 def _ready_batches(source: Iterable, num_samples: int) -> Iterator[dict[str, torch.Tensor]]:
+    """The first ``num_samples`` samples of ``source``'s batches, without labels."""
     seen = 0
     for batch in source:
         if not isinstance(batch, Mapping):

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from .apply import MergedWeights, apply_transforms, build_task_model, is_merged
 from .config import RECIPE_NAME, RESOLVED, MergeConfig
-from .data import Calibration, calibration
+from .data import Calibration, calibration, first_samples
 from .hetero import depth as hetero_depth
 from .hetero.width import differ_in_width, merged_config, widen_heads
 from .io.writer import atomic_output_dir
@@ -363,19 +363,20 @@ class MuDSCMerger:
         repairs = []
         if config.resolved_repair:
             repairs = apply_repairs(config.resolved_repair, [p.model for p in self._merging], maps, transforms,
-                                    weights, self._repair_batches(), seed=config.seed,
+                                    weights, self._repair_batches(config.repair_samples), seed=config.seed,
                                     max_tokens_per_batch=config.max_tokens_per_batch, alone=alone,
                                     progress=progress)
         return MergeResult(self._merging, config, transforms, weights, report or [],
                            self.calibration if config.uses_data else None, repairs=repairs, depth=plan)
 
 
-    def _repair_batches(self) -> list[dict[str, torch.Tensor]]:
-        """The fit part's batches, prepared (tokenized, processed) once for every repaired apply
-        of this calibration (``method="auto"`` applies each candidate)."""
+    def _repair_batches(self, limit: int | None) -> list[dict[str, torch.Tensor]]:
+        """The first ``limit`` samples (``None``: all) of the fit part's batches, prepared (tokenized,
+        processed) once for every repaired apply of this calibration (``method="auto"`` applies
+        each candidate)."""
         if self._fit_batches is None or self._fit_batches[0] is not self._calibration_source:
             self._fit_batches = (self._calibration_source, list(self._calibration_source))
-        return self._fit_batches[1]
+        return first_samples(self._fit_batches[1], limit)
 
 
 class MergeResult:

@@ -280,6 +280,38 @@ def test_repairs_need_calibration_data():
     assert result.calibration["num_samples"] == 48 and result.repairs[0]["repair"] == "heads"
 
 
+def test_repairs_run_on_the_first_repair_samples():
+    a, b = tiny_model("bert-seq", seed=0), tiny_model("bert-seq", seed=1)
+    calib = calibration(a)  # 6 batches of 8 samples
+    first_20 = [*calib[:2], {k: v[:4] for k, v in calib[2].items()}]
+
+    def repaired(data, num_samples, **config):
+        merger = MuDSCMerger.from_pretrained([a, b], "weight-matching", repair=ALL, **config)  # a data-free solve
+        return merger.merge(data, num_samples=num_samples, progress=False)
+
+    capped = repaired(calib, 48, repair_samples=20)
+    assert [r["samples"] for r in capped.repairs] == [20, 20, 20]
+    alone = repaired(first_20, 20)  # the same repairs given only those samples
+    every = repaired(calib, 48, repair_samples=None)
+    assert [r["samples"] for r in every.repairs] == [48, 48, 48]
+    cap_above = repaired(calib, 48, repair_samples=1000)
+    differs = False
+    for name, value in capped.weights.shared.items():
+        torch.testing.assert_close(value, alone.weights.shared[name], atol=0, rtol=0)
+        torch.testing.assert_close(cap_above.weights.shared[name], every.weights.shared[name], atol=0, rtol=0)
+        differs |= not torch.allclose(value, every.weights.shared[name], atol=1e-4, rtol=0)
+    assert differs  # 20 samples are not 48: the cap took effect
+
+
+def test_repair_samples_is_validated_and_old_recipes_repaired_every_sample():
+    for bad in (0, -3, 1.5, True, "256"):
+        with pytest.raises(ConfigError, match="repair_samples must be a positive integer or None"):
+            MergeConfig(repair_samples=bad)
+    assert MergeConfig().repair_samples == 256
+    old = {k: v for k, v in MergeConfig().to_dict().items() if k != "repair_samples"}
+    assert MergeConfig.from_dict(old).repair_samples is None
+
+
 def test_saved_folder_records_the_repairs_and_reapply_refuses(tmp_path):
     from parents_on_disk import image_dataset, vit_parents
 
@@ -293,3 +325,40 @@ def test_saved_folder_records_the_repairs_and_reapply_refuses(tmp_path):
     assert "## Repair after alignment" in card and "not part of the published methods" in card
     with pytest.raises(ValueError, match="reapply cannot repeat"):
         reapply(out)
+
+
+# ---------------------------------------------------------------------------- the walk's layer runs
+
+
+@pytest.mark.parametrize("kind", ["bert-seq", "vit-cls"])
+def test_kept_submodule_outputs_equal_full_layer_runs_while_maps_change_in_forward_order(kind):
+    """The merged model's layer runs reuse the outputs of submodules that finished before the
+    observed maps (LayerInputs(reuse=True)): the rows and the layer outputs are the same bits as
+    running every submodule, while each group of maps is changed after it is observed."""
+    from hf_mudsc.repair.context import LayerInputs, RepairContext
+
+    a, b = tiny_model(kind, seed=0), tiny_model(kind, seed=1)
+    merger = MuDSCMerger.from_pretrained([a, b], "mudsc", repair="none")
+    result = merger.merge(calibration(a, n=3), num_samples=24, progress=False)
+    ctx = RepairContext([a, b], merger.unit_maps, result.transforms, result.weights, calibration(a, n=3))
+    model = ctx.task_model(0)
+    blocks = ctx.blocks()
+    groups = ctx.forward_groups(model, ctx.shared_linears())
+    fast, slow = LayerInputs(ctx, model, blocks, reuse=True), LayerInputs(ctx, model, blocks)
+    generator = torch.Generator().manual_seed(0)
+    kept = 0
+    for layer, block in enumerate(blocks):
+        for group in [g for g in groups if g[0].startswith(block + ".")]:
+            sites = [(m, "input") for m in group] + [(m, "output") for m in group[:1]]
+            for rows, reference in zip(fast.observe_all(sites), slow.observe_all(sites), strict=True):
+                for site in sites:
+                    assert torch.equal(rows[site], reference[site]), site
+            kept += len(fast._kept)
+            for m in group:  # a correction of the group, as the repairs make
+                module = model.get_submodule(m)
+                noise = 0.1 * torch.randn(module.weight.shape, generator=generator)
+                ctx.set_linear(m, module.weight + noise, module.bias)
+        fast.advance(), slow.advance()
+        for x, y in zip(fast.states, slow.states, strict=True):
+            assert torch.equal(x[0], y[0])
+    assert kept > 0  # the attention block (or its parts) was reused

@@ -39,8 +39,9 @@ def apply_repairs(
     progress: bool = False,
 ) -> list[dict[str, Any]]:
     """Run the repairs ``names`` (in registry order) on ``weights`` in place, in one forward walk
-    (:mod:`.walk`; ``progress``: a bar); one report row each (``repair``, wall ``seconds`` and
-    ``cpu_seconds`` of this process spent for it, a step serving several split evenly; what it changed). ``parents``:
+    (:mod:`.walk`; ``progress``: a bar); one report row each (``repair``, the calibration ``samples``
+    it ran on, wall ``seconds`` and ``cpu_seconds`` of this process spent for it, a step serving
+    several split evenly; what it changed). ``parents``:
     as merged (a shallower parent expanded with identity layers); ``alone``: as given to
     :func:`~hf_mudsc.apply.apply_transforms` (the parameters merged from one parent alone)."""
     if not batches:
@@ -51,5 +52,6 @@ def apply_repairs(
     with tqdm(total=1, desc=f"repairing ({', '.join(chosen)})", unit="walk", disable=not progress) as bar:
         done = walk(ctx, chosen, clock)
         bar.update(1)
-    return [{"repair": n, "seconds": round(clock.seconds[n], 3), "cpu_seconds": round(clock.cpu[n], 3), **done[n]}
-            for n in chosen]
+    samples = sum(len(next(iter(b.values()))) for b in batches)
+    return [{"repair": n, "samples": samples, "seconds": round(clock.seconds[n], 3),
+             "cpu_seconds": round(clock.cpu[n], 3), **done[n]} for n in chosen]

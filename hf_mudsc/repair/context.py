@@ -12,8 +12,9 @@ and a map of a layer that only one parent runs (the shallower parent, expanded, 
 from __future__ import annotations
 
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Collection, Mapping, Sequence
+from typing import Any, Callable, Collection, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -130,22 +131,29 @@ class RepairContext:
         wanted = set(sites)
         seen: dict[Site, Tensor] = {}
 
-        def hook(module_name: str, kinds: list[str]):
-            def fire(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-                for kind in kinds:
-                    if (module_name, kind) in seen:
-                        continue
-                    value = (args[0] if args else kwargs["hidden_states"]) if kind == "input" else output
-                    value = value[0] if isinstance(value, (tuple, list)) else value
-                    seen[(module_name, kind)] = self._rows(value.detach(), mask, b, module_name)
-                if stop and wanted <= set(seen):
-                    raise _Stop
-            return fire
+        def record(module_name: str, kinds: list[str], args: tuple, kwargs: dict, output: Any = None) -> None:
+            for kind in kinds:
+                if (module_name, kind) in seen:
+                    continue
+                value = (args[0] if args else kwargs["hidden_states"]) if kind == "input" else output
+                value = value[0] if isinstance(value, (tuple, list)) else value
+                seen[(module_name, kind)] = self._rows(value.detach(), mask, b, module_name)
+            if stop and wanted <= set(seen):
+                raise _Stop
 
         kinds: dict[str, list[str]] = {}
         for module, kind in sites:
             kinds.setdefault(module, []).append(kind)
-        handles = [model.get_submodule(m).register_forward_hook(hook(m, k), with_kwargs=True) for m, k in kinds.items()]
+        handles = []
+        for name, ks in kinds.items():
+            module = model.get_submodule(name)
+            if ks == ["input"]:  # taken before the module runs, so that a pass stopping there skips it
+                handles.append(module.register_forward_pre_hook(
+                    lambda mod, args, kwargs, name=name, ks=ks: record(name, ks, args, kwargs), with_kwargs=True))
+            else:
+                handles.append(module.register_forward_hook(
+                    lambda mod, args, kwargs, out, name=name, ks=ks: record(name, ks, args, kwargs, out),
+                    with_kwargs=True))
         try:
             with torch.no_grad():
                 run()
@@ -218,15 +226,27 @@ class LayerInputs:
     Once past the last layer, :meth:`replay` runs what follows the encoder (pooler, task heads)
     from the cached outputs, without running a layer again.
 
+    With ``reuse`` (the merged model, whose layer is observed once per group of maps), each
+    observation also keeps the outputs of the layer's submodules that finish before the observed
+    maps start (:meth:`observe_all`): they can no longer change within this layer, since maps are
+    corrected in forward order, so later runs of the layer (the next groups, :meth:`advance`) take
+    them as they are instead of running them again (BERT: the attention block once the attention
+    output projection is corrected). Only a module called once per layer run, and whose output is no
+    larger than the layer's input, is kept, and a kept module's parts are dropped once it is kept:
+    BERT holds one such copy of the hidden states at a time, ViT up to four (the first norm and q,
+    k, v, until the attention is kept). The values are the same bits as a full run.
+
     The other arguments of a layer call (attention mask, ...) are recorded at the first layer and
     reused for every layer, as BERT- and ViT-like encoders pass the same ones to each layer.
     """
 
-    def __init__(self, ctx: RepairContext, model: nn.Module, blocks: Sequence[str]) -> None:
-        self.ctx, self.model, self.blocks = ctx, model, list(blocks)
+    def __init__(self, ctx: RepairContext, model: nn.Module, blocks: Sequence[str], reuse: bool = False) -> None:
+        self.ctx, self.model, self.blocks, self.reuse = ctx, model, list(blocks), reuse
         self.layer = 0
         self.states: list[tuple[Tensor, tuple, dict]] = []
         self.returned: list[Any] = []  # per batch: what the last layer run returned (for replay)
+        self._kept: dict[str, list[Any]] = {}  # submodule of the current layer -> its output per batch
+        self._calls: _Calls | None = None  # the current layer's submodule calls (reuse only)
         first = model.get_submodule(self.blocks[0])
         device = next(model.parameters()).device
         for batch in ctx.batches:
@@ -244,11 +264,48 @@ class LayerInputs:
 
     def _call(self, b: int) -> Any:
         hidden, args, kwargs = self.states[b]
-        return self.model.get_submodule(self.blocks[self.layer])(hidden, *args, **kwargs)
+        layer = self.model.get_submodule(self.blocks[self.layer])
+        with _swapped(layer, {name: _Returns(outs[b]) for name, outs in self._kept.items()}):
+            return layer(hidden, *args, **kwargs)
 
-    def observe(self, sites: Sequence[Site], b: int) -> dict[Site, Tensor]:
-        """The sites' rows (modules of the current layer) on batch ``b``, from the cached input."""
-        return self.ctx.capture(self.model, sites, b, lambda: self._call(b))
+    def observe_all(self, sites: Sequence[Site]) -> Iterator[dict[Site, Tensor]]:
+        """The sites' rows (modules of the current layer), batch by batch, from the cached inputs;
+        the layer's weights may change only once every batch was observed."""
+        keep = self._keepable(sites) if self.reuse else []
+        kept: dict[str, list[Any]] = {name: [] for name in keep}
+        layer = self.model.get_submodule(self.blocks[self.layer])
+        for b in range(len(self.states)):
+            handles = [layer.get_submodule(name).register_forward_hook(
+                lambda mod, args, out, name=name: kept[name].append(_detached(out))) for name in keep]
+            try:
+                rows = self.ctx.capture(self.model, sites, b, lambda b=b: self._call(b))
+            finally:
+                for h in handles:
+                    h.remove()
+            yield rows
+        if any(len(outs) != len(self.states) for outs in kept.values()):
+            return  # not observed to the end: keep nothing
+        self._kept = {n: v for n, v in self._kept.items() if not any(n.startswith(k + ".") for k in kept)}
+        self._kept.update(kept)
+
+    def _keepable(self, sites: Sequence[Site]) -> list[str]:
+        """The outermost submodules of the current layer that finish before the first of ``sites``'
+        modules starts, called once per run, not kept yet, with outputs no larger than the layer input."""
+        layer_name = self.blocks[self.layer] + "."
+        if self._calls is None:
+            self._calls = _Calls.of(self.model.get_submodule(self.blocks[self.layer]), lambda: self._call(0))
+        calls = self._calls
+        starts = [calls.order.index(("start", m[len(layer_name):])) for m, _ in sites
+                  if m.startswith(layer_name) and ("start", m[len(layer_name):]) in calls.order]
+        if not starts:
+            return []
+        first = min(starts)
+        done = [name for kind, name in calls.order[:first] if kind == "end"]
+        size = self.states[0][0].numel()
+        candidates = [n for n in done if calls.count[n] == 1 and calls.size[n] <= size and n not in self._kept
+                      and all(calls.count[d] <= 1 for d in calls.count if d.startswith(n + "."))]
+        outer = set(self._kept) | set(candidates)
+        return [n for n in candidates if not any(n.startswith(o + ".") for o in outer)]
 
     def advance(self, sites: Sequence[Site] = ()) -> list[dict[Site, Tensor]]:
         """Run the current layer (as it is now) on every batch: the cache moves to the next layer.
@@ -268,6 +325,7 @@ class LayerInputs:
                 self.returned.append(y)
                 self.states[b] = (y[0] if isinstance(y, (tuple, list)) else y, args, kwargs)
         self.layer += 1
+        self._kept, self._calls = {}, None
         return seen
 
     def finish(self) -> None:
@@ -283,27 +341,87 @@ class LayerInputs:
         if self.layer < len(self.blocks):
             raise RuntimeError("replay needs the cache past the last layer: call finish() first")
         model = self.model if model is None else model
-        swapped = []
-        for name in self.blocks:
-            owner, child = name.rsplit(".", 1)
-            container = model.get_submodule(owner)
-            swapped.append((container, child, container._modules[child]))
-            container._modules[child] = _Returns(self.returned[b])
         device = next(model.parameters()).device
         inputs = {k: v.to(device) for k, v in self.ctx.batches[b].items() if k != "labels"}
-        try:
+        with _swapped(model, {name: _Returns(self.returned[b]) for name in self.blocks}):
             return self.ctx.capture(model, sites, b, lambda: model(**inputs))
+
+
+@dataclass
+class _Calls:
+    """The order in which a layer's submodules start and finish in one run (names relative to the
+    layer), how often each is called, and the size of its output (elements of its tensors)."""
+
+    order: list[tuple[str, str]]
+    count: dict[str, int]
+    size: dict[str, int]
+
+    @classmethod
+    def of(cls, layer: nn.Module, run: Callable[[], Any]) -> "_Calls":
+        calls = cls([], {}, {})
+
+        def started(name: str) -> None:
+            calls.order.append(("start", name))
+            calls.count[name] = calls.count.get(name, 0) + 1
+
+        def ended(name: str, out: Any) -> None:
+            calls.order.append(("end", name))
+            calls.size[name] = calls.size.get(name, 0) + sum(t.numel() for t in _tensors(out))
+
+        handles = []
+        for name, module in layer.named_modules():
+            if name:
+                handles.append(module.register_forward_pre_hook(lambda mod, args, name=name: started(name)))
+                handles.append(module.register_forward_hook(lambda mod, args, out, name=name: ended(name, out)))
+        try:
+            with torch.no_grad():
+                run()
         finally:
-            for container, child, module in swapped:
-                container._modules[child] = module
+            for h in handles:
+                h.remove()
+        return calls
+
+
+def _tensors(value: Any) -> list[Tensor]:
+    if isinstance(value, Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in _tensors(v)]
+    return []
+
+
+def _detached(value: Any) -> Any:
+    """A copy of a module's output (tensors cloned: a caller may change them in place later)."""
+    if isinstance(value, Tensor):
+        return value.detach().clone()
+    if isinstance(value, (tuple, list)):
+        return type(value)(_detached(v) for v in value)
+    return value
+
+
+@contextmanager
+def _swapped(root: nn.Module, stand_ins: Mapping[str, nn.Module]) -> Iterator[None]:
+    """``root``'s submodules named in ``stand_ins`` replaced by the given modules, then put back."""
+    swapped = []
+    try:
+        for name, stand_in in stand_ins.items():
+            owner, _, child = name.rpartition(".")
+            container = root.get_submodule(owner) if owner else root
+            swapped.append((container, child, container._modules[child]))
+            container._modules[child] = stand_in
+        yield
+    finally:
+        for container, child, module in reversed(swapped):
+            container._modules[child] = module
 
 
 class _Returns(nn.Module):
-    """Stands in for an encoder layer during :meth:`LayerInputs.replay`: returns a cached output."""
+    """Stands in for a module of :class:`LayerInputs` (an encoder layer during a replay, a kept
+    submodule of a layer): returns a copy of its cached output, whatever it is called with."""
 
     def __init__(self, value: Any) -> None:
         super().__init__()
         self.value = value
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.value
+        return _detached(self.value)

@@ -4,8 +4,10 @@ The parents' outputs do not depend on the merge, so each parent runs each encode
 (:meth:`.context.LayerInputs.advance`), giving on the way every target of that layer: the output
 moments ``stats`` wants and the outputs ``lsq`` fits. The merged model then corrects the layer's
 maps in forward order, group by group (maps that read one input, as q, k, v): one run of the layer
-up to the group gives both the maps' inputs (for ``lsq``) and their outputs (for ``stats``); a map
-that both repairs touch is renormalised first, then re-solved pulled towards the renormalised map.
+up to the group gives both the maps' inputs (for ``lsq``) and their outputs (for ``stats``), and
+the parts of the layer that can no longer change are not run again (their outputs are kept:
+:meth:`.context.LayerInputs.observe_all`); a map that both repairs touch is renormalised first,
+then re-solved pulled towards the renormalised map.
 After the last layer, the maps that follow the encoder (BERT's pooler; ``lsq``) and the task heads
 (``heads``) are fitted by replaying the cached encoder outputs (:meth:`.context.LayerInputs.replay`),
 so that no model runs its layers again. A partial merge (later layers private per task) observes
@@ -59,7 +61,8 @@ def walk(ctx: RepairContext, names: Collection[str], clock: Clock) -> dict[str, 
         depth = max((l + 1 for l, gs in enumerate(per_layer) if gs), default=0)
         # the maps after the encoder (BERT's pooler): lsq's groups outside every layer
         tail = [g for g in groups if not any(g[0].startswith(b + ".") for b in blocks)] if refit else []
-        merged, *parents = (LayerInputs(ctx, m, blocks) for m in (model, *ctx.parents))
+        merged = LayerInputs(ctx, model, blocks, reuse=True)  # its layers run once per group of maps
+        parents = [LayerInputs(ctx, m, blocks) for m in ctx.parents]
     for l in range(depth):
         layer = [m for g in per_layer[l] for m in g]
         with clock.charge(trunk):
@@ -105,8 +108,7 @@ def _correct(ctx: RepairContext, model: torch.nn.Module, group: Sequence[str], m
     targets = averaged_outputs(ctx, [lambda s, b, rows=rows: {site: rows[b][site] for site in s} for rows in seen])
     sums = {m: RidgeSums(model.get_submodule(m).bias is not None) for m in group if m in refit}
     measured = {m: UnitMoments() for m in group if m in renorm}
-    for b in range(len(ctx.batches)):
-        rows = merged.observe(sites, b)
+    for b, rows in enumerate(merged.observe_all(sites)):
         if sums:
             fitted = targets(list(sums), b)
             for m, s in sums.items():
