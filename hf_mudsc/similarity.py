@@ -18,6 +18,7 @@ from .unitmaps.spaces import Member, UnitMap
 # A group whose members read no other space (embeddings, norms, biases) never changes: it is kept once
 # computed, unless it has fewer features than this (its products cost less than its D x D blocks in memory).
 _CACHED_FEATURES = 64
+_BLEND_ROWS = 512  # rows of the activation term scaled at a time by blend
 
 
 def weight_similarity(
@@ -213,14 +214,15 @@ class WeightSimilarity:
         offsets = np.cumsum([0, *sizes])
         cut = [slice(int(a), int(b)) for a, b in zip(offsets[:-1], offsets[1:])]
         corr = torch.zeros(dim, dim, dtype=torch.float64, device=self.device)
-        for i, j in self.pairs:
+        for i, j in self.pairs:  # a cross-model block is computed in its place (fresh blocks cost page faults)
             a, b = cut[i], cut[j]
-            block = sum(p.gram[i, j] for p in parts).to(torch.float64).div_(features).sub_(torch.outer(mean[a], mean[b]))
+            block = corr[a, b] if i != j else torch.empty(sizes[i], sizes[j], dtype=torch.float64, device=self.device)
+            block.copy_(sum(p.gram[i, j] for p in parts)).div_(features).sub_(torch.outer(mean[a], mean[b]))
             block.mul_(inv[a, None]).mul_(inv[None, b]).clamp_(-1.0, 1.0)
             if i == j:
-                corr[a, b] = (block + block.T) / 2
+                torch.add(block, block.T, out=corr[a, b]).div_(2)
             else:
-                corr[a, b], corr[b, a] = block, block.T
+                corr[b, a] = block.T
         corr.diagonal().copy_((inv > 0).to(torch.float64))
         return corr.cpu().numpy()
 
@@ -241,9 +243,12 @@ def _standardise(x: torch.Tensor) -> torch.Tensor:
     return x.sub_(mean).mul_(inv)
 
 
-def blend(alpha: float, weight: np.ndarray | None, activation: np.ndarray | None) -> np.ndarray:
+def blend(alpha: float, weight: np.ndarray | None, activation: np.ndarray | None,
+          overwrite: bool = False) -> np.ndarray:
     """``alpha * S_w + (1 - alpha) * S_act``. A term with weight 0 may be missing; a term that
-    ``alpha`` weighs must be there (the merger collects statistics for every space it solves)."""
+    ``alpha`` weighs must be there (the merger collects statistics for every space it solves).
+    ``overwrite``: the result may be written into ``weight`` (a matrix the caller no longer needs:
+    a new one of that size costs about as much as the arithmetic, in page faults)."""
     if alpha > 0.0 and weight is None:
         raise ValueError(f"alpha={alpha} weighs the weight similarity, but none was given for this space")
     if alpha < 1.0 and activation is None:
@@ -253,6 +258,7 @@ def blend(alpha: float, weight: np.ndarray | None, activation: np.ndarray | None
         return weight  # type: ignore[return-value]
     if alpha <= 0.0:
         return activation  # type: ignore[return-value]
-    out = np.multiply(weight, alpha)
-    out += np.multiply(activation, 1.0 - alpha)  # = alpha * weight + (1 - alpha) * activation, one array less
+    out = np.multiply(weight, alpha, out=weight if overwrite else None)
+    for i in range(0, len(out), _BLEND_ROWS):  # by rows: no temporary the size of the matrix
+        out[i:i + _BLEND_ROWS] += np.multiply(activation[i:i + _BLEND_ROWS], 1.0 - alpha)
     return out

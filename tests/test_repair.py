@@ -303,12 +303,13 @@ def test_repairs_run_on_the_first_repair_samples():
     assert differs  # 20 samples are not 48: the cap took effect
 
 
-def test_repair_samples_is_validated_and_old_recipes_repaired_every_sample():
+def test_repair_samples_is_validated_and_round_trips():
     for bad in (0, -3, 1.5, True, "256"):
         with pytest.raises(ConfigError, match="repair_samples must be a positive integer or None"):
             MergeConfig(repair_samples=bad)
-    assert MergeConfig().repair_samples == 256
-    old = {k: v for k, v in MergeConfig().to_dict().items() if k != "repair_samples"}
+    assert MergeConfig().repair_samples is None  # every sample, unless capped
+    assert MergeConfig.from_dict(MergeConfig(repair_samples=64).to_dict()).repair_samples == 64
+    old = {k: v for k, v in MergeConfig().to_dict().items() if k != "repair_samples"}  # a recipe from before
     assert MergeConfig.from_dict(old).repair_samples is None
 
 

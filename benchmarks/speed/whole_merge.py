@@ -12,7 +12,8 @@ per batch.
 Each sample count runs in a fresh subprocess, so its peak RSS is its own. Phases, in order: load
 the parents; the plain forward of both parents over the calibration batches (the baseline; one
 batch of warm-up first); the statistics pass, once, reused by every method; then for ZipIt, MuDSC
-zip (alpha 0.5) without repairs, and the default (MuDSC zip with the repairs stats, lsq, heads):
+zip (alpha 0.5) without repairs, the default (MuDSC zip with the repairs stats, lsq, heads) and,
+above 256 texts, the default with its repairs on the first 256 texts (``repair_samples=256``):
 solve (with MuDSC's coordinate-descent sweeps timed; the default reuses MuDSC zip's solve and counts
 its time), apply (merged weights, the repairs, the task models and the joint model) and save (the
 merged folder). Results go to
@@ -51,7 +52,8 @@ from hf_mudsc.data import calibration
 
 METHODS: list[tuple[str, dict[str, Any]]] = [("zipit", {"method": "zipit"}),
                                              ("mudsc zip", {"method": "mudsc", "mode": "zip", "repair": "none"}),
-                                             ("default (mudsc zip + repairs)", {"method": "mudsc"})]
+                                             ("default (mudsc zip + repairs)", {"method": "mudsc"}),
+                                             ("default, repairs on 256 samples", {"method": "mudsc", "repair_samples": 256})]
 TEXT_TOKENS = (16, 128)
 
 
@@ -160,6 +162,8 @@ def measure(folder: Path, samples: int, batch_size: int, cap: int | None, wordne
     done("statistics", timed(merger.collect, data, num_samples=samples, batch_size=batch_size, progress=False)[1])
     methods, solved = {}, {}
     for name, overrides in METHODS:
+        if "repair_samples" in overrides and overrides["repair_samples"] >= samples:
+            continue  # the same merge as the default's
         key = _solve_key(merger.config.with_updates(**overrides))
         if key in solved:  # the same solve as an earlier method (the default is MuDSC zip + repairs)
             transforms, report, solve_s, record = solved[key]
@@ -189,7 +193,7 @@ def measure(folder: Path, samples: int, batch_size: int, cap: int | None, wordne
 def _solve_key(config: Any) -> tuple:
     """What a solve depends on: the resolved recipe without the repairs (which run after it), so
     that ``mode="zip"`` given and the preset's zip compare equal."""
-    given = {"mode", "alpha", "zip_budget", "zip_decay", "repair", "resolved_repair"}
+    given = {"mode", "alpha", "zip_budget", "zip_decay", "repair", "resolved_repair", "repair_samples"}
     return tuple(sorted((k, repr(v)) for k, v in config.to_dict().items() if k not in given))
 
 

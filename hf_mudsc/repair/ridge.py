@@ -42,8 +42,12 @@ class RidgeSums:
         if self.bias:
             current = torch.cat([current, bias.detach().to(current).unsqueeze(0)], dim=0)
         lam = LAMBDA_SCALE * self.gram.diagonal().mean()
-        eye = torch.eye(self.gram.shape[0], dtype=torch.float64, device=self.gram.device)
-        solved = torch.linalg.solve(self.gram + lam * eye, self.cross + lam * current)
+        system = self.gram.clone()
+        system.diagonal().add_(lam)
+        rhs = self.cross + lam * current
+        # G + lam I is symmetric positive definite when lam > 0: Cholesky, half the work of LU
+        factor, info = torch.linalg.cholesky_ex(system)
+        solved = torch.cholesky_solve(rhs, factor) if int(info) == 0 else torch.linalg.solve(system, rhs)
         if self.bias:
             return solved[:-1].T, solved[-1]
         return solved.T, None

@@ -33,7 +33,8 @@ class WeightSim(Protocol):
     """S_w of a space under given transforms (:class:`~hf_mudsc.similarity.WeightSimilarity`)."""
 
     def __call__(self, space: str, transforms: Transforms, aligned: Collection[str] | None) -> np.ndarray:
-        """The whole matrix, counting only members whose other axes lie in ``aligned`` (when given)."""
+        """The whole matrix (a new one: the descent overwrites it), counting only members whose other
+        axes lie in ``aligned`` (when given)."""
 
     def entries(self, space: str, transforms: Transforms, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """``S_w[rows, cols]`` with every member counted, equal to those of the whole matrix (to ~1e-6)."""
@@ -141,9 +142,9 @@ def coordinate_descent(
                         progress(unit[0].group or unit[0].name)
                     continue
                 inputs[key] = now
-            sims = [blend(alpha if use_weights else 0.0,  # S_w is freed once blended
+            sims = [blend(alpha if use_weights else 0.0,  # S_w (a new matrix) becomes the blend
                           weight_sim(s.name, transforms, aligned) if use_weights and weight_sim is not None else None,
-                          activation.get(s.name) if activation is not None else None) for s in unit]
+                          activation.get(s.name) if activation is not None else None, overwrite=True) for s in unit]
             for s, sol in zip(unit, solve_unit(unit, sims, [sizes[s.name] for s in unit], settings)):
                 transforms[s.name] = SpaceTransform(tuple(sol.assign), sol.k)
                 objectives[s.name] = sol.objective
