@@ -96,7 +96,7 @@ class MergeConfig:
             draw); ``None`` (default): on all of them. Their cost grows with the data (each model
             runs each layer about once more), the solve's does not, so a cap bounds the cost of a
             merge on much data; on the quality benchmarks, repairs on 256 of 1024 samples lose about
-            a point of accuracy against repairs on all 1024 (README, Speed).
+            a point of accuracy against repairs on all 1024 (README, Results: merge quality).
         unpaired_layers: parents of different depths: a deeper parent's layer without a partner
             writes to the residual stream whole (``keep``) or averaged with the shallower
             parent's identity layer (``average``, pre-LN families only).
