@@ -168,6 +168,24 @@ def all_weight_bytes(out: Path) -> dict[str, dict[str, bytes]]:
     return {str(f.relative_to(out)): weight_bytes(f) for f in folders}
 
 
+def assert_weights_close(got: dict, want: dict, scale_tol: float) -> None:
+    """Equal names, and every tensor equal to ``scale_tol`` times its largest entry: for merges
+    whose float kernels differ (thread counts, batch shapes) and so agree only up to rounding."""
+    assert got.keys() == want.keys()
+    for name, value in want.items():
+        atol = scale_tol * float(value.abs().max()) if value.numel() else 0.0
+        torch.testing.assert_close(got[name], value, rtol=0, atol=atol, msg=lambda m: f"{name}: {m}")
+
+
+def all_weights(out: Path) -> dict[str, torch.Tensor]:
+    """The joint model's and every task's tensors of a merge folder, by folder/name."""
+    from safetensors.torch import load_file
+
+    folders = [out] + sorted((out / "tasks").iterdir())
+    return {f"{f.relative_to(out)}/{k}": v for f in folders
+            for file in sorted(f.glob("model*.safetensors")) for k, v in load_file(file).items()}
+
+
 def tree(folder: Path) -> dict[str, bytes]:
     """Every file below ``folder`` (relative posix path -> bytes)."""
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}

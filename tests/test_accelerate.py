@@ -14,10 +14,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from hf_mudsc import MuDSCMerger
-from parents_on_disk import BERT_LABELS, all_weight_bytes, save_bert, text_dataset
+from parents_on_disk import BERT_LABELS, all_weights, assert_weights_close, save_bert, text_dataset
 
 N, BS = 19, 4  # an odd count: the two ranks get 10 and 9 examples (uneven last batches)
 SETTINGS = dict(method="mudsc", alpha=0.5, max_sweeps=1)
+# The ranks run one thread each (``run_fresh``), the reference as many as torch takes: float64
+# kernels that split their sums differently agree to rounding, which the repairs' least squares
+# amplify; a wrong shard or a double count moves weights by percents.
+WEIGHT_TOL = 1e-9
 
 
 @pytest.fixture(scope="module")
@@ -124,9 +128,10 @@ def test_two_processes_give_the_single_process_merge(parents, single, tmp_path):
         assert int(expected["n/pooler"]) == N
         for key in (k for k in expected if k.startswith("corr/")):
             np.testing.assert_allclose(multi[key].numpy(), expected[key].numpy(), rtol=1e-10, atol=1e-12, err_msg=key)
-        for key in (k for k in expected if k.startswith("task")):
-            assert torch.equal(multi[key], expected[key]), key
-        assert all_weight_bytes(results / f"{name}-merged") == all_weight_bytes(result.save_pretrained(tmp_path / name))
+        tasks = [k for k in expected if k.startswith("task")]
+        assert_weights_close({k: multi[k] for k in tasks}, {k: expected[k] for k in tasks}, WEIGHT_TOL)
+        assert_weights_close(all_weights(results / f"{name}-merged"), all_weights(result.save_pretrained(tmp_path / name)),
+                             WEIGHT_TOL)
 
 
 @pytest.mark.parametrize("device_map", ["cpu", {"bert.embeddings": "cpu", "bert.encoder": "cpu",
@@ -159,7 +164,7 @@ def test_cli_under_two_processes_writes_once_the_single_process_merge(parents, t
     run_fresh("cli", *argv, "--out", str(tmp_path / "two"))
     assert main([*argv, "--out", str(tmp_path / "one")]) == 0
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
-    assert all_weight_bytes(tmp_path / "two") == all_weight_bytes(tmp_path / "one")
+    assert_weights_close(all_weights(tmp_path / "two"), all_weights(tmp_path / "one"), WEIGHT_TOL)
 
 
 if __name__ == "__main__":  # python test_accelerate.py PARENT PARENT RESULTS | cli ARGS...

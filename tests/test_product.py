@@ -20,6 +20,7 @@ from parents_on_disk import (
     BERT_LABELS,
     VIT_LABELS,
     all_weight_bytes,
+    assert_weights_close,
     bert_parents,
     image_dataset,
     images,
@@ -120,14 +121,14 @@ def test_dataset_iterable_dataset_and_ready_batches_give_the_same_merge(parents,
         if not reference.config.resolved_repair:
             assert result_bytes(result) == result_bytes(reference), type(data).__name__
             continue
-        # the repairs' float64 sums run over the rows in the order each source yields them: the
-        # solve is byte-identical, the repaired weights equal to float rounding
+        # the repairs' float64 sums run over the rows in the order each source yields them, and
+        # float32 kernels on batches of other shapes round differently with several threads: the
+        # solve is byte-identical, the repaired weights equal to rounding (about 5e-6 of each
+        # tensor's largest entry measured with 2 threads; other data moves them by percents)
         assert all(torch.equal(result.transforms[n].assign[i], reference.transforms[n].assign[i])
                    for n in reference.transforms for i in range(2)), type(data).__name__
         for i in range(2):
-            got, want = result.weights.task_state_dict(i), reference.weights.task_state_dict(i)
-            for name in want:
-                torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-6, msg=name)
+            assert_weights_close(result.weights.task_state_dict(i), reference.weights.task_state_dict(i), 1e-4)
 
 
 def test_merge_uses_only_num_samples_examples(parents, merged):
