@@ -153,19 +153,33 @@ def save_image_data(root: Path, n: int = 24, seed: int = 0, column: str = "image
 
 
 # ------------------------------------------------------------------------------ assertions
-def weight_bytes(folder: Path) -> dict[str, bytes]:
-    """Every tensor of a (possibly sharded) safetensors checkpoint, as raw bytes."""
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a (possibly sharded) safetensors checkpoint."""
     from safetensors.torch import load_file
 
     files = sorted(folder.glob("model*.safetensors"))
     assert files, f"no safetensors checkpoint in {folder}"
-    return {k: v.contiguous().numpy().tobytes() for f in files for k, v in load_file(f).items()}
+    return {k: v for f in files for k, v in load_file(f).items()}
+
+
+def weight_bytes(folder: Path) -> dict[str, bytes]:
+    """Every tensor of a (possibly sharded) safetensors checkpoint, as raw bytes."""
+    return {k: v.contiguous().numpy().tobytes() for k, v in weights(folder).items()}
+
+
+def _merge_folders(out: Path) -> list[Path]:
+    """A merge folder's joint model and every task's folder."""
+    return [out] + sorted((out / "tasks").iterdir())
 
 
 def all_weight_bytes(out: Path) -> dict[str, dict[str, bytes]]:
     """The joint model's and every task's weights of a merge folder."""
-    folders = [out] + sorted((out / "tasks").iterdir())
-    return {str(f.relative_to(out)): weight_bytes(f) for f in folders}
+    return {str(f.relative_to(out)): weight_bytes(f) for f in _merge_folders(out)}
+
+
+def all_weights(out: Path) -> dict[str, torch.Tensor]:
+    """The joint model's and every task's tensors of a merge folder, by folder/name."""
+    return {f"{f.relative_to(out)}/{k}": v for f in _merge_folders(out) for k, v in weights(f).items()}
 
 
 def assert_weights_close(got: dict, want: dict, scale_tol: float) -> None:
@@ -175,15 +189,6 @@ def assert_weights_close(got: dict, want: dict, scale_tol: float) -> None:
     for name, value in want.items():
         atol = scale_tol * float(value.abs().max()) if value.numel() else 0.0
         torch.testing.assert_close(got[name], value, rtol=0, atol=atol, msg=lambda m: f"{name}: {m}")
-
-
-def all_weights(out: Path) -> dict[str, torch.Tensor]:
-    """The joint model's and every task's tensors of a merge folder, by folder/name."""
-    from safetensors.torch import load_file
-
-    folders = [out] + sorted((out / "tasks").iterdir())
-    return {f"{f.relative_to(out)}/{k}": v for f in folders
-            for file in sorted(f.glob("model*.safetensors")) for k, v in load_file(file).items()}
 
 
 def tree(folder: Path) -> dict[str, bytes]:
