@@ -12,12 +12,15 @@ from typing import Collection, Mapping, Sequence
 import numpy as np
 import torch
 
-from .transforms import Transforms
+from .transforms import SpaceTransform, Transforms, same
 from .unitmaps.spaces import Member, UnitMap
 
 # A group whose members read no other space (embeddings, norms, biases) never changes: it is kept once
 # computed, unless it has fewer features than this (its products cost less than its D x D blocks in memory).
 _CACHED_FEATURES = 64
+# A kept group that reads one other space is brought up to date by its changed features while they
+# are at most this fraction of that space's merged units; beyond it, computed afresh.
+_UPDATE_FRACTION = 0.5
 _BLEND_ROWS = 512  # rows of the activation term scaled at a time by blend
 
 
@@ -45,6 +48,15 @@ class _Sums:
     features: int
 
 
+@dataclass
+class _Kept:
+    """A kept group's share and the transform of the one space it reads (``frame``: None when it
+    reads none) under which it is up to date."""
+
+    part: _Sums
+    frame: SpaceTransform | None
+
+
 Picks = Sequence[tuple[tuple[int, int], torch.Tensor, torch.Tensor]]  # (block, local rows, local cols)
 
 
@@ -61,10 +73,14 @@ class WeightSimilarity:
     their label axes mean different things in different tasks.
 
     Members are grouped by the other spaces their tensors lie in (:meth:`dependencies`). A group
-    that reads no other space never changes and is computed once; the others change with their
-    neighbours at almost every call of a descent, and are recomputed (keeping their D x D blocks
-    would hold gigabytes at BERT-base for little reuse). :meth:`entries` computes only the entries
-    a score reads, from the features directly.
+    that reads no other space never changes and is computed once. A group of matrices that read one
+    other space is kept too, with that space's transform: each of its features is one merged unit of
+    that space (standardised on its own), so when the transform changes, only the features of the
+    merged units whose members changed are subtracted (as they were) and added (as they are now),
+    while they are at most :data:`_UPDATE_FRACTION` of them (a descent's later sweeps move a few
+    percent of a space's units). The kept D x D blocks cost memory (about 1.4 GB float32 for the FFN
+    spaces of BERT-base). :meth:`entries` reads kept groups (brought up to date the same way) and
+    computes only the entries a score reads for the others, from the features directly.
 
     ``within=False``: only the cross-model blocks (and every unit's variance) are computed; the
     within-model off-diagonal entries are 0. Use it only for solvers that never read them
@@ -81,7 +97,7 @@ class WeightSimilarity:
         n = len(unit_maps)
         self.pairs = [(i, j) for i, j in combinations_with_replacement(range(n), 2) if within or i != j]
         self.within = within
-        self._cache: dict[tuple[str, tuple[str, ...]], _Sums] = {}
+        self._cache: dict[tuple[str, tuple[str, ...]], _Kept] = {}
 
     def __call__(self, space: str, transforms: Transforms, aligned: Collection[str] | None = None) -> np.ndarray:
         """S_w of ``space`` (float64) under ``transforms``. ``aligned``: when given, only members whose
@@ -133,15 +149,42 @@ class WeightSimilarity:
         for deps, members in self._groups(space).items():
             if aligned is not None and not set(deps) <= set(aligned):
                 continue
-            if (space, deps) in self._cache:
-                parts.append(self._cache[space, deps])
-                continue
-            keep = not deps and sum(self._features(m) for m in members) >= _CACHED_FEATURES
-            part = self._compute(members, sizes, transforms, None if keep else picks)
-            if keep:
-                self._cache[space, deps] = part
-            parts.append(part)
+            parts.append(self._part(space, deps, members, sizes, transforms, picks))
         return parts
+
+    def _part(self, space: str, deps: tuple[str, ...], members: list[Member], sizes: list[int],
+              transforms: Transforms, picks: Picks | None) -> _Sums:
+        """One group's share: kept (and brought up to date by its changed features), or computed."""
+        key = (space, deps)
+        if not deps:
+            if key not in self._cache:
+                if sum(self._features(m) for m in members) < _CACHED_FEATURES:
+                    return self._compute(members, sizes, transforms, picks)
+                self._cache[key] = _Kept(self._compute(members, sizes, transforms), None)
+            return self._cache[key].part
+        if len(deps) > 1 or any(self.state_dicts[0][m.param].dim() != 2 for m in members):
+            return self._compute(members, sizes, transforms, picks)  # features are not one per merged unit
+        frame = transforms.get(deps[0])
+        kept = self._cache.get(key)
+        if kept is not None and same(kept.frame, frame):
+            return kept.part
+        if kept is not None and kept.frame is not None and frame is not None:
+            removed, added = _changed_units(kept.frame, frame)
+            if len(removed) + len(added) <= _UPDATE_FRACTION * frame.k:
+                self._add(kept.part, members, sizes, {deps[0]: kept.frame}, columns=removed, sign=-1.0)
+                self._add(kept.part, members, sizes, {deps[0]: frame}, columns=added)
+                kept.frame = frame
+                return kept.part
+        if picks is not None:  # a few entries cost less than whole blocks: the kept ones stay as they are
+            return self._compute(members, sizes, transforms, picks)
+        if kept is None:
+            kept = self._cache[key] = _Kept(self._compute(members, sizes, transforms), frame)
+            return kept.part
+        for tensor in (*kept.part.gram.values(), kept.part.sums, kept.part.squares):  # afresh, in place:
+            tensor.zero_()  # new blocks of this size cost about as much as the products, in page faults
+        kept.part.features, kept.frame = 0, frame
+        self._add(kept.part, members, sizes, transforms)
+        return kept.part
 
     def dependencies(self, space: str) -> set[str]:
         """The spaces whose transforms S_w of ``space`` depends on (the other axes of its members)."""
@@ -161,31 +204,40 @@ class WeightSimilarity:
     def _compute(self, members: list[Member], sizes: list[int], transforms: Transforms,
                  picks: Picks | None = None) -> _Sums:
         """The group's share: its Gram blocks, or (``picks``) only the entries asked for."""
-        offsets = np.cumsum([0, *sizes])
-        cut = [slice(int(a), int(b)) for a, b in zip(offsets[:-1], offsets[1:])]
         gram = None if picks is not None else {
             (i, j): torch.zeros(sizes[i], sizes[j], dtype=torch.float32, device=self.device) for i, j in self.pairs}
         picked = None if picks is None else [torch.zeros(len(lr), dtype=torch.float32, device=self.device)
                                              for _, lr, _ in picks]
         dim = sum(sizes)
-        sums = torch.zeros(dim, dtype=torch.float64, device=self.device)
-        squares = torch.zeros(dim, dtype=torch.float64, device=self.device)
-        features = 0
+        part = _Sums(gram, picked, torch.zeros(dim, dtype=torch.float64, device=self.device),
+                     torch.zeros(dim, dtype=torch.float64, device=self.device), 0)
+        self._add(part, members, sizes, transforms, picks)
+        return part
+
+    def _add(self, part: _Sums, members: list[Member], sizes: list[int], transforms: Transforms,
+             picks: Picks | None = None, columns: torch.Tensor | None = None, sign: float = 1.0) -> None:
+        """Add (``sign`` 1) or subtract (-1) the members' features to ``part``: all of them, or
+        (``columns``, matrices reading one space) those of these merged units of that space."""
+        offsets = np.cumsum([0, *sizes])
+        cut = [slice(int(a), int(b)) for a, b in zip(offsets[:-1], offsets[1:])]
+        if columns is not None and not len(columns):
+            return
         for member in members:
             rows = [self._unit_rows(member.param, member.axis, i, transforms) for i in range(len(sizes))]
             if len({r.shape[1] for r in rows}) != 1:
                 continue  # other axes of different sizes (width heterogeneity outside the merged frame)
+            if columns is not None:
+                rows = [r[:, columns.to(r.device)] for r in rows]
             z = _standardise(torch.cat(rows))
-            if gram is not None:
-                for (i, j), block in gram.items():
-                    block.addmm_(z[cut[i]], z[cut[j]].T)
+            if part.gram is not None:
+                for (i, j), block in part.gram.items():
+                    block.addmm_(z[cut[i]], z[cut[j]].T, alpha=sign)
             else:
-                for total, ((i, j), lr, lc) in zip(picked, picks):
-                    total += (z[cut[i]][lr] * z[cut[j]][lc]).sum(dim=1)
-            sums += z.sum(dim=1, dtype=torch.float64)
-            squares += z.square().sum(dim=1, dtype=torch.float64)
-            features += z.shape[1]
-        return _Sums(gram, picked, sums, squares, features)
+                for total, ((i, j), lr, lc) in zip(part.picked, picks):
+                    total.add_((z[cut[i]][lr] * z[cut[j]][lc]).sum(dim=1), alpha=sign)
+            part.sums += sign * z.sum(dim=1, dtype=torch.float64)
+            part.squares += sign * z.square().sum(dim=1, dtype=torch.float64)
+            part.features += int(sign) * z.shape[1]
 
     def _features(self, member: Member) -> int:
         """How many features a member gives each unit (its tensor's size over the unit axis)."""
@@ -225,6 +277,26 @@ class WeightSimilarity:
                 corr[b, a] = block.T
         corr.diagonal().copy_((inv > 0).to(torch.float64))
         return corr.cpu().numpy()
+
+
+def _changed_units(old: SpaceTransform, new: SpaceTransform) -> tuple[torch.Tensor, torch.Tensor]:
+    """The merged units of ``old`` whose members (per model) no unit of ``new`` has, and those of
+    ``new`` that ``old`` lacks (a renumbering alone changes nothing), in index order."""
+    before, after = _unit_members(old), _unit_members(new)
+    removed = [u for key, u in before.items() if key not in after]
+    added = [u for key, u in after.items() if key not in before]
+    return torch.tensor(sorted(removed), dtype=torch.long), torch.tensor(sorted(added), dtype=torch.long)
+
+
+def _unit_members(t: SpaceTransform) -> dict[tuple[tuple[int, ...], ...], int]:
+    """Each merged unit of ``t``, keyed by its members per model."""
+    per_model = []
+    for assign in t.assign:
+        order = torch.argsort(assign, stable=True).tolist()
+        counts = torch.bincount(assign, minlength=t.k).tolist()
+        starts = np.cumsum([0, *counts]).tolist()
+        per_model.append([tuple(order[starts[u]:starts[u + 1]]) for u in range(t.k)])
+    return {key: u for u, key in enumerate(zip(*per_model))}
 
 
 def _moments(parts: list[_Sums], features: int) -> tuple[torch.Tensor, torch.Tensor]:

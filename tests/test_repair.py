@@ -328,6 +328,25 @@ def test_saved_folder_records_the_repairs_and_reapply_refuses(tmp_path):
         reapply(out)
 
 
+def test_output_moments_from_ridge_sums_equal_the_outputs_measured():
+    """``stats`` reads a re-solved map's output moments from its ridge sums instead of running the
+    map: they equal those of the outputs themselves (float64; inputs with offsets 100x their spread,
+    where a raw second moment would cancel)."""
+    from hf_mudsc.repair.norm_stats import UnitMoments
+
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(50.0 + 0.5 * rng.normal(size=(300, 8)) * rng.uniform(0.1, 2, size=8))
+    w, b = torch.from_numpy(rng.normal(size=(5, 8))), torch.from_numpy(rng.normal(size=5))
+    sums, measured = RidgeSums(bias=True), UnitMoments()
+    for chunk in torch.tensor_split(x, 4):  # streamed
+        sums.update(chunk, torch.zeros(len(chunk), 5, dtype=torch.float64))
+        measured.update(chunk @ w.T + b)
+    for got, want in zip(sums.output_moments(w, b), measured.mean_std()):
+        torch.testing.assert_close(got, want, atol=0, rtol=1e-9)
+    with pytest.raises(ValueError, match="bias column"):
+        RidgeSums(bias=False).output_moments(w, b)
+
+
 # ---------------------------------------------------------------------------- the walk's layer runs
 
 
@@ -363,3 +382,31 @@ def test_kept_submodule_outputs_equal_full_layer_runs_while_maps_change_in_forwa
         for x, y in zip(fast.states, slow.states, strict=True):
             assert torch.equal(x[0], y[0])
     assert kept > 0  # the attention block (or its parts) was reused
+
+
+def test_inputs_taken_at_the_first_map_of_a_group_are_the_same_rows_and_stop_before_it():
+    """Maps that read one tensor (q, k, v) have their inputs taken at the first one's input: the
+    same rows (each module's own token subset) as at their own inputs, and the run stops before
+    the first of them runs."""
+    from hf_mudsc.repair.context import LayerInputs, RepairContext
+
+    a, b = tiny_model("bert-seq", seed=0), tiny_model("bert-seq", seed=1)
+    merger = MuDSCMerger.from_pretrained([a, b], "mudsc", repair="none")
+    result = merger.merge(calibration(a, n=2), num_samples=16, progress=False)
+    ctx = RepairContext([a, b], merger.unit_maps, result.transforms, result.weights, calibration(a, n=2),
+                        max_tokens_per_batch=5)
+    model = ctx.task_model(0)
+    group = next(g for g in ctx.forward_groups(model, ctx.shared_linears()) if len(g) == 3)
+    sites = [(m, "input") for m in group]
+    ran = []
+    hook = model.get_submodule(group[0]).register_forward_hook(lambda *args: ran.append(1))
+    runs = LayerInputs(ctx, model, ctx.blocks())
+    shared = list(runs.observe_all(sites, inputs_at={m: group[0] for m in group}))
+    assert not ran
+    own = list(runs.observe_all(sites))
+    hook.remove()
+    assert ran
+    for x, y in zip(shared, own, strict=True):
+        for site in sites:
+            assert torch.equal(x[site], y[site]), site
+    assert not torch.equal(shared[0][sites[0]], shared[0][sites[1]])  # each module's own 5-token subset

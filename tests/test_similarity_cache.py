@@ -1,4 +1,4 @@
-"""Weight similarity: the cached, cross-block-only computation equals a fresh full one."""
+"""Weight similarity: the kept (and updated), cross-block-only computation equals a fresh full one."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +6,7 @@ import torch
 
 from conftest import tiny_inputs, tiny_model
 from hf_mudsc import MuDSCMerger
-from hf_mudsc.similarity import WeightSimilarity, weight_similarity
+from hf_mudsc.similarity import WeightSimilarity, _changed_units, weight_similarity
 from hf_mudsc.transforms import SpaceTransform, identity_transforms
 from hf_mudsc.unitmaps import unit_map_of
 
@@ -23,34 +23,87 @@ def shuffled(t: SpaceTransform, seed: int) -> SpaceTransform:
     return SpaceTransform((t.assign[0], t.assign[1][torch.randperm(t.k, generator=g)]), t.k)
 
 
-def test_constant_groups_are_kept_and_the_rest_recomputed_equal_to_fresh(monkeypatch):
-    """A group that reads no other space (embeddings, norms) is computed once and kept; every other
-    group is recomputed at each call; the result always equals a fresh computation."""
+def swapped(t: SpaceTransform, units: tuple[int, int]) -> SpaceTransform:
+    """Model 1's units ``units`` trade merged units: two merged units change members."""
+    b = t.assign[1].clone()
+    b[list(units)] = b[list(units[::-1])]
+    return SpaceTransform((t.assign[0], b), t.k)
+
+
+def spied(monkeypatch, sim: WeightSimilarity, names: list[str]) -> list[tuple[str, ...]]:
+    """The other spaces of every group that ``sim`` computes afresh (all of its features, not only
+    changed ones) from now on; a fresh :func:`weight_similarity` is another object: not counted."""
+    computed: list[tuple[str, ...]] = []
+    original = WeightSimilarity._add
+    deps_of = {(m.param, m.axis): deps for n in names for deps, members in sim._groups(n).items() for m in members}
+
+    def spy(self, part, members, *args, columns=None, **kwargs):
+        if self is sim and columns is None:
+            computed.append(deps_of[members[0].param, members[0].axis])
+        return original(self, part, members, *args, columns=columns, **kwargs)
+
+    monkeypatch.setattr(WeightSimilarity, "_add", spy)
+    return computed
+
+
+def test_groups_are_kept_and_updated_by_their_changed_features_equal_to_fresh(monkeypatch):
+    """Every group is computed once and kept; when the space a group reads changes in a few merged
+    units, only their features are updated (no fresh computation), and when it changes in most of
+    them, the group is computed afresh; the result always equals a fresh computation."""
     maps, states = parents()
     names = [s.name for s in maps[0].spaces]
     monkeypatch.setattr("hf_mudsc.similarity._CACHED_FEATURES", 1)  # keep every constant group
     cached = WeightSimilarity(maps, states)
-    computed: list[tuple[str, ...]] = []  # the other spaces of each recomputed group
-    original = WeightSimilarity._compute
-    deps_of = {(m.param, m.axis): deps for n in names for deps, members in cached._groups(n).items() for m in members}
-
-    def spy(self, members, *args):
-        computed.append(deps_of[members[0].param, members[0].axis])
-        return original(self, members, *args)
-
-    monkeypatch.setattr(WeightSimilarity, "_compute", spy)
+    computed = spied(monkeypatch, cached, names)
     transforms = identity_transforms(maps)
     ffn = next(n for n in names if "ffn" in n)
     groups = [deps for n in names for deps in cached._groups(n)]
-    for step in range(3):
+    changes = [lambda t: t, lambda t: swapped(t, (0, 1)), lambda t: shuffled(t, 0), lambda t: swapped(t, (2, 5))]
+    for step, change in enumerate(changes):
+        transforms = {**transforms, ffn: change(transforms[ffn])}
         fresh = {name: weight_similarity(name, maps, states, transforms) for name in names}
         computed.clear()
         for name in names:
             assert np.abs(cached(name, transforms) - fresh[name]).max() < TOL
-        constant = sum(1 for deps in groups if not deps)
-        assert len(computed) == (len(groups) if step == 0 else len(groups) - constant)
-        assert all(deps for deps in computed) or step == 0
-        transforms = {**transforms, ffn: shuffled(transforms[ffn], step)}
+        if step == 0:
+            assert len(computed) == len(groups)
+        else:  # a shuffle changes every merged unit: the groups reading the FFN space start afresh
+            assert computed == ([deps for deps in groups if deps == (ffn,)] if step == 2 else [])
+
+
+def test_many_small_updates_stay_equal_to_fresh(monkeypatch):
+    """Twenty successive swaps in every space, read whole and by entries: the kept sums do not drift
+    (float32 products added and subtracted; the bound is the fresh computation's own, TOL)."""
+    maps, states = parents("vit-cls")
+    names = [s.name for s in maps[0].spaces]
+    cached = WeightSimilarity(maps, states)
+    transforms = identity_transforms(maps)
+    for name in names:
+        cached(name, transforms)
+    computed = spied(monkeypatch, cached, names)
+    rng = np.random.default_rng(0)
+    for step in range(20):
+        for name in names:
+            k = transforms[name].k
+            transforms[name] = swapped(transforms[name], tuple(int(u) for u in rng.choice(k, 2, replace=False)))
+        for name in names:
+            whole = weight_similarity(name, maps, states, transforms)
+            if step % 2:
+                rows, cols = rng.integers(0, len(whole), size=(2, 50))
+                assert np.abs(cached.entries(name, transforms, rows, cols) - whole[rows, cols]).max() < TOL
+            else:
+                assert np.abs(cached(name, transforms) - whole).max() < TOL
+    assert all(not deps for deps in computed)  # only groups too small to keep were computed afresh
+
+
+def test_changed_units_ignore_a_renumbering():
+    t = SpaceTransform((torch.tensor([0, 1, 2, 2]), torch.tensor([1, 0, 3, 2])), 4)
+    renumbered = SpaceTransform((torch.tensor([3, 2, 1, 1]), torch.tensor([2, 3, 0, 1])), 4)
+    removed, added = _changed_units(t, renumbered)
+    assert not len(removed) and not len(added)
+    moved = SpaceTransform((torch.tensor([0, 1, 2, 2]), torch.tensor([1, 0, 2, 3])), 4)
+    removed, added = _changed_units(t, moved)
+    assert removed.tolist() == [2, 3] and added.tolist() == [2, 3]
 
 
 def test_cross_blocks_only_equal_the_full_ones():

@@ -121,18 +121,20 @@ class RepairContext:
         return self.capture(model, sites, b, lambda: model(**inputs))
 
     def capture(self, model: nn.Module, sites: Sequence[Site], b: int, run: Callable[[], Any],
-                stop: bool = True) -> dict[Site, Tensor]:
+                stop: bool = True, inputs_at: Mapping[str, str] | None = None) -> dict[Site, Tensor]:
         """Call ``run()`` (a forward pass of ``model`` or of one of its layers, on batch ``b``) and return,
         per site, the rows that count (in the model's dtype; consumers sum them in float64): real tokens (``attention_mask``), capped at
         ``max_tokens_per_batch`` by a subset seeded by (seed, batch, module), so that every model
         observing one module on one batch gets the same rows. With ``stop``, the pass stops once every
-        site has fired; without, it runs to its end."""
+        site has fired; without, it runs to its end. ``inputs_at``: module -> a module whose input is
+        the same tensor (q, k and v read one), where its input is taken, so that a pass stops before
+        the first of them runs."""
         mask = self.batches[b].get("attention_mask")
         wanted = set(sites)
         seen: dict[Site, Tensor] = {}
 
-        def record(module_name: str, kinds: list[str], args: tuple, kwargs: dict, output: Any = None) -> None:
-            for kind in kinds:
+        def record(here: list[Site], args: tuple, kwargs: dict, output: Any = None) -> None:
+            for module_name, kind in here:
                 if (module_name, kind) in seen:
                     continue
                 value = (args[0] if args else kwargs["hidden_states"]) if kind == "input" else output
@@ -141,19 +143,19 @@ class RepairContext:
             if stop and wanted <= set(seen):
                 raise _Stop
 
-        kinds: dict[str, list[str]] = {}
+        hooked: dict[str, list[Site]] = {}  # the module whose hook records -> the sites it records
         for module, kind in sites:
-            kinds.setdefault(module, []).append(kind)
+            at = (inputs_at or {}).get(module, module) if kind == "input" else module
+            hooked.setdefault(at, []).append((module, kind))
         handles = []
-        for name, ks in kinds.items():
+        for name, here in hooked.items():
             module = model.get_submodule(name)
-            if ks == ["input"]:  # taken before the module runs, so that a pass stopping there skips it
+            if all(kind == "input" for _, kind in here):  # before the module runs: a pass stopping there skips it
                 handles.append(module.register_forward_pre_hook(
-                    lambda mod, args, kwargs, name=name, ks=ks: record(name, ks, args, kwargs), with_kwargs=True))
+                    lambda mod, args, kwargs, here=here: record(here, args, kwargs), with_kwargs=True))
             else:
                 handles.append(module.register_forward_hook(
-                    lambda mod, args, kwargs, out, name=name, ks=ks: record(name, ks, args, kwargs, out),
-                    with_kwargs=True))
+                    lambda mod, args, kwargs, out, here=here: record(here, args, kwargs, out), with_kwargs=True))
         try:
             with torch.no_grad():
                 run()
@@ -268,9 +270,11 @@ class LayerInputs:
         with _swapped(layer, {name: _Returns(outs[b]) for name, outs in self._kept.items()}):
             return layer(hidden, *args, **kwargs)
 
-    def observe_all(self, sites: Sequence[Site]) -> Iterator[dict[Site, Tensor]]:
-        """The sites' rows (modules of the current layer), batch by batch, from the cached inputs;
-        the layer's weights may change only once every batch was observed."""
+    def observe_all(self, sites: Sequence[Site], inputs_at: Mapping[str, str] | None = None
+                    ) -> Iterator[dict[Site, Tensor]]:
+        """The sites' rows (modules of the current layer), batch by batch, from the cached inputs
+        (``inputs_at``: see :meth:`RepairContext.capture`); the layer's weights may change only once
+        every batch was observed."""
         keep = self._keepable(sites) if self.reuse else []
         kept: dict[str, list[Any]] = {name: [] for name in keep}
         layer = self.model.get_submodule(self.blocks[self.layer])
@@ -278,7 +282,7 @@ class LayerInputs:
             handles = [layer.get_submodule(name).register_forward_hook(
                 lambda mod, args, out, name=name: kept[name].append(_detached(out))) for name in keep]
             try:
-                rows = self.ctx.capture(self.model, sites, b, lambda b=b: self._call(b))
+                rows = self.ctx.capture(self.model, sites, b, lambda b=b: self._call(b), inputs_at=inputs_at)
             finally:
                 for h in handles:
                     h.remove()

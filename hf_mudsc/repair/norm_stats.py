@@ -42,11 +42,11 @@ class UnitMoments:
         return self.shift + m, (self.s2 / self.n - m * m).clamp(min=0).sqrt()
 
 
-def renormalised(weight: Tensor, bias: Tensor, measured: UnitMoments,
+def renormalised(weight: Tensor, bias: Tensor, measured: tuple[Tensor, Tensor],
                  target: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
     """The map ``(weight, bias)`` with ``y -> (y - mean) * want_std / std + want_mean`` (per output
-    unit) folded in: ``measured``, the map's output moments; ``target``, the wanted ones (float64)."""
-    mean, std = measured.mean_std()
+    unit) folded in: ``measured``, the map's output mean and std; ``target``, the wanted ones (float64)."""
+    mean, std = measured
     want_mean, want_std = (v.to(mean.device) for v in target)
     scale = torch.where(std > 0, want_std / std.clamp(min=torch.finfo(torch.float64).tiny), torch.ones_like(std))
     return (weight.detach().to(torch.float64) * scale.unsqueeze(1),

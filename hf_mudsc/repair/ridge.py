@@ -34,6 +34,18 @@ class RidgeSums:
         self.cross.addmm_(x.T, y)
         self.n += x.shape[0]
 
+    def output_moments(self, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-unit mean and (population) standard deviation of ``x W^T + b`` over the samples
+        (float64), from the sums alone: ``W mu + b`` and ``diag(W C W^T)``, ``C`` the inputs'
+        covariance. Needs the bias column."""
+        if self.gram is None or self.n == 0 or not self.bias:
+            raise ValueError("output moments need samples summed with a bias column")
+        w = weight.detach().to(device=self.gram.device, dtype=torch.float64)
+        mean_x = self.gram[-1, :-1] / self.n
+        cov = self.gram[:-1, :-1] / self.n - torch.outer(mean_x, mean_x)
+        mean = w @ mean_x + bias.detach().to(w)
+        return mean, ((w @ cov) * w).sum(dim=1).clamp(min=0).sqrt()
+
     def solve(self, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """The map ``(weight (d_out, d_in), bias)`` nearest to the current one that fits the samples."""
         if self.gram is None or self.n == 0:

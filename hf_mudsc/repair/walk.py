@@ -4,8 +4,9 @@ The parents' outputs do not depend on the merge, so each parent runs each encode
 (:meth:`.context.LayerInputs.advance`), giving on the way every target of that layer: the output
 moments ``stats`` wants and the outputs ``lsq`` fits. The merged model then corrects the layer's
 maps in forward order, group by group (maps that read one input, as q, k, v): one run of the layer
-up to the group gives both the maps' inputs (for ``lsq``) and their outputs (for ``stats``), and
-the parts of the layer that can no longer change are not run again (their outputs are kept:
+up to the group's input gives the maps' inputs (for ``lsq``; their output moments for ``stats``
+follow from the same sums, so the maps themselves need not run), and the parts of the layer that
+can no longer change are not run again (their outputs are kept:
 :meth:`.context.LayerInputs.observe_all`); a map that both repairs touch is renormalised first,
 then re-solved pulled towards the renormalised map.
 After the last layer, the maps that follow the encoder (BERT's pooler; ``lsq``) and the task heads
@@ -103,25 +104,30 @@ def walk(ctx: RepairContext, names: Collection[str], clock: Clock) -> dict[str, 
 def _correct(ctx: RepairContext, model: torch.nn.Module, group: Sequence[str], merged: LayerInputs,
              seen: Sequence[list[dict[Site, torch.Tensor]]], renorm: Collection[str], refit: Collection[str]) -> None:
     """Renormalise (``stats``) and re-solve (``lsq``) one group of maps of the merged layer from one
-    run of the layer per batch; ``seen[i][b]``: parent ``i``'s outputs of the layer's maps."""
-    sites = [(m, "input") for m in group if m in refit] + [(m, "output") for m in group if m in renorm]
+    run of the layer per batch, up to the group's shared input; ``seen[i][b]``: parent ``i``'s
+    outputs of the layer's maps. A map that both repairs touch has its output moments from the
+    ridge sums of its inputs (:meth:`.ridge.RidgeSums.output_moments`), so the run stops before it;
+    only a map renormalised alone is run to observe its outputs."""
+    for m in group:
+        if m in renorm and model.get_submodule(m).bias is None:
+            raise ValueError(f"'{m}' has no bias, so its units cannot be shifted")
+    sites = [(m, "input") for m in group if m in refit] + [(m, "output") for m in group if m in renorm and m not in refit]
     targets = averaged_outputs(ctx, [lambda s, b, rows=rows: {site: rows[b][site] for site in s} for rows in seen])
     sums = {m: RidgeSums(model.get_submodule(m).bias is not None) for m in group if m in refit}
-    measured = {m: UnitMoments() for m in group if m in renorm}
-    for b, rows in enumerate(merged.observe_all(sites)):
+    observed = {m: UnitMoments() for m in group if m in renorm and m not in refit}
+    for b, rows in enumerate(merged.observe_all(sites, inputs_at={m: group[0] for m in group})):
         if sums:
             fitted = targets(list(sums), b)
             for m, s in sums.items():
                 s.update(rows[(m, "input")], fitted[m])
-        for m, moments in measured.items():
+        for m, moments in observed.items():
             moments.update(rows[(m, "output")])
     for m in group:
         module = model.get_submodule(m)
         weight, bias = module.weight, module.bias
-        if m in measured:
-            if bias is None:
-                raise ValueError(f"'{m}' has no bias, so its units cannot be shifted")
-            weight, bias = renormalised(weight, bias, measured[m], _stats_target(ctx, m, seen))
+        if m in renorm:
+            measured = observed[m].mean_std() if m in observed else sums[m].output_moments(weight, bias)
+            weight, bias = renormalised(weight, bias, measured, _stats_target(ctx, m, seen))
         if m in sums:
             weight, bias = sums[m].solve(weight, bias)
         ctx.set_linear(m, weight, bias)
