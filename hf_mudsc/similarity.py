@@ -291,9 +291,9 @@ def _changed_units(old: SpaceTransform, new: SpaceTransform) -> tuple[torch.Tens
 def _unit_members(t: SpaceTransform) -> dict[tuple[tuple[int, ...], ...], int]:
     """Each merged unit of ``t``, keyed by its members per model."""
     per_model = []
-    for assign in t.assign:
+    for i, assign in enumerate(t.assign):
         order = torch.argsort(assign, stable=True).tolist()
-        counts = torch.bincount(assign, minlength=t.k).tolist()
+        counts = t.model_counts(i).tolist()
         starts = np.cumsum([0, *counts]).tolist()
         per_model.append([tuple(order[starts[u]:starts[u + 1]]) for u in range(t.k)])
     return {key: u for u, key in enumerate(zip(*per_model))}
