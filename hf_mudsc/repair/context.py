@@ -183,8 +183,9 @@ class RepairContext:
         return flat.index_select(0, rows)
 
     def forward_groups(self, model: nn.Module, modules: Sequence[str]) -> list[list[str]]:
-        """``modules`` in the order a forward pass calls them, in groups that read the same input
-        tensor (q, k, v): a group can be re-solved from one pass, since no member feeds another."""
+        """``modules`` in the order a forward pass calls them (on the first example), in groups that
+        read the same input tensor (q, k, v): a group can be re-solved from one pass, since no member
+        feeds another."""
         order: list[tuple[str, Tensor]] = []  # the inputs stay referenced, so identity compares safely
         handles = []
         for name in modules:
@@ -194,8 +195,8 @@ class RepairContext:
             handles.append(model.get_submodule(name).register_forward_hook(fire, with_kwargs=True))
         device = next(model.parameters()).device
         try:
-            with torch.no_grad():
-                model(**{k: v.to(device) for k, v in self.batches[0].items() if k != "labels"})
+            with torch.no_grad():  # the first example alone: the order does not depend on the batch
+                model(**{k: v[:1].to(device) for k, v in self.batches[0].items() if k != "labels"})
         finally:
             for h in handles:
                 h.remove()
@@ -248,7 +249,7 @@ class LayerInputs:
         self.states: list[tuple[Tensor, tuple, dict]] = []
         self.returned: list[Any] = []  # per batch: what the last layer run returned (for replay)
         self._kept: dict[str, list[Any]] = {}  # submodule of the current layer -> its output per batch
-        self._calls: _Calls | None = None  # the current layer's submodule calls (reuse only)
+        self._calls: dict[tuple, _Calls] = {}  # submodule calls of a layer, by its structure (reuse only)
         first = model.get_submodule(self.blocks[0])
         device = next(model.parameters()).device
         for batch in ctx.batches:
@@ -296,9 +297,11 @@ class LayerInputs:
         """The outermost submodules of the current layer that finish before the first of ``sites``'
         modules starts, called once per run, not kept yet, with outputs no larger than the layer input."""
         layer_name = self.blocks[self.layer] + "."
-        if self._calls is None:
-            self._calls = _Calls.of(self.model.get_submodule(self.blocks[self.layer]), lambda: self._call(0))
-        calls = self._calls
+        layer = self.model.get_submodule(self.blocks[self.layer])
+        structure = _structure(layer)  # layers built alike call their submodules alike: observed once
+        if structure not in self._calls:
+            self._calls[structure] = _Calls.of(layer, lambda: self._call(0))
+        calls = self._calls[structure]
         starts = [calls.order.index(("start", m[len(layer_name):])) for m, _ in sites
                   if m.startswith(layer_name) and ("start", m[len(layer_name):]) in calls.order]
         if not starts:
@@ -329,7 +332,7 @@ class LayerInputs:
                 self.returned.append(y)
                 self.states[b] = (y[0] if isinstance(y, (tuple, list)) else y, args, kwargs)
         self.layer += 1
-        self._kept, self._calls = {}, None
+        self._kept = {}
         return seen
 
     def finish(self) -> None:
@@ -384,6 +387,12 @@ class _Calls:
             for h in handles:
                 h.remove()
         return calls
+
+
+def _structure(layer: nn.Module) -> tuple:
+    """What a layer's submodule calls depend on: every submodule's name, class and parameter shapes."""
+    return tuple((name, type(module).__name__, tuple(tuple(p.shape) for p in module.parameters(recurse=False)))
+                 for name, module in layer.named_modules())
 
 
 def _tensors(value: Any) -> list[Tensor]:
