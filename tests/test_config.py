@@ -17,6 +17,10 @@ from hf_mudsc.config import ConfigError, MergeConfig
     (dict(zip_decay=-1.0), r"zip_decay must be in \[0, 1\]"),
     (dict(merge_layers=-1), "merge_layers must be a non-negative integer"),
     (dict(max_sweeps=0), "max_sweeps must be a positive integer"),
+    (dict(tol=1.0), r"tol must be in \[0, 1\)"),
+    (dict(tol=-1e-3), r"tol must be in \[0, 1\)"),
+    (dict(tol=float("nan")), r"tol must be in \[0, 1\)"),
+    (dict(tol=True), r"tol must be in \[0, 1\)"),
     (dict(max_tokens_per_batch=0), "max_tokens_per_batch must be a positive integer"),
 ])
 def test_out_of_range_parameters_are_refused(kwargs, match):

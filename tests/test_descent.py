@@ -54,11 +54,45 @@ def test_descent_keeps_its_start_when_the_sweeps_are_worse():
     assert result.weight_objectives == pytest.approx({"a": -0.6, "b": 1.0})
 
 
+# the start's score, then each sweep's: gains of 5e-4, 1.5e-3, then 5e-5, 8e-5, 9e-5 over the best (1.002)
+SCORES = [1.0, 1.0005, 1.002, 1.00205, 1.00208, 1.00209]
+
+
+@pytest.mark.parametrize("tol,sweeps,best", [
+    (1e-3, 1, 1.0005),  # the first sweep gains less than tol: it stops there, and its result is kept (> MIN_GAIN)
+    (1e-4, 3, 1.002),  # the third sweep gains less than tol (and than MIN_GAIN: not kept)
+    (0.0, 5, 1.002),  # every sweep gains: max_sweeps; gains below MIN_GAIN never replace the best
+])
+def test_tol_ends_the_descent_and_min_gain_keeps_the_best(monkeypatch, tol, sweeps, best):
+    import hf_mudsc.solve.descent as descent
+
+    scores = iter(SCORES)
+    monkeypatch.setattr(descent, "_scored", lambda names, transforms, *rest: descent.DescentResult(
+        dict(transforms), {"all": next(scores)}))
+    monkeypatch.setattr(descent, "same", lambda a, b: False)  # no sweep is skipped as a fixed point
+    spaces = (MergeSpace("a", 2, ()), MergeSpace("b", 2, ()))
+
+    class WeightSim:
+        def __call__(self, name, transforms, aligned):
+            return two_by_two(np.array([[0.5, 0.1], [0.1, 0.5]]))
+
+        def dependencies(self, name):
+            return {"a", "b"}
+
+    settings = SolveSettings.from_config(MergeConfig(method="mudsc", mode="permute", alpha=0.5, max_sweeps=5,
+                                                     patience=1, tol=tol))
+    activation = {"a": two_by_two(IDENTITY), "b": two_by_two(IDENTITY)}
+    result = coordinate_descent([(s,) for s in spaces], {"a": [2, 2], "b": [2, 2]}, settings, activation,
+                                WeightSim(), {s.name: SpaceTransform.identity([2, 2]) for s in spaces})
+    assert result.history == SCORES[:1 + sweeps]
+    assert result.objectives == {"all": best}
+
+
 def test_solve_settings_come_from_the_config_alone():
     config = MergeConfig(method="mudsc", mode="zip", alpha=0.3, zip_budget=0.1, zip_decay=0.5,
-                         max_sweeps=7, patience=2, seed=5)
+                         max_sweeps=7, patience=2, tol=0.01, seed=5)
     settings = SolveSettings.from_config(config)
-    assert dataclasses.astuple(settings) == ("zip", 0.3, 0.1, 0.5, 7, 2, 5)
+    assert dataclasses.astuple(settings) == ("zip", 0.3, 0.1, 0.5, 7, 2, 0.01, 5)
     assert all(f.default is dataclasses.MISSING for f in dataclasses.fields(SolveSettings))
     assert settings.reads_within(2) and not dataclasses.replace(settings, zip_budget=0.0).reads_within(2)
     assert dataclasses.replace(settings, zip_budget=0.0).reads_within(3)

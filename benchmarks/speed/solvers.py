@@ -8,8 +8,8 @@ other (Pearson correlation over 4w samples). Every time is one run, in seconds. 
 runs only where the cube law from its previous width predicts it finishes within
 ``--plain-budget``; elsewhere it is "skipped" (nothing is extrapolated). The descent runs through
 :class:`hf_mudsc.MuDSCMerger` on two randomly initialised BERT parents (``--descent-size``),
-statistics collected once, then one solve per mode at the default alpha 0.5, ``max_sweeps`` 4,
-``patience`` 1. Results go to ``benchmarks/results/speed_solvers.json``.
+statistics collected once, then one solve per mode with the default descent (alpha 0.5,
+``max_sweeps`` 4, ``patience`` 1, ``tol`` 1e-3). Results go to ``benchmarks/results/speed_solvers.json``.
 """
 from __future__ import annotations
 

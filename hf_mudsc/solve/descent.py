@@ -5,8 +5,9 @@ are solved in turn: start from the activation-only solution (identity when alpha
 sweep the solve units in a seeded random order, re-solve each on the blended similarity
 with its neighbours' current transforms. The start and every sweep are scored by the mean
 objective of one consistent set of transforms (every space's blended similarity under the
-transforms the sweep ended with); the best of them is kept (the start included). Stop after
-``patience`` sweeps without a relative gain of :data:`REL_TOL`, or ``max_sweeps``.
+transforms the sweep ended with); the best of them is kept (the start included; a sweep replaces
+it when it gains more than :data:`MIN_GAIN` of its score). Stop after ``patience`` sweeps in a row
+that each gain less than the relative ``tol`` (``MergeConfig.tol``), or after ``max_sweeps``.
 A *solve unit* is one space, or the QK and VO spaces of one head group solved together.
 """
 from __future__ import annotations
@@ -26,7 +27,9 @@ from .heads import solve_heads
 from .solution import MergedPairs, Solution
 from .zip import solve_zip
 
-REL_TOL = 1e-4  # a sweep gains when it beats the best score by this fraction of it
+# A sweep's transforms replace the best ones when their score beats the best by this fraction of it:
+# smaller differences are of the order of the scores' float32 rounding, and must not decide a merge.
+MIN_GAIN = 1e-4
 
 
 class WeightSim(Protocol):
@@ -53,12 +56,13 @@ class SolveSettings:
     zip_decay: float
     max_sweeps: int
     patience: int
+    tol: float
     seed: int
 
     @classmethod
     def from_config(cls, config: MergeConfig) -> SolveSettings:
         return cls(config.resolved_mode, config.resolved_alpha, config.resolved_zip_budget, config.resolved_zip_decay,
-                   config.max_sweeps, config.patience, config.seed)
+                   config.max_sweeps, config.patience, config.tol, config.seed)
 
     def reads_within(self, num_models: int) -> bool:
         """Whether a solve may read within-model similarities: zip with a same-model budget, or of
@@ -174,9 +178,10 @@ def coordinate_descent(
         score = _mean(current.objectives)
         best.history.append(score)
         best_score = _mean(best.objectives)
-        if score - best_score > REL_TOL * abs(best_score):
+        if score - best_score > MIN_GAIN * abs(best_score):
             best.transforms, best.objectives, best.weight_objectives = (
                 current.transforms, current.objectives, current.weight_objectives)
+        if score - best_score > settings.tol * abs(best_score):
             stale = 0
         else:
             stale += 1
