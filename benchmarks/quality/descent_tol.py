@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import shlex
 import statistics
-import sys
 import time
 from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
 
-from common import pair_definitions, score_pair, summarise, summary_table, write_results
+from common import pair_definitions, score_pair, summarise, summary_table, write_families
 from repair_samples import prepare
 
 log = partial(print, flush=True)
@@ -76,14 +74,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         sweeps = "\n".join(f"- {e['model']}: {e['weight_sweeps_mean']:.1f} weight sweeps on average"
                            for e in summary if "weight_sweeps_mean" in e)
         tables.append(f"### {family}\n\n{summary_table(summary)}\n\n{sweeps}\n")
-    path = write_results("descent_tol", {
-        "command": shlex.join(["python", *sys.argv]),
-        "calibration": {"num_samples": args.num_samples, "batch_size": args.batch_size, "seed": 0,
-                        "source": "both tasks' training data, unlabeled"},
-        "scoring": "both tasks' test sets (vision: all 1000 images per class; text: 300 texts per topic)",
-        "families": families, "seconds": round(time.perf_counter() - start, 1)})
-    path.with_suffix(".md").write_text("\n".join(tables))
-    log("\n" + "\n".join(tables) + f"\nwrote {path} in {time.perf_counter() - start:.0f} s")
+    write_families("descent_tol", families, tables, args.num_samples, args.batch_size, start, log)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,6 @@ those of ``vision.py`` and ``text.py``. Writes ``benchmarks/results/quality_repa
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 import time
 from functools import partial
 from pathlib import Path
@@ -24,7 +22,7 @@ from common import (  # this folder is on sys.path when the script runs
     score_pair,
     summarise,
     summary_table,
-    write_results,
+    write_families,
 )
 from transformers import AutoImageProcessor, AutoTokenizer
 
@@ -74,14 +72,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         summary = summarise([p["rows"] for p in pairs])
         families[family] = {"pairs": pairs, "summary": summary}
         tables.append(f"### {family}\n\n{summary_table(summary)}\n")
-    path = write_results("repair_samples", {
-        "command": shlex.join(["python", *sys.argv]),
-        "calibration": {"num_samples": args.num_samples, "batch_size": args.batch_size, "seed": 0,
-                        "source": "both tasks' training data, unlabeled"},
-        "scoring": "both tasks' test sets (vision: all 1000 images per class; text: 300 texts per topic)",
-        "families": families, "seconds": round(time.perf_counter() - start, 1)})
-    path.with_suffix(".md").write_text("\n".join(tables))
-    log("\n" + "\n".join(tables) + f"\nwrote {path} in {time.perf_counter() - start:.0f} s")
+    write_families("repair_samples", families, tables, args.num_samples, args.batch_size, start, log)
 
 
 if __name__ == "__main__":
