@@ -84,9 +84,9 @@ class MergeConfig:
             ``max_sweeps`` weight sweeps, stopping after ``patience`` sweeps in a row that each gain
             less than the fraction ``tol`` of the best score so far (a sweep's transforms replace
             the best ones only when they gain more than 1e-4 of it). The default 1e-3 stops a
-            BERT-base merge after 2 weight sweeps instead of 4 (later ones gained a few 1e-4 there,
-            at 20-30 s each), with the same accuracy as 1e-4 on the quality benchmarks' pairs
-            (README, Results: merge quality).
+            BERT-base merge after 2-3 weight sweeps instead of 4 (later ones gained a few 1e-4
+            there, at 20-30 s each), with the same accuracy as 1e-4 on the quality benchmarks'
+            pairs (README, Results: merge quality).
         residual_layers: which layer inputs feed the residual stream's statistics (``None``: all).
         max_tokens_per_batch: cap on tokens per batch per site (a random subset); ``None``: every token.
             The default 256 keeps the statistics pass near one forward pass at BERT-base (the outer
