@@ -103,14 +103,17 @@ def _transform(
 
 
 def build_task_model(parent: torch.nn.Module, state_dict: Mapping[str, torch.Tensor],
-                     config: Any = None) -> torch.nn.Module:
+                     config: Any = None, reuse: Mapping[str, torch.Tensor] | None = None) -> torch.nn.Module:
     """A standard model of the parent's class on the CPU carrying ``state_dict`` (in the parent's
     dtype, copied) and the parent's buffers. Built on the meta device: no random init to discard.
-    ``config``: the merged model's config (default: the parent's)."""
+    ``config``: the merged model's config (default: the parent's). ``reuse``: parameters taken as
+    they are instead (not copied, not moved; another model's, which this one then shares)."""
     config = copy.deepcopy(parent.config if config is None else config)
     with torch.device("meta"):
         model = _without_absent_modules(type(parent)(config), parent)
-    state = {k: v.detach().to(device="cpu", dtype=parent.dtype, copy=True) for k, v in state_dict.items()}
+    reuse = reuse or {}
+    state = {k: reuse[k] if k in reuse else v.detach().to(device="cpu", dtype=parent.dtype, copy=True)
+             for k, v in state_dict.items()}
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     params = {n for n, _ in model.named_parameters()}
     if unexpected or params & set(missing):

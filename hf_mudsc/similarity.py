@@ -12,6 +12,7 @@ from typing import Collection, Mapping, Sequence
 import numpy as np
 import torch
 
+from .tiles import transposed
 from .transforms import SpaceTransform, Transforms, same
 from .unitmaps.spaces import Member, UnitMap
 
@@ -38,14 +39,17 @@ def weight_similarity(
 @dataclass
 class _Sums:
     """A group's share of a space's weight statistics: Gram blocks over its standardised features
-    (``gram``), or only some of their entries (``picked``: one vector per requested index set), the
-    per-unit sums and sums of squares, and the feature count."""
+    (``gram``), only some of their entries (``picked``: one vector per requested index set), or the
+    standardised features themselves (``factors``, units x features: a group of a few features,
+    whose products are added where the blocks are summed); the per-unit sums and sums of squares,
+    and the feature count."""
 
     gram: dict[tuple[int, int], torch.Tensor] | None
     picked: list[torch.Tensor] | None
     sums: torch.Tensor
     squares: torch.Tensor
     features: int
+    factors: list[torch.Tensor] | None = None
 
 
 @dataclass
@@ -159,7 +163,7 @@ class WeightSimilarity:
         if not deps:
             if key not in self._cache:
                 if sum(self._features(m) for m in members) < _CACHED_FEATURES:
-                    return self._compute(members, sizes, transforms, picks)
+                    return self._compute(members, sizes, transforms, picks, factors=True)
                 self._cache[key] = _Kept(self._compute(members, sizes, transforms), None)
             return self._cache[key].part
         if len(deps) > 1 or any(self.state_dicts[0][m.param].dim() != 2 for m in members):
@@ -202,15 +206,17 @@ class WeightSimilarity:
         return groups
 
     def _compute(self, members: list[Member], sizes: list[int], transforms: Transforms,
-                 picks: Picks | None = None) -> _Sums:
-        """The group's share: its Gram blocks, or (``picks``) only the entries asked for."""
-        gram = None if picks is not None else {
+                 picks: Picks | None = None, factors: bool = False) -> _Sums:
+        """The group's share: its Gram blocks, (``picks``) only the entries asked for, or
+        (``factors``, without ``picks``) its standardised features."""
+        low_rank = factors and picks is None
+        gram = None if picks is not None or low_rank else {
             (i, j): torch.zeros(sizes[i], sizes[j], dtype=torch.float32, device=self.device) for i, j in self.pairs}
         picked = None if picks is None else [torch.zeros(len(lr), dtype=torch.float32, device=self.device)
                                              for _, lr, _ in picks]
         dim = sum(sizes)
         part = _Sums(gram, picked, torch.zeros(dim, dtype=torch.float64, device=self.device),
-                     torch.zeros(dim, dtype=torch.float64, device=self.device), 0)
+                     torch.zeros(dim, dtype=torch.float64, device=self.device), 0, [] if low_rank else None)
         self._add(part, members, sizes, transforms, picks)
         return part
 
@@ -232,6 +238,8 @@ class WeightSimilarity:
             if part.gram is not None:
                 for (i, j), block in part.gram.items():
                     block.addmm_(z[cut[i]], z[cut[j]].T, alpha=sign)
+            elif part.factors is not None:
+                part.factors.append(z.to(torch.float64))
             else:
                 for total, ((i, j), lr, lc) in zip(part.picked, picks):
                     total.add_((z[cut[i]][lr] * z[cut[j]][lc]).sum(dim=1), alpha=sign)
@@ -263,18 +271,29 @@ class WeightSimilarity:
             # (each unit most like itself), and the sweeps that follow see every member
             return np.eye(dim)
         mean, inv = _moments(parts, features)
+        centre = mean * inv  # (G / F - m m^T) * inv inv^T = G * (inv / F) inv^T - (m inv)(m inv)^T
         offsets = np.cumsum([0, *sizes])
         cut = [slice(int(a), int(b)) for a, b in zip(offsets[:-1], offsets[1:])]
         corr = torch.zeros(dim, dim, dtype=torch.float64, device=self.device)
         for i, j in self.pairs:  # a cross-model block is computed in its place (fresh blocks cost page faults)
             a, b = cut[i], cut[j]
             block = corr[a, b] if i != j else torch.empty(sizes[i], sizes[j], dtype=torch.float64, device=self.device)
-            block.copy_(sum(p.gram[i, j] for p in parts)).div_(features).sub_(torch.outer(mean[a], mean[b]))
-            block.mul_(inv[a, None]).mul_(inv[None, b]).clamp_(-1.0, 1.0)
-            if i == j:
-                torch.add(block, block.T, out=corr[a, b]).div_(2)
+            grams = [p.gram[i, j] for p in parts if p.gram is not None]
+            if grams:  # summed in float32 (one new block at most), then the few-feature groups' products in float64
+                total = grams[0] if len(grams) == 1 else torch.add(grams[0], grams[1])
+                for g in grams[2:]:
+                    total.add_(g)
+                block.copy_(total)
             else:
-                corr[b, a] = block.T
+                block.zero_()
+            for z in (z for p in parts for z in p.factors or ()):
+                block.addmm_(z[a], z[b].T)
+            block.mul_((inv[a] / features).unsqueeze(1)).mul_(inv[b].unsqueeze(0))
+            block.addr_(centre[a], centre[b], alpha=-1.0).clamp_(-1.0, 1.0)
+            if i == j:
+                transposed(corr[a, b], block, add=block).div_(2)
+            else:
+                transposed(corr[b, a], block)
         corr.diagonal().copy_((inv > 0).to(torch.float64))
         return corr.cpu().numpy()
 

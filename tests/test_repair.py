@@ -411,3 +411,27 @@ def test_inputs_taken_at_the_first_map_of_a_group_are_the_same_rows_and_stop_bef
         for site in sites:
             assert torch.equal(x[site], y[site]), site
     assert not torch.equal(shared[0][sites[0]], shared[0][sites[1]])  # each module's own 5-token subset
+
+
+def test_task_models_of_the_repairs_hold_one_copy_of_the_shared_parameters():
+    """The repairs' task models share the shared parameters (one copy, not one per task), keep
+    their own heads, and a correction of a shared map reaches every task; nothing aliases the
+    merged weights or the parents, which the repairs must not change in place."""
+    from hf_mudsc.repair.context import RepairContext
+
+    a, b = tiny_model("bert-seq", seed=0), tiny_model("bert-seq", seed=1)
+    merger = MuDSCMerger.from_pretrained([a, b], "mudsc", repair="none")
+    result = merger.merge(calibration(a, n=2), num_samples=16, progress=False)
+    ctx = RepairContext([a, b], merger.unit_maps, result.transforms, result.weights, calibration(a, n=2))
+    first, second = (dict(ctx.task_model(i).named_parameters()) for i in (0, 1))
+    outside = {t.data_ptr() for t in (*result.weights.shared.values(), *result.weights.private[0].values(),
+                                      *result.weights.private[1].values(), *a.parameters(), *b.parameters())}
+    for name in first:
+        same = first[name].data_ptr() == second[name].data_ptr()
+        assert same == (name in result.weights.shared), name
+        assert first[name].data_ptr() not in outside and second[name].data_ptr() not in outside, name
+    module = ctx.shared_linears()[0]
+    weight = ctx.task_model(0).get_submodule(module).weight
+    ctx.set_linear(module, weight + 1.0, None)
+    assert torch.equal(ctx.task_model(1).get_submodule(module).weight, ctx.task_model(0).get_submodule(module).weight)
+    assert torch.equal(ctx.weights.shared[f"{module}.weight"], ctx.task_model(1).get_submodule(module).weight)

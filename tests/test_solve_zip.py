@@ -67,6 +67,29 @@ def test_equals_plain_loop_on_correlations() -> None:
             assert same_as_reference(sim, [40, 40], None, budget, decay)
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_symmetric_input_skips_the_symmetrising_with_the_same_solution(seed: int) -> None:
+    """``symmetric=True`` reads ``sim`` itself for ``(sim + sim.T) / 2``: on an exactly symmetric
+    matrix (ties included) that is the same key, so the same solution, with the fallbacks too."""
+    rng = np.random.default_rng(seed)
+    for _ in range(20):
+        sizes = [int(s) for s in rng.integers(1, 11, size=rng.integers(2, 4))]
+        sim = rng.normal(size=(sum(sizes),) * 2)
+        sim = np.round((sim + sim.T) / 2, int(rng.integers(0, 3)))
+        k = None if rng.random() < 0.5 else int(rng.integers(1, sum(sizes) + 1))
+        budget, decay = float(rng.choice([0.0, 0.2, 0.5])), float(rng.choice([0.0, 0.5, 1.0]))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", MergeQualityWarning)
+            plain, fast = (solve_zip(sim, sizes, k, budget, decay, symmetric=flag) for flag in (False, True))
+        assert np.array_equal(plain.labels(), fast.labels()) and plain.objective == fast.objective
+
+
+def test_symmetric_flag_refuses_an_asymmetric_matrix() -> None:
+    sim = np.random.default_rng(0).normal(size=(12, 12))
+    with pytest.raises(ValueError, match="not symmetric"):
+        solve_zip(sim, [6, 6], symmetric=True)
+
+
 def test_two_models_no_budget_pair_perfectly() -> None:
     rng = np.random.default_rng(10)
     sol = solve_zip(rng.normal(size=(24, 24)), [12, 12])

@@ -48,12 +48,18 @@ class RepairContext:
 
     def task_model(self, i: int) -> nn.Module:
         """Task ``i``'s merged model (built once, on parent ``i``'s device, in its dtype), with the
-        merged config (the widest widths, the deepest depth), as :attr:`MergeResult.task_models`."""
+        merged config (the widest widths, the deepest depth), as :attr:`MergeResult.task_models`.
+        The task models built here hold one copy of the shared parameters between them where their
+        devices and dtypes agree (:meth:`set_linear` changes them for every task at once)."""
         if i not in self._models:
             parent = self.parents[i]
             device = next(parent.parameters()).device
             config = merged_config(parent.config, self.transforms, self.unit_maps[0].num_layers)
-            self._models[i] = build_task_model(parent, self.weights.task_state_dict(i), config).to(device)
+            other = next((m for m in self._models.values()
+                          if next(m.parameters()).device == device and m.dtype == parent.dtype), None)
+            reuse = {} if other is None else {
+                name: p.detach() for name, p in other.named_parameters() if name in self.weights.shared}
+            self._models[i] = build_task_model(parent, self.weights.task_state_dict(i), config, reuse).to(device)
         return self._models[i]
 
     def shared_linears(self) -> list[str]:

@@ -72,6 +72,7 @@ def walk(ctx: RepairContext, names: Collection[str], clock: Clock) -> dict[str, 
         for group in per_layer[l]:
             with clock.charge([n for n, maps in (("stats", renorm), ("lsq", refit)) if set(group) & maps]):
                 _correct(ctx, model, group, merged, seen, renorm, refit)
+        del seen  # the parents' rows of this layer go before the next layer's are taken: one layer's at a time
         if l + 1 < depth:
             with clock.charge(trunk):
                 merged.advance()

@@ -108,7 +108,8 @@ def solve_unit(unit: tuple[MergeSpace, ...], sims: Sequence[np.ndarray], sizes: 
     (sim,) = sims
     if settings.mode == "permute":
         return [solve_permute(sim, sizes[0])]
-    return [solve_zip(sim, sizes[0], budget=settings.zip_budget, decay=settings.zip_decay)]
+    # every matrix here is exactly symmetric: S_act, S_w (built so) and their blend, entry by entry
+    return [solve_zip(sim, sizes[0], budget=settings.zip_budget, decay=settings.zip_decay, symmetric=True)]
 
 
 def coordinate_descent(

@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
+import torch
+
+from ..tiles import transposed
 
 TIE_DECIMALS = 9
-_TILE = 256  # tile side of the transposed sum in tie_key (cache-sized)
 
 
 @dataclass(frozen=True, eq=False)
@@ -101,9 +103,8 @@ def tie_key(sim: np.ndarray, symmetrise: bool = False) -> np.ndarray:
     scale = 10.0 ** TIE_DECIMALS
     if symmetrise:
         key = np.empty_like(sim)
-        for i in range(0, len(sim), _TILE):
-            for j in range(0, len(sim), _TILE):
-                np.add(sim[i:i + _TILE, j:j + _TILE], sim[j:j + _TILE, i:i + _TILE].T, out=key[i:i + _TILE, j:j + _TILE])
+        view = torch.from_numpy(np.ascontiguousarray(sim))
+        transposed(torch.from_numpy(key), view, add=view)
         key /= 2
     else:
         key = np.array(sim)
