@@ -106,9 +106,9 @@ def tie_key(sim: np.ndarray, symmetrise: bool = False) -> np.ndarray:
         view = torch.from_numpy(np.ascontiguousarray(sim))
         transposed(torch.from_numpy(key), view, add=view)
         key /= 2
+        key *= scale
     else:
-        key = np.array(sim)
-    key *= scale
+        key = np.multiply(sim, scale)  # the copy and the first step in one pass
     np.rint(key, out=key)
     key /= scale
     return key
