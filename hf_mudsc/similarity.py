@@ -286,8 +286,8 @@ class WeightSimilarity:
                 block.copy_(total)
             else:
                 block.zero_()
-            for z in (z for p in parts for z in p.factors or ()):
-                block.addmm_(z[a], z[b].T)
+            for factor in (f for p in parts for f in p.factors or ()):
+                block.addmm_(factor[a], factor[b].T)
             block.mul_((inv[a] / features).unsqueeze(1)).mul_(inv[b].unsqueeze(0))
             block.addr_(centre[a], centre[b], alpha=-1.0).clamp_(-1.0, 1.0)
             if i == j:

@@ -164,7 +164,11 @@ def test_stats_repair_hits_the_merge_weighted_parent_statistics(kind, modules, c
 
 
 @pytest.mark.parametrize("bias", [True, False])
-def test_ridge_sums_equal_a_direct_numpy_solve(bias):
+@pytest.mark.parametrize("block", [512, 2, 4])
+def test_ridge_sums_equal_a_direct_numpy_solve(bias, block, monkeypatch):
+    """The streamed sums (the Gram as its upper block rows, ``block`` wide: one block, blocks that
+    split the bias column off or not) give the closed-form ridge solution."""
+    monkeypatch.setattr("hf_mudsc.repair.ridge.GRAM_BLOCK", block)
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(50, 6)), rng.normal(size=(50, 3))
     w0, b0 = rng.normal(size=(3, 6)), rng.normal(size=3)
@@ -328,7 +332,7 @@ def test_saved_folder_records_the_repairs_and_reapply_refuses(tmp_path):
         reapply(out)
 
 
-def test_output_moments_from_ridge_sums_equal_the_outputs_measured():
+def test_output_moments_from_ridge_sums_equal_the_outputs_measured(monkeypatch):
     """``stats`` reads a re-solved map's output moments from its ridge sums instead of running the
     map: they equal those of the outputs themselves (float64; inputs with offsets 100x their spread,
     where a raw second moment would cancel)."""
@@ -337,6 +341,7 @@ def test_output_moments_from_ridge_sums_equal_the_outputs_measured():
     rng = np.random.default_rng(0)
     x = torch.from_numpy(50.0 + 0.5 * rng.normal(size=(300, 8)) * rng.uniform(0.1, 2, size=8))
     w, b = torch.from_numpy(rng.normal(size=(5, 8))), torch.from_numpy(rng.normal(size=5))
+    monkeypatch.setattr("hf_mudsc.repair.ridge.GRAM_BLOCK", 3)  # the bias column in a block of its own
     sums, measured = RidgeSums(bias=True), UnitMoments()
     for chunk in torch.tensor_split(x, 4):  # streamed
         sums.update(chunk, torch.zeros(len(chunk), 5, dtype=torch.float64))
