@@ -15,6 +15,7 @@ TEXT_PAIRS = (("sentence1", "sentence2"), ("premise", "hypothesis"), ("question1
               ("question", "sentence"), ("sentence_A", "sentence_B"))
 IMAGE_COLUMNS = ("image", "img", "picture", "pixel_values")
 MAX_TEXT_LENGTH = 128
+LENGTH_WINDOW = 64  # texts are grouped by length within windows of this many batches' worth of rows
 SHUFFLE_BUFFER = 1000  # rows a streamed dataset is shuffled through, at least (see Calibration.sampling)
 SPLIT_STREAM = 1  # the split draws from its own seeded stream, not from the row draw's
 
@@ -30,8 +31,13 @@ class Calibration:
     The rows are a seeded random draw of ``num_samples`` rows: map-style datasets draw row
     indices without replacement, streamed ones pass through a seeded shuffle buffer; ready
     batches are taken as given (their first ``num_samples`` samples). Every process draws the
-    same rows and takes every ``world_size``-th of them. ``positions`` (set by :meth:`split`)
-    restricts it to some of the drawn rows (drawn batches, for ready batches).
+    same rows and takes every ``world_size``-th of them. ``positions`` (set by :meth:`split`
+    and :meth:`head`) restricts it to some of the drawn rows (drawn batches, for ready batches).
+
+    Images go in batches of ``batch_size`` rows in drawn order. Texts are grouped by length
+    (:meth:`_by_length`): batches of texts of similar lengths, each of about ``batch_size`` times
+    the mean length in tokens, so that little of a batch is padding and every batch holds about
+    as many real tokens (a per-batch token cap then samples every text alike).
     """
 
     source: Any
@@ -89,6 +95,13 @@ class Calibration:
             parts.append(replace(self, positions=picked, part=name))
         return parts[0], parts[1]
 
+    def head(self, count: int) -> "Calibration":
+        """The first ``count`` drawn rows of this part (in drawn order, not in batch order)."""
+        if self.column is None:
+            raise DataError("head() takes rows of a dataset; ready batches are cut with first_samples()")
+        drawn = range(self.num_samples) if self.positions is None else self.positions
+        return replace(self, positions=tuple(drawn[:count]))
+
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         if self.column is None:  # ready batches of model inputs; in multi-process runs batch j goes to rank j % W
             batches = _only(_ready_batches(self.source, self.num_samples), self.positions)
@@ -97,12 +110,29 @@ class Calibration:
             yield from batches
             return
         rows = islice(self._drawn_rows(), self.rank, None, self.world_size)
+        window = self.batch_size * (LENGTH_WINDOW if self.modality == "text" else 1)
         while True:
-            chunk = list(islice(rows, self.batch_size))
+            chunk = [r[self.column[0]] if len(self.column) == 1 else tuple(r[c] for c in self.column)
+                     for r in islice(rows, window)]
             if not chunk:
                 return
-            yield self._prepare([r[self.column[0]] if len(self.column) == 1 else tuple(r[c] for c in self.column)
-                                 for r in chunk])
+            if self.modality == "text":
+                yield from (self._prepare(group) for group in self._by_length(chunk))
+            else:
+                yield self._prepare(chunk)
+
+    def _by_length(self, texts: list) -> Iterator[list]:
+        """``texts`` in groups of similar lengths, shortest first: a group grows while its padded
+        size (rows x the longest) stays within ``batch_size`` x the mean length in tokens."""
+        lengths = [len(ids) for ids in self._tokenize(texts, padding=False)["input_ids"]]
+        budget = self.batch_size * sum(lengths) / len(lengths)
+        group: list = []
+        for i in np.argsort(lengths, kind="stable"):
+            if group and (len(group) + 1) * lengths[i] > budget:
+                yield group
+                group = []
+            group.append(texts[i])
+        yield group
 
     def _drawn_rows(self) -> Iterator[Any]:
         """The drawn rows of this part, in drawn order (the same on every process)."""
@@ -126,16 +156,14 @@ class Calibration:
     def _buffer_size(self) -> int:
         return max(SHUFFLE_BUFFER, self.num_samples)
 
+    def _tokenize(self, values: list, **options: Any) -> Any:
+        """Texts (or pairs of texts) through the tokenizer, cut at ``MAX_TEXT_LENGTH`` tokens."""
+        texts = zip(*values) if len(values) and isinstance(values[0], (list, tuple)) else ([str(v) for v in values],)
+        return self.processor(*(list(t) for t in texts), truncation=True, max_length=MAX_TEXT_LENGTH, **options)
+
     def _prepare(self, values: list) -> dict[str, torch.Tensor]:
         if self.modality == "text":
-            if len(values) and isinstance(values[0], (list, tuple)):
-                first, second = zip(*values)
-                enc = self.processor(list(first), list(second), padding=True, truncation=True,
-                                     max_length=MAX_TEXT_LENGTH, return_tensors="pt")
-            else:
-                enc = self.processor([str(v) for v in values], padding=True, truncation=True,
-                                     max_length=MAX_TEXT_LENGTH, return_tensors="pt")
-            return dict(enc)
+            return dict(self._tokenize(values, padding=True, return_tensors="pt"))
         if self.column == ("pixel_values",):
             return {"pixel_values": torch.stack([torch.as_tensor(v) for v in values])}
         images = [_as_image(v) for v in values]
@@ -224,7 +252,7 @@ def _length(data: Any) -> int | None:
         return None
 
 
-def first_samples(batches: Sequence[Mapping[str, torch.Tensor]], limit: int | None) -> list[dict[str, torch.Tensor]]:
+def first_samples(batches: Iterable[Mapping[str, torch.Tensor]], limit: int | None) -> list[dict[str, torch.Tensor]]:
     """The first ``limit`` samples of model-input ``batches`` (the last one cut), or all (``None``)."""
     return list(batches) if limit is None else list(_ready_batches(batches, limit))
 

@@ -55,7 +55,7 @@ class MuDSCMerger:
         self._heldout: Calibration | None = None
         self._statistics_config: MergeConfig | None = None  # the recipe the statistics were collected with
         self._calibration_source: Calibration | None = None  # the fit part, which the repairs stream again
-        self._fit_batches: tuple[Calibration, list[dict[str, torch.Tensor]]] | None = None  # prepared once
+        self._fit_batches: tuple[Calibration, int | None, list[dict[str, torch.Tensor]]] | None = None  # prepared once
 
     @classmethod
     def from_pretrained(
@@ -139,7 +139,8 @@ class MuDSCMerger:
         correlation (all that a later :meth:`solve` needs from the data).
 
         ``data``: see :func:`hf_mudsc.data.calibration`; a seeded random draw of ``num_samples`` rows
-        (the seed of the recipe), recorded in :attr:`calibration`. One pass, or several when the
+        (the seed of the recipe), recorded in :attr:`calibration`, in batches of ``batch_size`` rows
+        (texts: grouped by length, about ``batch_size`` times the mean length in tokens per batch). One pass, or several when the
         float64 accumulators of all spaces would exceed ``memory_budget_gb``: spaces are then
         collected in groups that fit, one pass per group. ``holdout``: the fraction of the drawn
         rows kept out of the statistics, to score candidates on (``method="auto"``).
@@ -371,12 +372,20 @@ class MuDSCMerger:
 
 
     def _repair_batches(self, limit: int | None) -> list[dict[str, torch.Tensor]]:
-        """The first ``limit`` samples (``None``: all) of the fit part's batches, prepared (tokenized,
-        processed) once for every repaired apply of this calibration (``method="auto"`` applies
-        each candidate)."""
-        if self._fit_batches is None or self._fit_batches[0] is not self._calibration_source:
-            self._fit_batches = (self._calibration_source, list(self._calibration_source))
-        return first_samples(self._fit_batches[1], limit)
+        """The first ``limit`` drawn samples (``None``: all) of the fit part, in batches, prepared
+        (tokenized, processed) once for every repaired apply of this calibration and limit
+        (``method="auto"`` applies each candidate). Ready batches keep their order, so theirs are
+        the first batches; rows are drawn first, then batched (texts by length)."""
+        source = self._calibration_source
+        if self._fit_batches is None or self._fit_batches[0] is not source or self._fit_batches[1] != limit:
+            if limit is None:
+                batches = list(source)
+            elif source.column is None:
+                batches = first_samples(source, limit)
+            else:
+                batches = list(source.head(limit))
+            self._fit_batches = (source, limit, batches)
+        return self._fit_batches[2]
 
 
 class MergeResult:

@@ -91,3 +91,61 @@ def test_split_refuses_what_cannot_be_split():
         make(sorted_by_label()).split(1.0)
     with pytest.raises(DataError, match="cannot split 1 calibration row into two parts"):
         make(sorted_by_label(), num_samples=1).split(0.5)
+
+
+# ------------------------------------------------------------------ texts batched by length
+def words(texts, *pair, padding=False, return_tensors=None, **_) -> dict:
+    """A stand-in tokenizer: one token per word (the word read as a number), padded with 0 on the right."""
+    ids = [[int(w) for w in t.split()] for t in texts]
+    if not padding:
+        return {"input_ids": ids}
+    width = max(map(len, ids))
+    return {"input_ids": torch.tensor([i + [0] * (width - len(i)) for i in ids]),
+            "attention_mask": torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i in ids])}
+
+
+def varied_lengths() -> Dataset:
+    """Row i: its number, 1 + (7 i mod 13) times."""
+    return Dataset.from_dict({"text": [" ".join([str(i)] * (1 + 7 * i % 13)) for i in range(ROWS)]})
+
+
+def rows_and_widths(calib: Calibration) -> list[tuple[list[int], int]]:
+    return [([int(i) for i in b["input_ids"][:, 0]], b["input_ids"].shape[1]) for b in calib]
+
+
+def test_texts_are_batched_by_length_each_drawn_row_once():
+    calib = calibration(varied_lengths(), words, "text", num_samples=40, batch_size=6, seed=0)
+    batches = rows_and_widths(calib)
+    rows = [r for group, _ in batches for r in group]
+    assert sorted(rows) == sorted(int(i) for i in calib.indices)
+    length = {i: 1 + 7 * i % 13 for i in range(ROWS)}
+    budget = 6 * sum(length[r] for r in rows) / len(rows)
+    for group, width in batches:
+        assert width == max(length[r] for r in group)
+        assert len(group) == 1 or len(group) * width <= budget  # about batch_size x the mean length
+    assert [w for _, w in batches] == sorted(w for _, w in batches)  # one window: shortest first
+    padded = sum(len(group) * width for group, width in batches)
+    drawn = [length[int(i)] for i in calib.indices]
+    in_drawn_order = sum(len(c) * max(c) for c in (drawn[k:k + 6] for k in range(0, 40, 6)))
+    assert padded - sum(drawn) <= 0.25 * (in_drawn_order - sum(drawn))
+
+
+def test_texts_are_grouped_within_windows_of_drawn_rows(monkeypatch):
+    monkeypatch.setattr("hf_mudsc.data.LENGTH_WINDOW", 2)  # windows of 12 drawn rows
+    calib = calibration(varied_lengths(), words, "text", num_samples=40, batch_size=6, seed=0)
+    window = {int(r): k // 12 for k, r in enumerate(calib.indices)}
+    batches = rows_and_widths(calib)
+    assert all(len({window[r] for r in group}) == 1 for group, _ in batches)
+    assert [window[group[0]] for group, _ in batches] == sorted(window[group[0]] for group, _ in batches)
+
+
+def test_head_takes_the_first_drawn_rows_of_a_part():
+    whole = make(sorted_by_label(), num_samples=40)
+    assert seen(whole.head(7)) == seen(whole)[:7] and seen(whole.head(100)) == seen(whole)
+    fit, _ = whole.split(0.25)
+    assert seen(fit.head(5)) == seen(fit)[:5]
+    by_length = calibration(varied_lengths(), words, "text", num_samples=40, batch_size=6, seed=0)
+    first = [r for group, _ in rows_and_widths(by_length.head(9)) for r in group]
+    assert sorted(first) == sorted(int(i) for i in by_length.indices[:9])  # the first drawn, not the shortest
+    with pytest.raises(DataError, match="head\\(\\) takes rows of a dataset"):
+        calibration([{"input_ids": torch.ones(2, 3)}], None, "text", num_samples=2, batch_size=2).head(1)

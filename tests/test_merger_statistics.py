@@ -3,6 +3,7 @@ refuses overrides that would change the collected statistics instead of silently
 from __future__ import annotations
 
 import numpy as np
+import torch
 import pytest
 
 from conftest import tiny_inputs, tiny_model
@@ -80,3 +81,34 @@ def test_a_part_of_a_split_is_collected_alone_and_recorded(pair):
     assert merger.calibration["part"] == "fit: 15 of the drawn rows" and merger.calibration["num_samples"] == 15
     assert merger.calibration["samples_per_space"]["layer.0.ffn"] == 15 * 17  # 16 patches and the CLS token
     assert sum(len(b["pixel_values"]) for b in held) == 5
+
+
+def test_texts_batched_by_length_give_what_batches_in_drawn_order_give(tmp_path):
+    """Without a token cap the statistics and the repairs are sums over every real token, so
+    batching texts by length changes them by rounding only."""
+    from parents_on_disk import bert_parents, text_dataset
+    from transformers import AutoTokenizer
+
+    paths = [str(p) for p in bert_parents(tmp_path)]
+    data = text_dataset(40)
+
+    def collected(calibration_data):
+        merger = MuDSCMerger.from_pretrained(paths, "mudsc", alpha=0.0, max_tokens_per_batch=None)
+        merger.collect(calibration_data, num_samples=40, batch_size=6, progress=False)
+        return merger
+
+    by_length = collected(data)
+    source = by_length._calibration_source
+    texts = [data[int(i)]["text"] for i in source.indices]
+    tokenizer = AutoTokenizer.from_pretrained(paths[0])
+    drawn = [dict(tokenizer(texts[k:k + 6], padding=True, return_tensors="pt")) for k in range(0, 40, 6)]
+    widths = lambda batches: [b["input_ids"].numel() for b in batches]  # noqa: E731
+    assert sum(widths(source)) < sum(widths(drawn))  # less padding
+    in_order = collected(drawn)
+    for name, corr in by_length._activation.items():
+        np.testing.assert_allclose(corr, in_order._activation[name], rtol=0, atol=1e-5)
+    transforms, _ = by_length.solve(progress=False)
+    merged = [m.apply(transforms) for m in (by_length, in_order)]
+    assert [r["samples"] for r in merged[0].repairs] == [40, 40, 40]
+    for name, value in merged[0].weights.shared.items():
+        torch.testing.assert_close(value, merged[1].weights.shared[name], rtol=0, atol=1e-4)

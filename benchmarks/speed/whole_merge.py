@@ -10,8 +10,10 @@ from 16-128 tokens (the statistics pass truncates at 128), batches of ``--batch-
 per batch.
 
 Each sample count runs in a fresh subprocess, so its peak RSS is its own. Phases, in order: load
-the parents; the plain forward of both parents over the calibration batches (the baseline; one
-batch of warm-up first); the statistics pass, once, reused by every method; then for ZipIt, MuDSC
+the parents; the plain forward of both parents over the texts in their given order, in batches of
+``--batch-size`` padded per batch (the baseline; one batch of warm-up first); the same over the
+merge's own calibration batches (``forward, by length``: texts of similar lengths batched together,
+so less padding; a second baseline, for a user who batches so); the statistics pass, once, reused by every method; then for ZipIt, MuDSC
 zip (alpha 0.5) without repairs, the default (MuDSC zip with the repairs stats, lsq, heads) and,
 above 256 texts, the default with its repairs on the first 256 texts (``repair_samples=256``):
 solve (with MuDSC's coordinate-descent sweeps timed; the default reuses MuDSC zip's solve and counts
@@ -48,7 +50,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from transformers.utils import logging as tf_logging
 
 from hf_mudsc import MergeResult, MuDSCMerger
-from hf_mudsc.data import calibration
+from hf_mudsc.data import MAX_TEXT_LENGTH, calibration
 
 METHODS: list[tuple[str, dict[str, Any]]] = [("zipit", {"method": "zipit"}),
                                              ("mudsc zip", {"method": "mudsc", "mode": "zip", "repair": "none"}),
@@ -153,12 +155,15 @@ def measure(folder: Path, samples: int, batch_size: int, cap: int | None, wordne
                       **({} if cap is None else {"max_tokens_per_batch": cap}))
     done("load", s)
     tokenizer = merger.parents[0].processor
-    data = datasets.Dataset.from_dict({"text": texts_of(tokenizer, samples, wordnet)})
-    batches = calibration(data, tokenizer, "text", num_samples=samples, batch_size=batch_size)
-    masks = [b["attention_mask"] for b in batches]
+    texts = texts_of(tokenizer, samples, wordnet)
+    data = datasets.Dataset.from_dict({"text": texts})
+    given = [dict(tokenizer(texts[k:k + batch_size], padding=True, truncation=True, max_length=MAX_TEXT_LENGTH,
+                            return_tensors="pt")) for k in range(0, samples, batch_size)]
+    by_length = list(calibration(data, tokenizer, "text", num_samples=samples, batch_size=batch_size))
     models = [p.model for p in merger.parents]
-    forward(models, [next(iter(batches))])  # warm-up
-    done("forward", timed(forward, models, batches)[1])
+    forward(models, given[:1])  # warm-up
+    done("forward", timed(forward, models, given)[1])
+    done("forward, by length", timed(forward, models, by_length)[1])
     done("statistics", timed(merger.collect, data, num_samples=samples, batch_size=batch_size, progress=False)[1])
     methods, solved = {}, {}
     for name, overrides in METHODS:
@@ -181,9 +186,12 @@ def measure(folder: Path, samples: int, batch_size: int, cap: int | None, wordne
         del result
         total = sum(seconds[p] for p in ("load", "statistics", f"{name}: solve", f"{name}: apply", f"{name}: save"))
         methods[name] = {"whole_merge_s": round(total, 3), "ratio_to_forward": round(total / seconds["forward"], 2),
+                         "ratio_to_forward_by_length": round(total / seconds["forward, by length"], 2),
                          "descent": record[0], "repairs": repairs}
-    return {"samples": samples, "tokens_per_text": round(sum(int(m.sum()) for m in masks) / samples, 1),
-            "padded_tokens_per_text": round(sum(m.numel() for m in masks) / samples, 1), "seconds": seconds,
+    return {"samples": samples, "tokens_per_text": round(sum(int(b["attention_mask"].sum()) for b in given) / samples, 1),
+            "padded_tokens_per_text": round(sum(b["attention_mask"].numel() for b in given) / samples, 1),
+            "padded_tokens_per_text_by_length": round(sum(b["attention_mask"].numel() for b in by_length) / samples, 1),
+            "batches_by_length": len(by_length), "seconds": seconds,
             "ratio_to_forward": {k: round(v / seconds["forward"], 2) for k, v in seconds.items()},
             "peak_rss_gib": peak, "methods": methods,
             "max_tokens_per_batch": merger.config.max_tokens_per_batch,
@@ -200,12 +208,14 @@ def _solve_key(config: Any) -> tuple:
 def print_table(runs: list[dict[str, Any]]) -> None:
     for run in runs:
         print(f"\n{run['samples']} texts, {run['tokens_per_text']} tokens each on average "
-              f"({run['padded_tokens_per_text']} padded)")
+              f"({run['padded_tokens_per_text']} padded in given order, {run['padded_tokens_per_text_by_length']} "
+              f"by length)")
         for phase, s in run["seconds"].items():
             print(f"  {phase:<18} {s:9.1f} s  x{run['ratio_to_forward'][phase]:7.2f} forward  "
                   f"peak RSS {run['peak_rss_gib'][phase]:5.2f} GiB")
         for name, m in run["methods"].items():
-            print(f"  {name} whole merge {m['whole_merge_s']:.1f} s  x{m['ratio_to_forward']:.2f} forward")
+            print(f"  {name} whole merge {m['whole_merge_s']:.1f} s  x{m['ratio_to_forward']:.2f} forward  "
+                  f"x{m['ratio_to_forward_by_length']:.2f} forward by length")
         d = run["methods"]["mudsc zip"]["descent"]
         print(f"  mudsc zip descent: {d['units']} units, first sweep {d['first_sweep_s']} s, "
               f"weight sweeps {d['weight_sweeps_s']} s, history {d['history']}")
