@@ -66,12 +66,23 @@ class Calibration:
                     f"{self._buffer_size()} rows (seeded)")
         return f"the first {self.num_samples} rows (the data can be neither indexed nor shuffled)"
 
+    @property
+    def batching(self) -> str:
+        """How the rows go into batches, in words (for the recipe)."""
+        if self.column is None:
+            return "as given"
+        if self.modality == "text":
+            return (f"texts grouped by length within windows of {self.batch_size * LENGTH_WINDOW} drawn rows, "
+                    f"about batch_size x the mean length in tokens per batch")
+        return "batch_size rows per batch, in drawn order"
+
     def describe(self) -> dict[str, Any]:
         """What the recipe and the model card record about the data."""
         info = {"name": self.name, "column": ", ".join(self.column) if self.column else None,
                 "num_samples": self.num_samples if self.positions is None or self.column is None
                 else len(self.positions),
-                "batch_size": self.batch_size, "sampling": self.sampling, "seed": self.seed}
+                "batch_size": self.batch_size, "batching": self.batching, "sampling": self.sampling,
+                "seed": self.seed}
         if self.part is not None:
             unit = "batches" if self.column is None else "rows"
             info["part"] = f"{self.part}: {len(self.positions or ())} of the drawn {unit}"

@@ -57,6 +57,9 @@ def test_the_recipe_says_how_the_rows_were_drawn():
     assert info["seed"] == 7 and info["num_samples"] == 20
     assert "drawn at random without replacement" in info["sampling"]
     assert "shuffled through a buffer" in make(sorted_by_label().to_iterable_dataset()).describe()["sampling"]
+    assert info["batching"].startswith("texts grouped by length within windows of 384 drawn rows")
+    assert calibration([{"input_ids": torch.ones(2, 3)}], None, "text", num_samples=2,
+                       batch_size=2).describe()["batching"] == "as given"
 
 
 @pytest.mark.parametrize("stream", [False, True])
