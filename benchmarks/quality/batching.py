@@ -7,23 +7,19 @@ cap of 256 tokens per batch they sample other tokens, and this measures what tha
     .venv/bin/python benchmarks/quality/batching.py                  # 3 scratch and 2 MiniLM pairs
     .venv/bin/python benchmarks/quality/batching.py --family scratch --pairs 1
 
-Parents, pairs and data are those of ``repair_samples.py`` (the parent cache; trained there first
-when absent). Writes ``benchmarks/results/quality_batching.{json,md}``.
+Parents, pairs and data: :mod:`families`. Writes ``benchmarks/results/quality_batching.{json,md}``.
 """
 from __future__ import annotations
 
-import argparse
-import time
-from functools import partial
+from pathlib import Path
 from typing import Any, Sequence
 
-from common import pair_definitions, score_pair, summarise, summary_table, write_families
-from repair_samples import prepare
+from common import score_pair  # this folder is on sys.path when the script runs
+from families import arguments, log, run_families
 from transformers import AutoTokenizer
 
 from hf_mudsc.data import MAX_TEXT_LENGTH, calibration
 
-log = partial(print, flush=True)
 DEFAULT = ("default, texts batched by length", {"method": "mudsc"})
 DRAWN = "default, batches in drawn order"
 
@@ -38,30 +34,17 @@ def drawn_order(rows: Any, tokenizer: Any, num_samples: int, batch_size: int) ->
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--family", nargs="+", choices=("scratch", "minilm"), default=["scratch", "minilm"])
-    parser.add_argument("--pairs", type=int, default=None, help="pairs per family (default: 3; MiniLM 2, as text.py)")
-    parser.add_argument("--num-samples", type=int, default=256, help="calibration texts")
-    parser.add_argument("--batch-size", type=int, default=32)
-    args = parser.parse_args(argv)
-    start = time.perf_counter()
-    families: dict[str, Any] = {}
-    tables = []
-    for family in args.family:
-        pairs = pair_definitions(args.pairs or (2 if family == "minilm" else 3))
-        for pair in pairs:
-            log(f"[{family}] classes {pair['classes']}, seeds {pair['seeds']}")
-            paths, scoring, rows = prepare(family, pair, args.num_samples)
-            scored = score_pair(paths, scoring, rows, [DEFAULT], num_samples=args.num_samples,
-                                batch_size=args.batch_size, log=log)
-            ready = drawn_order(rows, AutoTokenizer.from_pretrained(paths[0]), args.num_samples, args.batch_size)
-            (*_, old) = score_pair(paths, scoring, ready, [(DRAWN, DEFAULT[1])], num_samples=args.num_samples,
-                                   batch_size=args.batch_size, log=log)
-            pair["rows"] = [*scored, old]
-        summary = summarise([p["rows"] for p in pairs])
-        families[family] = {"pairs": pairs, "summary": summary}
-        tables.append(f"### {family}\n\n{summary_table(summary)}\n")
-    write_families("batching", families, tables, args.num_samples, args.batch_size, start, log)
+    args = arguments(__doc__, ("scratch", "minilm"), num_samples=256).parse_args(argv)
+
+    def score(paths: list[Path], scoring: list[Any], rows: Any) -> list[dict[str, Any]]:
+        by_length = score_pair(paths, scoring, rows, [DEFAULT], num_samples=args.num_samples,
+                               batch_size=args.batch_size, log=log)
+        ready = drawn_order(rows, AutoTokenizer.from_pretrained(paths[0]), args.num_samples, args.batch_size)
+        *_, drawn = score_pair(paths, scoring, ready, [(DRAWN, DEFAULT[1])], num_samples=args.num_samples,
+                               batch_size=args.batch_size, log=log)
+        return [*by_length, drawn]
+
+    run_families("batching", args, score)
 
 
 if __name__ == "__main__":

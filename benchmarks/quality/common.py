@@ -251,22 +251,6 @@ def write_results(name: str, payload: dict[str, Any]) -> Path:
     return path
 
 
-def write_families(name: str, families: dict[str, Any], tables: Sequence[str], num_samples: int, batch_size: int,
-                   start: float, log: Callable[[str], None] = print) -> Path:
-    """``quality_<name>.{json,md}`` of a benchmark of several families run on the pairs and data of
-    ``repair_samples.prepare`` (``families``: per family its pairs and summary; ``tables``: the
-    markdown per family)."""
-    path = write_results(name, {
-        "command": shlex.join(["python", *sys.argv]),
-        "calibration": {"num_samples": num_samples, "batch_size": batch_size, "seed": 0,
-                        "source": "both tasks' training data, unlabeled"},
-        "scoring": "both tasks' test sets (vision: all 1000 images per class; text: 300 texts per topic)",
-        "families": families, "seconds": round(time.perf_counter() - start, 1)})
-    path.with_suffix(".md").write_text("\n".join(tables))
-    log("\n" + "\n".join(tables) + f"\nwrote {path} in {time.perf_counter() - start:.0f} s")
-    return path
-
-
 def plot_summary(summary: Sequence[dict[str, Any]], path: Path, title: str) -> Path:
     """Horizontal bars of mean joint and per-task accuracy, with min-max whiskers."""
     import matplotlib

@@ -8,23 +8,18 @@ what they are worth in accuracy.
     .venv/bin/python benchmarks/quality/descent_tol.py        # 3 vision, 3 scratch and 2 MiniLM pairs
     .venv/bin/python benchmarks/quality/descent_tol.py --family vision --pairs 1
 
-Parents, pairs and data are those of ``repair_samples.py`` (the parent cache; trained there first
-when absent). Writes ``benchmarks/results/quality_descent_tol.{json,md}``.
+Parents, pairs and data: :mod:`families`. Writes ``benchmarks/results/quality_descent_tol.{json,md}``.
 """
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import statistics
-import time
-from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
 
-from common import pair_definitions, score_pair, summarise, summary_table, write_families
-from repair_samples import prepare
+from common import score_pair  # this folder is on sys.path when the script runs
+from families import arguments, log, run_families
 
-log = partial(print, flush=True)
 RUNS: list[tuple[str, dict[str, Any]]] = [  # max_sweeps 4 and patience 1 (the defaults) unless given
     ("tol 1e-4 (the previous default)", {"method": "mudsc", "tol": 1e-4}),
     ("default: tol 1e-3", {"method": "mudsc", "tol": 1e-3}),
@@ -41,40 +36,28 @@ def _recorded_descent() -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--family", nargs="+", choices=("vision", "scratch", "minilm"),
-                        default=["vision", "scratch", "minilm"])
-    parser.add_argument("--pairs", type=int, default=None, help="pairs per family (default: 3; MiniLM 2, as text.py)")
-    parser.add_argument("--num-samples", type=int, default=256, help="calibration samples")
-    parser.add_argument("--batch-size", type=int, default=32)
-    args = parser.parse_args(argv)
+    args = arguments(__doc__, ("vision", "scratch", "minilm"), num_samples=256).parse_args(argv)
     recorded_descent = _recorded_descent()
-    start = time.perf_counter()
-    families: dict[str, Any] = {}
-    tables = []
-    for family in args.family:
-        pairs = pair_definitions(args.pairs or (2 if family == "minilm" else 3))
-        for pair in pairs:
-            log(f"[{family}] classes {pair['classes']}, seeds {pair['seeds']}")
-            paths, scoring, calibration = prepare(family, pair, args.num_samples)
-            with recorded_descent() as descents:
-                rows = score_pair(paths, scoring, calibration, RUNS, num_samples=args.num_samples,
-                                  batch_size=args.batch_size, log=log)
-            for row, descent in zip(rows[-len(RUNS):], descents):  # one descent per run, in order
-                row["weight_sweeps"], row["history"] = len(descent["weight_sweeps_s"]), descent["history"]
-                log(f"  {row['model']}: {row['weight_sweeps']} weight sweeps, scores {row['history']}")
-            pair["rows"] = rows
-        summary = summarise([p["rows"] for p in pairs])
+
+    def score(paths: list[Path], scoring: list[Any], rows: Any) -> list[dict[str, Any]]:
+        with recorded_descent() as descents:
+            scored = score_pair(paths, scoring, rows, RUNS, num_samples=args.num_samples,
+                                batch_size=args.batch_size, log=log)
+        for row, descent in zip(scored[-len(RUNS):], descents):  # one descent per run, in order
+            row["weight_sweeps"], row["history"] = len(descent["weight_sweeps_s"]), descent["history"]
+            log(f"  {row['model']}: {row['weight_sweeps']} weight sweeps, scores {row['history']}")
+        return scored
+
+    def sweeps(pairs: list[dict[str, Any]], summary: list[dict[str, Any]]) -> str:
         for entry in summary:
-            sweeps = [r["weight_sweeps"] for p in pairs for r in p["rows"] if r["model"] == entry["model"]
+            counts = [r["weight_sweeps"] for p in pairs for r in p["rows"] if r["model"] == entry["model"]
                       and "weight_sweeps" in r]
-            if sweeps:
-                entry["weight_sweeps_mean"] = statistics.fmean(sweeps)
-        families[family] = {"pairs": pairs, "summary": summary}
-        sweeps = "\n".join(f"- {e['model']}: {e['weight_sweeps_mean']:.1f} weight sweeps on average"
-                           for e in summary if "weight_sweeps_mean" in e)
-        tables.append(f"### {family}\n\n{summary_table(summary)}\n\n{sweeps}\n")
-    write_families("descent_tol", families, tables, args.num_samples, args.batch_size, start, log)
+            if counts:
+                entry["weight_sweeps_mean"] = statistics.fmean(counts)
+        return "\n".join(f"- {e['model']}: {e['weight_sweeps_mean']:.1f} weight sweeps on average"
+                         for e in summary if "weight_sweeps_mean" in e)
+
+    run_families("descent_tol", args, score, sweeps)
 
 
 if __name__ == "__main__":
