@@ -32,7 +32,8 @@ DATA_FIELDS: dict[str, tuple[Any, str]] = {
     "split": (str, "dataset split (default: train, else the first)"),
     "column": (str, "text or image column, or two text columns 'a,b' (default: found by name)"),
     "num_samples": (int, "calibration examples (default 256)"),
-    "batch_size": (int, "batch size (default 16; texts are batched by length, about this many times the mean length in tokens)"),
+    "batch_size": (int, "batch size (default 16; texts go in batches of similar lengths, about this many "
+                        "times the mean length in tokens)"),
 }
 LOAD_FIELDS: dict[str, tuple[Any, str]] = {
     "device_map": (str, "Accelerate device map for the parents, e.g. auto"),
