@@ -142,8 +142,9 @@ class MuDSCMerger:
         (the seed of the recipe), recorded in :attr:`calibration`, in batches of ``batch_size`` rows
         (texts: grouped by length, about ``batch_size`` times the mean length in tokens per batch).
         One pass, or several when the float64 accumulators of all spaces would exceed
-        ``memory_budget_gb``: spaces are then collected in groups that fit, one pass per group. ``holdout``: the fraction of the drawn
-        rows kept out of the statistics, to score candidates on (``method="auto"``).
+        ``memory_budget_gb``: spaces are then collected in groups that fit, one pass per group.
+        ``holdout``: the fraction of the drawn rows kept out of the statistics, to score candidates
+        on (``method="auto"``).
         """
         self._collect(self.config, data, num_samples=num_samples, batch_size=batch_size, column=column,
                       accelerator=accelerator, progress=progress, memory_budget_gb=memory_budget_gb,

@@ -3,8 +3,8 @@ refuses overrides that would change the collected statistics instead of silently
 from __future__ import annotations
 
 import numpy as np
-import torch
 import pytest
+import torch
 
 from conftest import tiny_inputs, tiny_model
 from hf_mudsc import MuDSCMerger

@@ -9,16 +9,16 @@ Calibration texts: WordNet noun glosses joined until each text reaches a length 
 from 16-128 tokens (the statistics pass truncates at 128), batches of ``--batch-size``, padded
 per batch.
 
-Each sample count runs in a fresh subprocess, so its peak RSS is its own. Phases, in order: load
-the parents; the plain forward of both parents over the texts in their given order, in batches of
+Each sample count runs in a fresh subprocess, so its peak RSS is its own. Phases, in order: load the
+parents; the plain forward of both parents over the texts in their given order, in batches of
 ``--batch-size`` padded per batch (the baseline; one batch of warm-up first); the same over the
 merge's own calibration batches (``forward, by length``: texts of similar lengths batched together,
-so less padding; a second baseline, for a user who batches so); the statistics pass, once, reused by every method; then for ZipIt, MuDSC
-zip (alpha 0.5) without repairs, the default (MuDSC zip with the repairs stats, lsq, heads) and,
-above 256 texts, the default with its repairs on the first 256 texts (``repair_samples=256``):
-solve (with MuDSC's coordinate-descent sweeps timed; the default reuses MuDSC zip's solve and counts
-its time), apply (merged weights, the repairs, the task models and the joint model) and save (the
-merged folder). Results go to
+so less padding; a second baseline, for a user who batches so); the statistics pass, once, reused by
+every method; then for ZipIt, MuDSC zip (alpha 0.5) without repairs, the default (MuDSC zip with the
+repairs stats, lsq, heads) and, above 256 texts, the default with its repairs on the first 256 texts
+(``repair_samples=256``): solve (with MuDSC's coordinate-descent sweeps timed; the default reuses
+MuDSC zip's solve and counts its time), apply (merged weights, the repairs, the task models and the
+joint model) and save (the merged folder). Results go to
 ``benchmarks/results/speed_whole_merge_bert_<size>.json``.
 """
 from __future__ import annotations
@@ -188,9 +188,12 @@ def measure(folder: Path, samples: int, batch_size: int, cap: int | None, wordne
         methods[name] = {"whole_merge_s": round(total, 3), "ratio_to_forward": round(total / seconds["forward"], 2),
                          "ratio_to_forward_by_length": round(total / seconds["forward, by length"], 2),
                          "descent": record[0], "repairs": repairs}
-    return {"samples": samples, "tokens_per_text": round(sum(int(b["attention_mask"].sum()) for b in given) / samples, 1),
-            "padded_tokens_per_text": round(sum(b["attention_mask"].numel() for b in given) / samples, 1),
-            "padded_tokens_per_text_by_length": round(sum(b["attention_mask"].numel() for b in by_length) / samples, 1),
+    def per_text(values: Iterable[int]) -> float:
+        return round(sum(values) / samples, 1)
+
+    return {"samples": samples, "tokens_per_text": per_text(int(b["attention_mask"].sum()) for b in given),
+            "padded_tokens_per_text": per_text(b["attention_mask"].numel() for b in given),
+            "padded_tokens_per_text_by_length": per_text(b["attention_mask"].numel() for b in by_length),
             "batches_by_length": len(by_length), "seconds": seconds,
             "ratio_to_forward": {k: round(v / seconds["forward"], 2) for k, v in seconds.items()},
             "peak_rss_gib": peak, "methods": methods,
