@@ -131,6 +131,9 @@ def _convert(kind: Any, value: Any, *, text: bool) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and not text and type(None) in args:
             return None
+        numeric = all(a in (int, float) for a in args if a is not type(None))
+        if text and numeric and type(None) in args and value.strip().lower() == "none":
+            return None  # a number or None: `--max-tokens-per-batch none`
         for option in sorted((a for a in args if a is not type(None)), key=_takes_text):  # numbers first
             try:
                 return _convert(option, value, text=text)
@@ -186,12 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--config", help="YAML recipe with the same fields (command-line values win)")
     for option in config_options(MergeConfig).values():
         if option.kind is bool or typing.get_args(option.kind) == (bool, type(None)):
-            merge.add_argument(option.flag, dest=option.name, action=argparse.BooleanOptionalAction, default=None,
-                               help=option.help.replace("%", "%%"))
+            merge.add_argument(option.flag, dest=option.name, action=argparse.BooleanOptionalAction,
+                               default=argparse.SUPPRESS, help=option.help.replace("%", "%%"))
         else:
             hint = " Comma-separated." if typing.get_origin(option.kind) is tuple or any(
                 typing.get_origin(a) is tuple for a in typing.get_args(option.kind)) else ""
-            merge.add_argument(option.flag, dest=option.name, type=option.from_text,
+            merge.add_argument(option.flag, dest=option.name, type=option.from_text, default=argparse.SUPPRESS,
                                help=option.help.replace("%", "%%") + hint)
     for fields in (DATA_FIELDS, LOAD_FIELDS, OUTPUT_FIELDS):
         for name, (kind, text) in fields.items():
@@ -374,7 +377,10 @@ def _merge(args: argparse.Namespace) -> int:
     from .io.writer import check_output_dir
 
     recipe = load_recipe(args.config) if args.config else {}
-    given = {k: v for k, v in vars(args).items() if v not in (None, []) and k not in ("command", "config", "token")}
+    # a merge setting is in args only when given (it may be given as none); other fields when not None
+    settings = config_options(MergeConfig)
+    given = {k: v for k, v in vars(args).items()
+             if (k in settings or v not in (None, [])) and k not in ("command", "config", "token")}
     recipe.update(given)
     models = recipe.get("models") or []
     if len(models) < 2:
