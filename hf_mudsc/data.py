@@ -32,7 +32,8 @@ class Calibration:
     indices without replacement, streamed ones pass through a seeded shuffle buffer; ready
     batches are taken as given (their first ``num_samples`` samples). Every process draws the
     same rows and takes every ``world_size``-th of them. ``positions`` (set by :meth:`split`
-    and :meth:`head`) restricts it to some of the drawn rows (drawn batches, for ready batches).
+    and :meth:`head`) restricts it to some of the drawn rows (drawn batches, for ready batches;
+    :meth:`head` cuts those by ``limit`` samples).
 
     Images go in batches of ``batch_size`` rows in drawn order. Texts are grouped by length
     (:meth:`_by_length`): batches of texts of similar lengths, each of about ``batch_size`` times
@@ -53,6 +54,7 @@ class Calibration:
     indices: np.ndarray | None = None
     positions: tuple[int, ...] | None = None
     part: str | None = None
+    limit: int | None = None  # ready batches: the first this many samples of this part (set by head)
 
     @property
     def sampling(self) -> str:
@@ -78,9 +80,9 @@ class Calibration:
 
     def describe(self) -> dict[str, Any]:
         """What the recipe and the model card record about the data."""
+        drawn = self.num_samples if self.positions is None or self.column is None else len(self.positions)
         info = {"name": self.name, "column": ", ".join(self.column) if self.column else None,
-                "num_samples": self.num_samples if self.positions is None or self.column is None
-                else len(self.positions),
+                "num_samples": drawn if self.limit is None else min(drawn, self.limit),
                 "batch_size": self.batch_size, "batching": self.batching, "sampling": self.sampling,
                 "seed": self.seed}
         if self.part is not None:
@@ -107,15 +109,18 @@ class Calibration:
         return parts[0], parts[1]
 
     def head(self, count: int) -> "Calibration":
-        """The first ``count`` drawn rows of this part (in drawn order, not in batch order)."""
+        """The first ``count`` drawn rows of this part (in drawn order, not in batch order); of
+        ready batches, the first ``count`` samples of this part's batches (the last one cut)."""
         if self.column is None:
-            raise DataError("head() takes rows of a dataset; ready batches are cut with first_samples()")
+            return replace(self, limit=count if self.limit is None else min(count, self.limit))
         drawn = range(self.num_samples) if self.positions is None else self.positions
         return replace(self, positions=tuple(drawn[:count]))
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         if self.column is None:  # ready batches of model inputs; in multi-process runs batch j goes to rank j % W
             batches = _only(_ready_batches(self.source, self.num_samples), self.positions)
+            if self.limit is not None:
+                batches = _ready_batches(batches, self.limit)
             if self.world_size > 1 and not _prepared_by_accelerate(self.source):
                 batches = islice(batches, self.rank, None, self.world_size)
             yield from batches
@@ -261,11 +266,6 @@ def _length(data: Any) -> int | None:
         return len(data)
     except TypeError:
         return None
-
-
-def first_samples(batches: Iterable[Mapping[str, torch.Tensor]], limit: int | None) -> list[dict[str, torch.Tensor]]:
-    """The first ``limit`` samples of model-input ``batches`` (the last one cut), or all (``None``)."""
-    return list(batches) if limit is None else list(_ready_batches(batches, limit))
 
 
 def _ready_batches(source: Iterable, num_samples: int) -> Iterator[dict[str, torch.Tensor]]:

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from .apply import MergedWeights, apply_transforms, build_task_model, is_merged
 from .config import RECIPE_NAME, RESOLVED, MergeConfig
-from .data import Calibration, calibration, first_samples
+from .data import Calibration, calibration
 from .hetero import depth as hetero_depth
 from .hetero.width import differ_in_width, merged_config, widen_heads
 from .io.writer import atomic_output_dir
@@ -31,7 +31,7 @@ from .transforms import TRANSFORMS_NAME, SpaceTransform, Transforms, identity_tr
 from .unitmaps.spaces import UnitMap
 
 # Recipe fields that change the collected statistics (the seed also draws the calibration rows).
-STATISTICS_FIELDS = ("residual_layers", "max_tokens_per_batch", "seed")
+STATISTICS_FIELDS = ("residual_layers", "max_tokens_per_batch", "statistics_samples", "seed")
 
 
 class MuDSCMerger:
@@ -170,14 +170,16 @@ class MuDSCMerger:
         if holdout is not None:  # method="auto": a part the statistics never see scores the candidates
             calib, self._heldout = calib.split(holdout)
         self._calibration_source = calib  # every row, in every process: the repairs run alike in each
+        # the statistics read the first statistics_samples drawn rows only
+        stats = calib if config.statistics_samples is None else calib.head(config.statistics_samples)
         if accelerator is not None and accelerator.num_processes > 1:
             if self.differ_in_depth and self.depth is None:
                 raise ValueError("aligning the layers of parents of different depths runs in one process: "
                                  "call align() (or collect without Accelerate) first")
-            calib = dataclasses.replace(calib, rank=accelerator.process_index, world_size=accelerator.num_processes)
+            stats = dataclasses.replace(stats, rank=accelerator.process_index, world_size=accelerator.num_processes)
         if self.differ_in_depth and self.depth is None:
             self.align(cka=hetero_depth.collect_layer_cka(
-                [p.model for p in self.parents], [p.unit_map for p in self.parents], calib,
+                [p.model for p in self.parents], [p.unit_map for p in self.parents], stats,
                 max_tokens_per_batch=config.max_tokens_per_batch, seed=config.seed, progress=progress))
         maps = [_residual_sites(m, config.residual_layers) for m in self.unit_maps]
         merged = self.merged_spaces(config)
@@ -189,7 +191,7 @@ class MuDSCMerger:
         stats_device = next(first.model.parameters()).device
         moments = {}
         for group in groups:
-            moments.update(collect_statistics([p.model for p in self._merging], maps, calib, spaces=group,
+            moments.update(collect_statistics([p.model for p in self._merging], maps, stats, spaces=group,
                                               seed=config.seed, stats_device=stats_device,
                                               max_tokens_per_batch=config.max_tokens_per_batch,
                                               progress=progress, accelerator=accelerator))
@@ -202,6 +204,9 @@ class MuDSCMerger:
         self._activation = {name: c.cpu().numpy() for name, c in corr.items()}
         self._statistics_config = config
         self.calibration = {**calib.describe(), "samples_per_space": samples}
+        read = stats.describe()["num_samples"]
+        if read < self.calibration["num_samples"]:
+            self.calibration["statistics_samples"] = read
         if self._heldout is not None:
             self.calibration["heldout"] = self._heldout.describe()["part"]
         if accelerator is None or accelerator.is_main_process:  # every rank holds the same totals
@@ -215,9 +220,11 @@ class MuDSCMerger:
         few = [f"'{i['space']}' has {i['samples']} sample{'s' * (i['samples'] != 1)} for {i['units']} units"
                for i in sorted(issues["few_samples"], key=lambda i: i["samples"] / i["units"])]  # worst first
         if few:
+            capped = self._statistics_config.statistics_samples is not None
             messages.append(f"too little calibration data: {_listed(few)}; the activation correlations of these "
                             "spaces are poorly determined and the merge may be poor: give more calibration data "
-                            "(num_samples / --num-samples)")
+                            "(num_samples / --num-samples" + (", and statistics_samples / --statistics-samples, "
+                                                              "which the statistics read" if capped else "") + ")")
         names = [p.name for p in self.parents]
         constant = [f"'{i['space']}' " + ", ".join(f"{c} of {d} units of '{n}'"
                                                   for c, d, n in zip(i["constant"], i["units"], names) if c)
@@ -320,8 +327,8 @@ class MuDSCMerger:
 
         Given ``data``, the statistics are collected (again) with this merge's recipe; without it, a
         merge reuses those of the last :meth:`collect` or ``merge(data)``, and refuses ``overrides``
-        that would change them (``residual_layers``, ``max_tokens_per_batch``, ``seed``, more
-        merged layers).
+        that would change them (``residual_layers``, ``max_tokens_per_batch``, ``statistics_samples``,
+        ``seed``, more merged layers).
         """
         config = self.config.with_updates(**overrides) if overrides else self.config
         auto = config.method == "auto"
@@ -379,13 +386,7 @@ class MuDSCMerger:
         the first batches; rows are drawn first, then batched (texts by length)."""
         source = self._calibration_source
         if self._fit_batches is None or self._fit_batches[0] is not source or self._fit_batches[1] != limit:
-            if limit is None:
-                batches = list(source)
-            elif source.column is None:
-                batches = first_samples(source, limit)
-            else:
-                batches = list(source.head(limit))
-            self._fit_batches = (source, limit, batches)
+            self._fit_batches = (source, limit, list(source if limit is None else source.head(limit)))
         return self._fit_batches[2]
 
 

@@ -150,5 +150,15 @@ def test_head_takes_the_first_drawn_rows_of_a_part():
     by_length = calibration(varied_lengths(), words, "text", num_samples=40, batch_size=6, seed=0)
     first = [r for group, _ in rows_and_widths(by_length.head(9)) for r in group]
     assert sorted(first) == sorted(int(i) for i in by_length.indices[:9])  # the first drawn, not the shortest
-    with pytest.raises(DataError, match="head\\(\\) takes rows of a dataset"):
-        calibration([{"input_ids": torch.ones(2, 3)}], None, "text", num_samples=2, batch_size=2).head(1)
+
+
+def test_head_of_ready_batches_takes_their_first_samples():
+    given = [{"input_ids": torch.arange(3 * b, 3 * b + 3).unsqueeze(1)} for b in range(4)]  # 12 samples
+    whole = calibration(given, None, "text", num_samples=10, batch_size=2)
+    assert seen(whole) == list(range(10))
+    head = whole.head(5)
+    assert [len(b["input_ids"]) for b in head] == [3, 2] and seen(head) == list(range(5))  # the last batch cut
+    assert seen(head.head(7)) == list(range(5)) and seen(head.head(4)) == list(range(4))
+    assert head.describe()["num_samples"] == 5 and whole.head(50).describe()["num_samples"] == 10
+    fit, _ = whole.split(0.5)  # a part: its batches, then its first samples
+    assert seen(fit.head(4)) == seen(fit)[:4]

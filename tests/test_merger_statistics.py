@@ -45,7 +45,8 @@ def test_an_override_that_changes_the_statistics_is_refused_without_data(pair):
     merger.collect(batches(pair[0], 10), num_samples=24, progress=False)
     for override, text in [({"residual_layers": (0,)}, r"residual_layers=\(0,\) changes the activation statistics"),
                            ({"max_tokens_per_batch": 4}, "max_tokens_per_batch=4 changes"),
-                           ({"seed": 3}, "seed=3 changes")]:
+                           ({"seed": 3}, "seed=3 changes"),
+                           ({"statistics_samples": 8}, "statistics_samples=8 changes")]:
         with pytest.raises(ValueError, match=text + ".*pass the calibration data again"):
             merger.merge(progress=False, **override)
     merger.merge(progress=False, zip_decay=0.5)  # a solve setting reuses the statistics
@@ -60,6 +61,23 @@ def test_an_override_with_data_is_collected_and_recorded(pair):
     fresh.collect(data, num_samples=24, progress=False)
     assert same_statistics(merger, fresh)
     assert result.recipe()["config"]["residual_layers"] == [0, 2]
+
+
+def test_statistics_read_the_first_statistics_samples_and_the_repairs_every_sample(pair):
+    data = batches(pair[0], 10, n=4)  # 4 batches of 8 samples
+    capped = merger_of(pair, statistics_samples=12)
+    result = capped.merge(data, num_samples=32, progress=False)
+    alone = merger_of(pair, statistics_samples=None)  # given only those samples
+    alone.collect([data[0], {k: v[:4] for k, v in data[1].items()}], num_samples=12, progress=False)
+    assert same_statistics(capped, alone)
+    assert [r["samples"] for r in result.repairs] == [32, 32, 32]
+    recorded = result.recipe()["calibration"]
+    assert recorded["num_samples"] == 32 and recorded["statistics_samples"] == 12
+    every, above = merger_of(pair, statistics_samples=None), merger_of(pair, statistics_samples=1000)
+    for merger in (every, above):
+        merger.collect(data, num_samples=32, progress=False)
+    assert same_statistics(every, above) and not same_statistics(capped, every)
+    assert "statistics_samples" not in above.calibration  # the cap read every sample: nothing to record
 
 
 def test_more_merged_layers_than_collected_are_refused(pair):

@@ -307,14 +307,15 @@ def test_repairs_run_on_the_first_repair_samples():
     assert differs  # 20 samples are not 48: the cap took effect
 
 
-def test_repair_samples_is_validated_and_round_trips():
+@pytest.mark.parametrize("name,default", [("repair_samples", None), ("statistics_samples", 512)])
+def test_sample_caps_are_validated_and_round_trip(name, default):
     for bad in (0, -3, 1.5, True, "256"):
-        with pytest.raises(ConfigError, match="repair_samples must be a positive integer or None"):
-            MergeConfig(repair_samples=bad)
-    assert MergeConfig().repair_samples is None  # every sample, unless capped
-    assert MergeConfig.from_dict(MergeConfig(repair_samples=64).to_dict()).repair_samples == 64
-    old = {k: v for k, v in MergeConfig().to_dict().items() if k != "repair_samples"}  # a recipe from before
-    assert MergeConfig.from_dict(old).repair_samples is None
+        with pytest.raises(ConfigError, match=f"{name} must be a positive integer or None"):
+            MergeConfig(**{name: bad})
+    assert getattr(MergeConfig(), name) == default
+    assert getattr(MergeConfig.from_dict(MergeConfig(**{name: 64}).to_dict()), name) == 64
+    old = {k: v for k, v in MergeConfig().to_dict().items() if k != name}  # a recipe from before: no cap
+    assert getattr(MergeConfig.from_dict(old), name) is None
 
 
 def test_saved_folder_records_the_repairs_and_reapply_refuses(tmp_path):
