@@ -23,6 +23,7 @@ import torch
 
 from hf_mudsc import MergeConfig, MuDSCMerger
 from hf_mudsc.evaluation import PRESET_RUNS, evaluate_models, format_table
+from hf_mudsc.merger import STATISTICS_FIELDS
 
 RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"
 MERGE_FIELDS = {f.name for f in dataclasses.fields(MergeConfig)}
@@ -87,7 +88,8 @@ def score_pair(
     column: str | None = None,
     log: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
-    """Each parent alone, the ensemble, then every run, from one statistics pass.
+    """Each parent alone, the ensemble, then every run, from one statistics pass (a run with other
+    statistics settings, or ``auto``, which holds a slice out, collects its own).
 
     ``scoring``: batches for :func:`hf_mudsc.evaluation.evaluate_models`; ``calibration``: any
     data that :meth:`MuDSCMerger.collect` takes (unlabeled use only).
@@ -105,11 +107,12 @@ def score_pair(
     log(f"  statistics: {time.perf_counter() - tick:.1f} s")
     for name, overrides in runs:
         tick = time.perf_counter()
-        if overrides.get("method") == "auto":  # its own statistics pass: a slice of the data is held out
-            auto = MuDSCMerger([p for p in merger.parents], merger.config.with_updates(method="auto", **{
-                k: v for k, v in overrides.items() if k != "method"}))
-            result = auto.merge(calibration, num_samples=num_samples, batch_size=batch_size, column=column,
-                                progress=False)
+        config = merger.config.with_updates(**overrides)
+        if config.method == "auto" or any(getattr(config, f) != getattr(merger.config, f) for f in STATISTICS_FIELDS):
+            # its own statistics pass: auto holds a slice of the data out; or other statistics settings
+            own = MuDSCMerger(list(merger.parents), config)
+            result = own.merge(calibration, num_samples=num_samples, batch_size=batch_size, column=column,
+                               progress=False)
         else:
             result = merger.merge(progress=False, **overrides)
         seconds = time.perf_counter() - tick
