@@ -17,7 +17,8 @@ from hf_mudsc import MuDSCMerger
 from parents_on_disk import BERT_LABELS, all_weights, assert_weights_close, save_bert, text_dataset
 
 N, BS = 19, 4  # an odd count: the two ranks get 10 and 9 examples (uneven last batches)
-SETTINGS = dict(method="mudsc", alpha=0.5, max_sweeps=1)
+STATS = 13  # the statistics read the first 13 (ready batches: the fourth batch cut), the repairs all 19
+SETTINGS = dict(method="mudsc", alpha=0.5, max_sweeps=1, statistics_samples=STATS)
 # The ranks run one thread each (``run_fresh``), the reference as many as torch takes: float64
 # kernels that split their sums differently agree to rounding, which the repairs' least squares
 # amplify; a wrong shard or a double count moves weights by percents.
@@ -125,7 +126,7 @@ def test_two_processes_give_the_single_process_merge(parents, single, tmp_path):
         assert multi.keys() == expected.keys()
         for key in (k for k in expected if k.startswith("n/")):  # each example counted once, on one rank
             assert int(multi[key]) == int(expected[key]), key
-        assert int(expected["n/pooler"]) == N
+        assert int(expected["n/pooler"]) == STATS and [r["samples"] for r in result.repairs] == [N, N, N]
         for key in (k for k in expected if k.startswith("corr/")):
             np.testing.assert_allclose(multi[key].numpy(), expected[key].numpy(), rtol=1e-10, atol=1e-12, err_msg=key)
         tasks = [k for k in expected if k.startswith("task")]

@@ -13,10 +13,10 @@ Each sample count runs in a fresh subprocess, so its peak RSS is its own. Phases
 parents; the plain forward of both parents over the texts in their given order, in batches of
 ``--batch-size`` padded per batch (the baseline; one batch of warm-up first); the same over the
 merge's own calibration batches (``forward, by length``: texts of similar lengths batched together,
-so less padding; a second baseline, for a user who batches so); the statistics pass, once, reused by
-every method; then for ZipIt, MuDSC zip (alpha 0.5) without repairs, the default (MuDSC zip with the
-repairs stats, lsq, heads) and, above 256 texts, the default with its repairs on the first 256 texts
-(``repair_samples=256``): solve (with MuDSC's coordinate-descent sweeps timed; the default reuses
+so less padding; a second baseline, for a user who batches so); the statistics pass (on the first
+512 texts, the default ``statistics_samples``), once, reused by every method; then for ZipIt,
+MuDSC zip (alpha 0.5) without repairs, the default (MuDSC zip with the repairs stats, lsq, heads)
+and, above 256 texts, the default with its repairs on the first 256 texts (``repair_samples=256``): solve (with MuDSC's coordinate-descent sweeps timed; the default reuses
 MuDSC zip's solve and counts its time), apply (merged weights, the repairs, the task models and the
 joint model) and save (the merged folder). Results go to
 ``benchmarks/results/speed_whole_merge_bert_<size>.json``.
@@ -198,6 +198,7 @@ def measure(folder: Path, samples: int, batch_size: int, cap: int | None, wordne
             "ratio_to_forward": {k: round(v / seconds["forward"], 2) for k, v in seconds.items()},
             "peak_rss_gib": peak, "methods": methods,
             "max_tokens_per_batch": merger.config.max_tokens_per_batch,
+            "statistics_samples": merger.config.statistics_samples,
             "load_average_1_5_15_min": {"start": load_start, "end": os.getloadavg()}}
 
 
