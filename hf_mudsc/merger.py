@@ -220,7 +220,7 @@ class MuDSCMerger:
         few = [f"'{i['space']}' has {i['samples']} sample{'s' * (i['samples'] != 1)} for {i['units']} units"
                for i in sorted(issues["few_samples"], key=lambda i: i["samples"] / i["units"])]  # worst first
         if few:
-            capped = self._statistics_config.statistics_samples is not None
+            capped = "statistics_samples" in self.calibration  # the cap left samples out
             messages.append(f"too little calibration data: {_listed(few)}; the activation correlations of these "
                             "spaces are poorly determined and the merge may be poor: give more calibration data "
                             "(num_samples / --num-samples" + (", and statistics_samples / --statistics-samples, "

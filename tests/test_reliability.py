@@ -388,7 +388,10 @@ def test_tiny_calibration_set_warns_with_the_counts():
     # (3 sites: 51) see enough
     for space, units in (("layer.0.vo", 32), ("layer.0.ffn", 64), ("layer.1.vo", 32), ("layer.1.ffn", 64)):
         assert f"'{space}' has 17 samples for {units} units" in few
-    assert "qk" not in few and "residual" not in few and "num_samples" in few
+    assert "qk" not in few and "residual" not in few and "num_samples" in few and "statistics_samples" not in few
+    _, messages = merge_with_warnings([a, b], image_batches(n=2, batch=1), 2, method="zipit", statistics_samples=1)
+    (few,) = [m for m in messages if m.startswith("too little calibration data")]
+    assert "'layer.0.ffn' has 17 samples" in few and "statistics_samples" in few  # the cap left one image out
 
 
 def test_enough_calibration_data_gives_no_warning():
