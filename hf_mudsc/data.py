@@ -95,6 +95,8 @@ class Calibration:
         batches), ``holdout`` of them held out, chosen by the seed (the same on every process)."""
         if not 0.0 < holdout < 1.0:
             raise DataError(f"holdout must be a fraction in (0, 1), got {holdout}")
+        if self.limit is not None:
+            raise DataError("split() the calibration before taking its head(), not after")
         total = self._drawn_count()
         if total < 2:
             unit = "batch" if self.column is None else "row"

@@ -162,3 +162,5 @@ def test_head_of_ready_batches_takes_their_first_samples():
     assert head.describe()["num_samples"] == 5 and whole.head(50).describe()["num_samples"] == 10
     fit, _ = whole.split(0.5)  # a part: its batches, then its first samples
     assert seen(fit.head(4)) == seen(fit)[:4]
+    with pytest.raises(DataError, match="split\\(\\) the calibration before taking its head"):
+        head.split(0.5)
