@@ -31,9 +31,9 @@ class Calibration:
     The rows are a seeded random draw of ``num_samples`` rows: map-style datasets draw row
     indices without replacement, streamed ones pass through a seeded shuffle buffer; ready
     batches are taken as given (their first ``num_samples`` samples). Every process draws the
-    same rows and takes every ``world_size``-th of them. ``positions`` (set by :meth:`split`
-    and :meth:`head`) restricts it to some of the drawn rows (drawn batches, for ready batches;
-    :meth:`head` cuts those by ``limit`` samples).
+    same rows and takes every ``world_size``-th of them. ``positions`` (set by :meth:`split`)
+    restricts it to some of the drawn rows (drawn batches, for ready batches), and ``limit`` (set
+    by :meth:`head`) to the first samples of those.
 
     Images go in batches of ``batch_size`` rows in drawn order. Texts are grouped by length
     (:meth:`_by_length`): batches of texts of similar lengths, each of about ``batch_size`` times
@@ -54,7 +54,7 @@ class Calibration:
     indices: np.ndarray | None = None
     positions: tuple[int, ...] | None = None
     part: str | None = None
-    limit: int | None = None  # ready batches: the first this many samples of this part (set by head)
+    limit: int | None = None  # the first this many samples of this part, in drawn order (set by head)
 
     @property
     def sampling(self) -> str:
@@ -113,10 +113,7 @@ class Calibration:
     def head(self, count: int) -> "Calibration":
         """The first ``count`` drawn rows of this part (in drawn order, not in batch order); of
         ready batches, the first ``count`` samples of this part's batches (the last one cut)."""
-        if self.column is None:
-            return replace(self, limit=count if self.limit is None else min(count, self.limit))
-        drawn = range(self.num_samples) if self.positions is None else self.positions
-        return replace(self, positions=tuple(drawn[:count]))
+        return replace(self, limit=count if self.limit is None else min(count, self.limit))
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         if self.column is None:  # ready batches of model inputs; in multi-process runs batch j goes to rank j % W
@@ -127,7 +124,7 @@ class Calibration:
                 batches = islice(batches, self.rank, None, self.world_size)
             yield from batches
             return
-        rows = islice(self._drawn_rows(), self.rank, None, self.world_size)
+        rows = islice(islice(self._drawn_rows(), self.limit), self.rank, None, self.world_size)
         window = self.batch_size * (LENGTH_WINDOW if self.modality == "text" else 1)
         while True:
             chunk = [r[self.column[0]] if len(self.column) == 1 else tuple(r[c] for c in self.column)
