@@ -54,6 +54,8 @@ PRESETS: dict[str, Preset] = {
 
 
 # what to_dict adds to the fields: the values the preset filled in
+# Fields that change the collected statistics (the seed also draws the calibration rows).
+STATISTICS_FIELDS = ("residual_layers", "max_tokens_per_batch", "statistics_samples", "seed")
 RESOLVED = ("resolved_mode", "resolved_alpha", "resolved_zip_budget", "resolved_zip_decay", "resolved_repair")
 
 
@@ -227,6 +229,11 @@ class MergeConfig:
         bad = [i for i in self.residual_layers or () if not 0 <= i <= num_layers]
         if bad:
             raise ConfigError(f"residual_layers {bad} outside [0, {num_layers}] (layer inputs, then the last output)")
+
+    def statistics_changes(self, other: "MergeConfig") -> list[str]:
+        """The :data:`STATISTICS_FIELDS` in which this recipe differs from ``other``: statistics
+        collected with one do not serve the other."""
+        return [f for f in STATISTICS_FIELDS if getattr(self, f) != getattr(other, f)]
 
     def with_updates(self, **changes: Any) -> "MergeConfig":
         """A validated copy with some fields changed (for a cheap re-solve)."""

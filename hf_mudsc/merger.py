@@ -30,9 +30,6 @@ from .statistics import MergeQualityWarning, calibration_issues, collect_statist
 from .transforms import TRANSFORMS_NAME, SpaceTransform, Transforms, identity_transforms, load_transforms
 from .unitmaps.spaces import UnitMap
 
-# Recipe fields that change the collected statistics (the seed also draws the calibration rows).
-STATISTICS_FIELDS = ("residual_layers", "max_tokens_per_batch", "statistics_samples", "seed")
-
 
 class MuDSCMerger:
     """Merges parents of one family into one model (see DESIGN.md).
@@ -281,7 +278,7 @@ class MuDSCMerger:
         """Refuse a recipe whose statistics differ from the collected ones (other statistics
         settings, or spaces that were not collected): a solve would silently use the old ones."""
         used = self._statistics_config
-        changed = [f for f in STATISTICS_FIELDS if getattr(config, f) != getattr(used, f)]
+        changed = config.statistics_changes(used)
         if changed:
             now = ", ".join(f"{f}={getattr(config, f)!r}" for f in changed)
             before = ", ".join(f"{f}={getattr(used, f)!r}" for f in changed)

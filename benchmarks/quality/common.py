@@ -23,7 +23,6 @@ import torch
 
 from hf_mudsc import MergeConfig, MuDSCMerger
 from hf_mudsc.evaluation import PRESET_RUNS, evaluate_models, format_table
-from hf_mudsc.merger import STATISTICS_FIELDS
 
 RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"
 MERGE_FIELDS = {f.name for f in dataclasses.fields(MergeConfig)}
@@ -108,7 +107,7 @@ def score_pair(
     for name, overrides in runs:
         tick = time.perf_counter()
         config = merger.config.with_updates(**overrides)
-        if config.method == "auto" or any(getattr(config, f) != getattr(merger.config, f) for f in STATISTICS_FIELDS):
+        if config.method == "auto" or config.statistics_changes(merger.config):
             # its own statistics pass: auto holds a slice of the data out; or other statistics settings
             own = MuDSCMerger(list(merger.parents), config)
             result = own.merge(calibration, num_samples=num_samples, batch_size=batch_size, column=column,
