@@ -240,10 +240,13 @@ class LayerInputs:
     maps start (:meth:`observe_all`): they can no longer change within this layer, since maps are
     corrected in forward order, so later runs of the layer (the next groups, :meth:`advance`) take
     them as they are instead of running them again (BERT: the attention block once the attention
-    output projection is corrected). Only a module called once per layer run, and whose output is no
-    larger than the layer's input, is kept, and a kept module's parts are dropped once it is kept:
-    BERT holds one such copy of the hidden states at a time, ViT up to four (the first norm and q,
-    k, v, until the attention is kept). The values are the same bits as a full run.
+    output projection is corrected, the FFN's first map once its output map is). Only a module
+    called once per layer run is kept, with an output no larger than the layer's input, or no
+    larger than the layer's widest linear output where it runs a linear map (a wide output is worth
+    its memory only where it saves a product: BERT's ``intermediate``, ViT's ``mlp.fc1``, not its
+    activation), and a kept module's parts are dropped once it is kept: BERT holds at most the
+    attention block's output and the FFN's inner activations (5 copies of the hidden states), ViT
+    also its two norms' outputs. The values are the same bits as a full run.
 
     The other arguments of a layer call (attention mask, ...) are recorded at the first layer and
     reused for every layer, as BERT- and ViT-like encoders pass the same ones to each layer.
@@ -301,7 +304,8 @@ class LayerInputs:
 
     def _keepable(self, sites: Sequence[Site]) -> list[str]:
         """The outermost submodules of the current layer that finish before the first of ``sites``'
-        modules starts, called once per run, not kept yet, with outputs no larger than the layer input."""
+        modules starts, called once per run, not kept yet, with outputs no larger than the layer's
+        input, or than its widest linear output if they run a linear map."""
         layer_name = self.blocks[self.layer] + "."
         layer = self.model.get_submodule(self.blocks[self.layer])
         structure = _structure(layer)  # layers built alike call their submodules alike: observed once
@@ -315,8 +319,9 @@ class LayerInputs:
         first = min(starts)
         done = [name for kind, name in calls.order[:first] if kind == "end"]
         size = self.states[0][0].numel()
-        candidates = [n for n in done if calls.count[n] == 1 and calls.size[n] <= size and n not in self._kept
-                      and all(calls.count[d] <= 1 for d in calls.count if d.startswith(n + "."))]
+        candidates = [n for n in done if calls.count[n] == 1 and n not in self._kept
+                      and all(calls.count[d] <= 1 for d in calls.count if d.startswith(n + "."))
+                      and (calls.size[n] <= size or (calls.size[n] <= calls.widest and _runs_linear(layer.get_submodule(n))))]
         outer = set(self._kept) | set(candidates)
         return [n for n in candidates if not any(n.startswith(o + ".") for o in outer)]
 
@@ -363,11 +368,13 @@ class LayerInputs:
 @dataclass
 class _Calls:
     """The order in which a layer's submodules start and finish in one run (names relative to the
-    layer), how often each is called, and the size of its output (elements of its tensors)."""
+    layer), how often each is called, the size of its output (elements of its tensors) and the
+    largest output of a linear submodule."""
 
     order: list[tuple[str, str]]
     count: dict[str, int]
     size: dict[str, int]
+    widest: int = 0
 
     @classmethod
     def of(cls, layer: nn.Module, run: Callable[[], Any]) -> "_Calls":
@@ -392,7 +399,12 @@ class _Calls:
         finally:
             for h in handles:
                 h.remove()
+        calls.widest = max((calls.size[n] for n, m in layer.named_modules() if isinstance(m, nn.Linear)), default=0)
         return calls
+
+
+def _runs_linear(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.Linear) for m in module.modules())
 
 
 def _structure(layer: nn.Module) -> tuple:

@@ -65,12 +65,18 @@ class RidgeSums:
         if self.bias:
             current = torch.cat([current, bias.detach().to(current).unsqueeze(0)], dim=0)
         lam = LAMBDA_SCALE * self.gram.diagonal().mean()
-        system = self._full_gram()
+        system = self.gram.clone()
         system.diagonal().add_(lam)
         rhs = self.cross + lam * current
-        # G + lam I is symmetric positive definite when lam > 0: Cholesky, half the work of LU
-        factor, info = torch.linalg.cholesky_ex(system)
-        solved = torch.cholesky_solve(rhs, factor) if int(info) == 0 else torch.linalg.solve(system, rhs)
+        # G + lam I is symmetric positive definite when lam > 0: Cholesky, half the work of LU; it
+        # reads the upper triangle only, which the sums hold
+        factor, info = torch.linalg.cholesky_ex(system, upper=True)
+        if int(info) == 0:
+            solved = torch.cholesky_solve(rhs, factor, upper=True)
+        else:
+            system = self._full_gram()
+            system.diagonal().add_(lam)
+            solved = torch.linalg.solve(system, rhs)
         if self.bias:
             return solved[:-1].T, solved[-1]
         return solved.T, None
