@@ -2,6 +2,7 @@
 the ridge solve, head refits, partial merges, three parents, the recipe and the config."""
 from __future__ import annotations
 
+import importlib
 import json
 import re
 
@@ -396,6 +397,31 @@ def test_kept_submodule_outputs_equal_full_layer_runs_while_maps_change_in_forwa
     assert {"attention", ffn} <= kept
     assert "mlp.activation_fn" not in kept
     assert len(fast._calls) == 1  # the layers are built alike: one observed call order served them all
+
+
+def test_the_walk_drops_a_groups_parent_targets_once_the_group_is_corrected(monkeypatch):
+    """The parents' outputs of one layer are held while its groups are corrected in forward order; a
+    corrected group's are dropped, so the last group (the FFN output map) holds its own alone."""
+    walk = importlib.import_module("hf_mudsc.repair.walk")  # the module (the package exports its function)
+
+    model = tiny_model("bert-seq")
+    models, transforms = copies_with_transforms(model, 1, None)
+    held = []
+    correct = walk._correct
+
+    def recording(ctx, model, group, merged, seen, renorm, refit):
+        held.append((list(group), {m for parent in seen for rows in parent for m, _ in rows}))
+        return correct(ctx, model, group, merged, seen, renorm, refit)
+
+    monkeypatch.setattr(walk, "_correct", recording)
+    merged(models, transforms, ("stats", "lsq"), calibration(model))
+    layer = [(g, h) for g, h in held if g[0].startswith("bert.encoder.layer.0.")]
+    assert [g for g, _ in layer] == [["bert.encoder.layer.0.attention.self.query", "bert.encoder.layer.0.attention.self.key",
+                                      "bert.encoder.layer.0.attention.self.value"],
+                                     ["bert.encoder.layer.0.attention.output.dense"],
+                                     ["bert.encoder.layer.0.intermediate.dense"], ["bert.encoder.layer.0.output.dense"]]
+    for k, (group, sites) in enumerate(layer):  # this group's and the later ones', not the earlier ones'
+        assert sites == {m for g, _ in layer[k:] for m in g}
 
 
 def test_inputs_taken_at_the_first_map_of_a_group_are_the_same_rows_and_stop_before_it():
