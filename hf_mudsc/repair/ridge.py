@@ -40,10 +40,6 @@ class RidgeSums:
         self.cross.addmm_(x.T, y)
         self.n += x.shape[0]
 
-    def _full_gram(self) -> Tensor:
-        """The whole symmetric ``X~^T X~`` (a new matrix): the upper triangle, mirrored."""
-        return torch.triu(self.gram) + torch.triu(self.gram, diagonal=1).T
-
     def output_moments(self, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
         """Per-unit mean and (population) standard deviation of ``x W^T + b`` over the samples
         (float64), from the sums alone: ``W mu + b`` and ``diag(W C W^T)``, ``C`` the inputs'
@@ -51,7 +47,7 @@ class RidgeSums:
         if self.gram is None or self.n == 0 or not self.bias:
             raise ValueError("output moments need samples summed with a bias column")
         w = weight.detach().to(device=self.gram.device, dtype=torch.float64)
-        gram = self._full_gram()
+        gram = _mirrored(self.gram)
         mean_x = gram[-1, :-1] / self.n
         cov = gram[:-1, :-1] / self.n - torch.outer(mean_x, mean_x)
         mean = w @ mean_x + bias.detach().to(w)
@@ -74,9 +70,12 @@ class RidgeSums:
         if int(info) == 0:
             solved = torch.cholesky_solve(rhs, factor, upper=True)
         else:
-            system = self._full_gram()
-            system.diagonal().add_(lam)
-            solved = torch.linalg.solve(system, rhs)
+            solved = torch.linalg.solve(_mirrored(system), rhs)
         if self.bias:
             return solved[:-1].T, solved[-1]
         return solved.T, None
+
+
+def _mirrored(upper: Tensor) -> Tensor:
+    """The whole symmetric matrix (a new one) whose upper triangle ``upper`` holds."""
+    return torch.triu(upper) + torch.triu(upper, diagonal=1).T

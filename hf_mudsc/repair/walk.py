@@ -9,7 +9,7 @@ follow from the same sums, so the maps themselves need not run), and the parts o
 can no longer change are not run again (their outputs are kept:
 :meth:`.context.LayerInputs.observe_all`); a map that both repairs touch is renormalised first,
 then re-solved pulled towards the renormalised map. A corrected group's targets are dropped, so
-that the memory the kept parts take as the layer goes on is paid back by the targets it no longer needs.
+the layer's last group (the FFN output map, while the FFN's activations are kept) holds only its own.
 After the last layer, the maps that follow the encoder (BERT's pooler; ``lsq``) and the task heads
 (``heads``) are fitted by replaying the cached encoder outputs (:meth:`.context.LayerInputs.replay`),
 so that no model runs its layers again. A partial merge (later layers private per task) observes
@@ -73,9 +73,9 @@ def walk(ctx: RepairContext, names: Collection[str], clock: Clock) -> dict[str, 
         for group in per_layer[l]:
             with clock.charge([n for n, maps in (("stats", renorm), ("lsq", refit)) if set(group) & maps]):
                 _correct(ctx, model, group, merged, seen, renorm, refit)
-            for rows in (r for parent in seen for r in parent):  # the group's targets are spent: the
-                for m in group:  # layer's last group (the FFN output map, corrected while the FFN's
-                    rows.pop((m, "output"), None)  # activations are kept) holds only its own
+            for rows in (r for parent in seen for r in parent):  # the group's targets are spent
+                for m in group:
+                    rows.pop((m, "output"), None)
         del seen  # the parents' rows of this layer go before the next layer's are taken: one layer's at a time
         if l + 1 < depth:
             with clock.charge(trunk):
