@@ -12,7 +12,7 @@ from torch import Tensor
 
 LAMBDA_SCALE = 1e-3
 # The Gram is summed as its block rows of this many rows, each from its diagonal block on (the
-# rest, below, stays 0 and is mirrored when read): at 3073 inputs (BERT-base's FFN output map)
+# rest, below, stays 0: Cholesky reads the upper triangle): at 3073 inputs (BERT-base's FFN output map)
 # 57% of the products of the whole matrix.
 GRAM_BLOCK = 512
 
