@@ -25,8 +25,14 @@ from .repair import apply_repairs
 from .select import choose
 from .similarity import WeightSimilarity
 from .solve.descent import SolveSettings, coordinate_descent, solve_units
-from .solve.solution import pair_objective
-from .statistics import MergeQualityWarning, calibration_issues, collect_statistics, plan_space_groups
+from .solve.solution import MergedPairs
+from .statistics import (
+    MergeQualityWarning,
+    SymmetricBlocks,
+    calibration_issues,
+    collect_statistics,
+    plan_space_groups,
+)
 from .transforms import TRANSFORMS_NAME, SpaceTransform, Transforms, identity_transforms, load_transforms
 from .unitmaps.spaces import UnitMap
 
@@ -48,7 +54,7 @@ class MuDSCMerger:
         self._merging = self.parents  # the parents as merged: a shallower one expanded to the deep depth
         _check_partial(config, self.unit_maps)
         self.calibration: dict[str, Any] | None = None
-        self._activation: dict[str, np.ndarray] | None = None
+        self._activation: dict[str, SymmetricBlocks] | None = None
         self._heldout: Calibration | None = None
         self._statistics_config: MergeConfig | None = None  # the recipe the statistics were collected with
         self._calibration_source: Calibration | None = None  # the fit part, which the repairs stream again
@@ -196,9 +202,8 @@ class MuDSCMerger:
         if not samples or min(samples.values()) == 0:
             raise ValueError("the calibration data gave no samples (all padding, or empty batches)")
         # one space at a time, so that the sums and the correlations are never all in memory at once;
-        # float32 correlations (half the memory; far below the sampling noise)
-        corr = {name: moments.pop(name).corr(torch.float32) for name in list(moments)}
-        self._activation = {name: c.cpu().numpy() for name, c in corr.items()}
+        # float32 correlations (half the memory; far below the sampling noise), their upper blocks only
+        self._activation = {name: moments.pop(name).correlation(torch.float32) for name in list(moments)}
         self._statistics_config = config
         self.calibration = {**calib.describe(), "samples_per_space": samples}
         read = stats.describe()["num_samples"]
@@ -207,7 +212,7 @@ class MuDSCMerger:
         if self._heldout is not None:
             self.calibration["heldout"] = self._heldout.describe()["part"]
         if accelerator is None or accelerator.is_main_process:  # every rank holds the same totals
-            told = self._warn(calibration_issues(samples, self.unit_maps, corr))
+            told = self._warn(calibration_issues(samples, self.unit_maps, self._activation))
             if told:  # the model card and the recipe keep them
                 self.calibration["warnings"] = told
 
@@ -300,8 +305,9 @@ class MuDSCMerger:
             if objectives and name in objectives:
                 row["objective"] = round(objectives[name], 4)
             if self._activation is not None and name in self._activation:
-                labels = np.concatenate([a.numpy() for a in transforms[name].assign])
-                row["activation_similarity"] = round(pair_objective(self._activation[name], labels), 4)
+                pairs = MergedPairs(np.concatenate([a.numpy() for a in transforms[name].assign]))
+                values = self._activation[name][pairs.rows, pairs.cols].astype(np.float64)
+                row["activation_similarity"] = round(pairs.mean(values), 4)
             if weight_objectives and name in weight_objectives:
                 row["weight_similarity"] = round(weight_objectives[name], 4)
             rows.append(row)

@@ -12,6 +12,7 @@ from typing import Collection, Mapping, Sequence
 import numpy as np
 import torch
 
+from .statistics.symmetric import SymmetricBlocks
 from .tiles import transposed
 from .transforms import SpaceTransform, Transforms, same
 from .unitmaps.spaces import Member, UnitMap
@@ -334,9 +335,10 @@ def _standardise(x: torch.Tensor) -> torch.Tensor:
     return x.sub_(mean).mul_(inv)
 
 
-def blend(alpha: float, weight: np.ndarray | None, activation: np.ndarray | None,
-          overwrite: bool = False) -> np.ndarray:
-    """``alpha * S_w + (1 - alpha) * S_act``. A term with weight 0 may be missing; a term that
+def blend(alpha: float, weight: np.ndarray | None, activation: np.ndarray | SymmetricBlocks | None,
+          overwrite: bool = False) -> np.ndarray | SymmetricBlocks:
+    """``alpha * S_w + (1 - alpha) * S_act`` (``activation``: a matrix, or a merger's kept correlations,
+    read by rows; returned as it is when ``alpha`` is 0). A term with weight 0 may be missing; a term that
     ``alpha`` weighs must be there (the merger collects statistics for every space it solves).
     ``overwrite``: the result may be written into ``weight`` (a matrix the caller no longer needs:
     a new one of that size costs about as much as the arithmetic, in page faults)."""

@@ -1,6 +1,7 @@
 """The merger's contract: determinism, cheap re-solves, data requirements, partial merges."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -110,4 +111,21 @@ def test_memory_budget_splits_the_statistics_into_passes_with_the_same_result():
     several.collect(calibration(a), num_samples=32, progress=False, memory_budget_gb=budget / 2**30)
     assert one._activation.keys() == several._activation.keys()
     for name, corr in one._activation.items():
-        assert (corr == several._activation[name]).all(), name
+        assert np.array_equal(np.asarray(corr), np.asarray(several._activation[name])), name
+
+
+@pytest.mark.parametrize("settings", [{"alpha": 0.0}, {"mode": "zip", "alpha": 0.5}, {"mode": "permute", "alpha": 0.5}])
+def test_kept_correlations_in_blocks_solve_as_whole_matrices(monkeypatch, settings):
+    """The merger keeps each space's correlation as its upper blocks (here forced to several per
+    space); a solve reading them gives the transforms and report of one reading whole matrices."""
+    import hf_mudsc.statistics.moments as moments
+
+    monkeypatch.setattr(moments, "BLOCK", 7)
+    a, b = tiny_model("bert-seq", seed=0), tiny_model("bert-seq", seed=1)
+    merger = MuDSCMerger.from_pretrained([a, b], "mudsc", seed=2, **settings)
+    merger.collect(calibration(a), num_samples=32, progress=False)
+    assert all(len(c.edges) > 3 for c in merger._activation.values())
+    blocked, blocked_report = merger.solve(progress=False)
+    merger._activation = {name: np.asarray(c) for name, c in merger._activation.items()}
+    whole, whole_report = merger.solve(progress=False)
+    assert same_transforms(blocked, whole) and blocked_report == whole_report

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..config import MergeConfig
 from ..similarity import blend
+from ..statistics.symmetric import SymmetricBlocks
 from ..transforms import SpaceTransform, Transforms, same
 from ..unitmaps.spaces import MergeSpace
 from .assignment import solve_permute
@@ -116,7 +117,7 @@ def coordinate_descent(
     units: Sequence[tuple[MergeSpace, ...]],
     sizes: Mapping[str, Sequence[int]],
     settings: SolveSettings,
-    activation: Mapping[str, np.ndarray] | None,
+    activation: Mapping[str, np.ndarray | SymmetricBlocks] | None,
     weight_sim: WeightSim | None,
     start: Transforms,
     progress: Callable[[str], None] | None = None,
@@ -191,7 +192,8 @@ def coordinate_descent(
     return best
 
 
-def _scored(names: Sequence[str], transforms: Transforms, alpha: float, activation: Mapping[str, np.ndarray] | None,
+def _scored(names: Sequence[str], transforms: Transforms, alpha: float,
+            activation: Mapping[str, np.ndarray | SymmetricBlocks] | None,
             weight_sim: WeightSim) -> DescentResult:
     """The objectives of every space under one set of transforms (a copy of them), read from the
     entries inside the merged units only."""

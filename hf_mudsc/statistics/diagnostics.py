@@ -3,14 +3,13 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from torch import Tensor
-
 from ..unitmaps.spaces import UnitMap
 from .planning import model_slices
+from .symmetric import SymmetricBlocks
 
 
 def calibration_issues(samples: Mapping[str, int], unit_maps: Sequence[UnitMap],
-                       corr: Mapping[str, Tensor]) -> dict[str, list[dict[str, Any]]]:
+                       corr: Mapping[str, SymmetricBlocks]) -> dict[str, list[dict[str, Any]]]:
     """What in the collected statistics may make a merge poor, per kind of issue:
 
     - ``few_samples``: spaces with fewer samples than units (of the widest parent): the
@@ -20,8 +19,8 @@ def calibration_issues(samples: Mapping[str, int], unit_maps: Sequence[UnitMap],
       (dead units, zeroed layers, a single example): their activation similarity is 0;
       ``{"space", "constant": [count per model], "units": [units per model]}``.
 
-    ``samples``: the samples per space; ``corr``: the correlations (:meth:`Moments.corr`, whose
-    diagonal is 0 exactly for constant units).
+    ``samples``: the samples per space; ``corr``: the correlations (:meth:`Moments.correlation`,
+    whose diagonal is 0 exactly for constant units).
     """
     few, constant = [], []
     for name, n in samples.items():
@@ -30,7 +29,7 @@ def calibration_issues(samples: Mapping[str, int], unit_maps: Sequence[UnitMap],
             few.append({"space": name, "samples": n, "units": max(units)})
         if n == 0:
             continue
-        diag = corr[name].diagonal().cpu()
+        diag = corr[name].diagonal()
         dead = [int((diag[sl] == 0).sum()) for sl in model_slices(unit_maps, name)]
         if any(dead):
             constant.append({"space": name, "constant": dead, "units": units})

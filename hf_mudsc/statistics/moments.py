@@ -5,10 +5,12 @@ blocks of the second moment stored and computed."""
 from __future__ import annotations
 
 from itertools import pairwise
-from typing import Callable, Mapping
+from typing import Callable, Iterator, Mapping
 
 import torch
 from torch import Tensor
+
+from .symmetric import SymmetricBlocks
 
 # A unit whose standard deviation is below this fraction of |mean| is float64 rounding noise
 # around a constant: it is treated as constant (correlation 0 with everything).
@@ -122,6 +124,29 @@ class Moments:
         A constant unit (zero variance) has correlation 0 with every unit, itself included:
         the diagonal is 1 for non-constant units and 0 for constant ones.
         """
+        out = torch.empty(self.dim, self.dim, dtype=dtype, device=self.device)
+        for (p, q), block in self._corr_blocks(dtype):
+            a, b = self._cuts[p], self._cuts[q]
+            out[a, b] = block
+            if p != q:
+                out[b, a] = block.T
+        return out
+
+    def correlation(self, dtype: torch.dtype = torch.float32) -> SymmetricBlocks:
+        """:meth:`corr` (the same values) as a :class:`SymmetricBlocks` of numpy arrays on the CPU,
+        its upper blocks only: what a merger keeps for its solves. The blocks are views of one
+        allocation, as the sums are (blocks of a few MB each would stay behind in the heap once freed)."""
+        storage = torch.empty(sum(b.numel() for b in self._s2.values()), dtype=dtype)
+        blocks, start = {}, 0
+        for key, block in self._corr_blocks(dtype):
+            view = storage[start:start + block.numel()].view(block.shape)
+            blocks[key] = view.copy_(block).numpy()
+            start += block.numel()
+        return SymmetricBlocks(blocks, [c.start for c in self._cuts] + [self.dim])
+
+    def _corr_blocks(self, dtype: torch.dtype) -> Iterator[tuple[tuple[int, int], Tensor]]:
+        """The upper blocks of the correlation as ``dtype``, one at a time; a diagonal block exactly
+        symmetric, its diagonal 1 (0 for a constant unit)."""
         self._require_samples()
         m = self.s1 / self.n
         var = torch.cat([self._s2[p, p].diagonal() for p in range(len(self._cuts))]) / self.n - m * m
@@ -129,16 +154,15 @@ class Moments:
         live = std > _CONSTANT_RTOL * self.mean.abs()
         inv = torch.zeros_like(std)
         inv[live] = std[live].reciprocal()
-
-        def block_corr(p: int, q: int, block: Tensor) -> Tensor:
+        for (p, q), block in self._s2.items():
             a, b = self._cuts[p], self._cuts[q]
             c = (block / self.n).addr_(m[a], m[b], alpha=-1.0)
             # scaled one side at a time: inv_i * inv_j alone may overflow for tiny variances (0 * inf = NaN)
-            return c.mul_(inv[a].unsqueeze(1)).mul_(inv[b].unsqueeze(0)).clamp_(-1.0, 1.0)
-
-        corr = self._assemble(block_corr, dtype)
-        corr.diagonal().copy_(live.to(dtype))
-        return corr
+            c.mul_(inv[a].unsqueeze(1)).mul_(inv[b].unsqueeze(0)).clamp_(-1.0, 1.0)
+            if p == q:
+                c = (c + c.T) / 2  # exactly symmetric
+                c.diagonal().copy_(live[a].to(c.dtype))
+            yield (p, q), c.to(dtype)
 
     def to_dict(self) -> dict[str, Tensor]:
         """The state as tensors (``n`` as an int64 scalar, ``s2`` in full), for caching and reduction."""
