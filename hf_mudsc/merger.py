@@ -306,8 +306,7 @@ class MuDSCMerger:
                 row["objective"] = round(objectives[name], 4)
             if self._activation is not None and name in self._activation:
                 pairs = MergedPairs(np.concatenate([a.numpy() for a in transforms[name].assign]))
-                values = self._activation[name][pairs.rows, pairs.cols].astype(np.float64)
-                row["activation_similarity"] = round(pairs.mean(values), 4)
+                row["activation_similarity"] = round(pairs.objective(self._activation[name]), 4)
             if weight_objectives and name in weight_objectives:
                 row["weight_similarity"] = round(weight_objectives[name], 4)
             rows.append(row)

@@ -48,12 +48,7 @@ def pair_objective(sim: Any, labels: np.ndarray) -> float:
     original ``sim`` (so an asymmetric ``sim`` counts as ``(sim + sim.T) / 2``).
     0.0 when no merged unit has two members.
     """
-    return _pair_objective(as_matrix(sim), np.asarray(labels, dtype=np.int64))
-
-
-def _pair_objective(sim: np.ndarray, labels: np.ndarray) -> float:
-    pairs = MergedPairs(labels)
-    return pairs.mean(sim[pairs.rows, pairs.cols])
+    return MergedPairs(labels).objective(as_matrix(sim))
 
 
 class MergedPairs:
@@ -74,6 +69,11 @@ class MergedPairs:
         self.rows = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
         self.cols = np.concatenate(cols) if cols else np.zeros(0, dtype=np.int64)
 
+    def objective(self, sim: Any) -> float:
+        """:func:`pair_objective` of ``sim`` from its entries at the pairs (in float64): ``sim`` is
+        anything read by index arrays, a matrix or a merger's kept correlations (never made whole)."""
+        return self.mean(np.asarray(sim[self.rows, self.cols], dtype=np.float64))
+
     def mean(self, values: np.ndarray) -> float:
         """Mean of ``values`` (at ``rows, cols``) over the pairs of distinct units; 0.0 when no
         merged unit has two members."""
@@ -91,7 +91,7 @@ def make_solution(sim: np.ndarray, labels: np.ndarray, sizes: Sequence[int],
     """Split global ``labels`` (merged units ``0..k-1``, all used) per model, score them."""
     split = np.split(labels, np.cumsum(sizes)[:-1])
     return Solution([part.copy() for part in split], int(labels.max()) + 1,
-                    _pair_objective(sim, labels), tuple(int(m) for m in over_budget))
+                    MergedPairs(labels).objective(sim), tuple(int(m) for m in over_budget))
 
 
 def tie_key(sim: np.ndarray, symmetrise: bool = False) -> np.ndarray:
