@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .statistics.symmetric import SymmetricBlocks
-from .tiles import transposed
+from .tiles import symmetrise_, transposed
 from .transforms import SpaceTransform, Transforms, same
 from .unitmaps.spaces import Member, UnitMap
 
@@ -104,12 +104,14 @@ class WeightSimilarity:
         self.within = within
         self._cache: dict[tuple[str, tuple[str, ...]], _Kept] = {}
 
-    def __call__(self, space: str, transforms: Transforms, aligned: Collection[str] | None = None) -> np.ndarray:
+    def __call__(self, space: str, transforms: Transforms, aligned: Collection[str] | None = None,
+                 out: np.ndarray | None = None) -> np.ndarray:
         """S_w of ``space`` (float64) under ``transforms``. ``aligned``: when given, only members whose
         other axes all lie in these spaces (or in no space) count, so that nothing is compared across
-        models in frames not yet aligned."""
+        models in frames not yet aligned. ``out``: a C-contiguous float64 matrix of the space's side to
+        write it into (and return) instead of a new one."""
         sizes = [m[space].dim for m in self.unit_maps]
-        return self._correlation(self._parts(space, transforms, aligned), sizes)
+        return self._correlation(self._parts(space, transforms, aligned), sizes, out)
 
     def entries(self, space: str, transforms: Transforms, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """``S_w[rows, cols]`` of ``space`` under ``transforms`` (every member counts), equal to the
@@ -263,22 +265,37 @@ class WeightSimilarity:
                 x = transforms[other.name].project(x, i, member.axis)
         return x.movedim(axis, 0).reshape(x.shape[axis], -1)
 
-    def _correlation(self, parts: list[_Sums], sizes: list[int]) -> np.ndarray:
+    def _correlation(self, parts: list[_Sums], sizes: list[int], out: np.ndarray | None = None) -> np.ndarray:
         dim = sum(sizes)
+        if out is not None and (out.shape != (dim, dim) or out.dtype != np.float64 or not out.flags.c_contiguous):
+            raise ValueError(f"out must be a C-contiguous float64 {dim} x {dim} matrix")
+        in_place = out is not None and self.device.type == "cpu"  # else computed on the device, copied into out
+        corr = torch.from_numpy(out) if in_place else torch.empty(dim, dim, dtype=torch.float64, device=self.device)
+
+        def result() -> np.ndarray:
+            if out is None:
+                return corr.cpu().numpy()
+            if not in_place:
+                np.copyto(out, corr.cpu().numpy())
+            return out
+
         features = sum(p.features for p in parts)
         if features == 0:
             # no member counted: in the data-free start a space none of whose members is aligned yet (or,
             # for parents of different widths, none in one frame yet); the identity carries no evidence
             # (each unit most like itself), and the sweeps that follow see every member
-            return np.eye(dim)
+            corr.zero_().diagonal().fill_(1.0)
+            return result()
         mean, inv = _moments(parts, features)
         centre = mean * inv  # (G / F - m m^T) * inv inv^T = G * (inv / F) inv^T - (m inv)(m inv)^T
         offsets = np.cumsum([0, *sizes])
         cut = [slice(int(a), int(b)) for a, b in zip(offsets[:-1], offsets[1:])]
-        corr = torch.zeros(dim, dim, dtype=torch.float64, device=self.device)
-        for i, j in self.pairs:  # a cross-model block is computed in its place (fresh blocks cost page faults)
+        for i in range(len(sizes)):
+            if (i, i) not in self.pairs:  # within=False: the within-model blocks are 0 (diagonal below)
+                corr[cut[i], cut[i]].zero_()
+        for i, j in self.pairs:  # every block is computed in its place in the matrix
             a, b = cut[i], cut[j]
-            block = corr[a, b] if i != j else torch.empty(sizes[i], sizes[j], dtype=torch.float64, device=self.device)
+            block = corr[a, b]
             grams = [p.gram[i, j] for p in parts if p.gram is not None]
             if grams:  # summed in float32 (one new block at most), then the few-feature groups' products in float64
                 total = grams[0] if len(grams) == 1 else torch.add(grams[0], grams[1])
@@ -292,11 +309,11 @@ class WeightSimilarity:
             block.mul_((inv[a] / features).unsqueeze(1)).mul_(inv[b].unsqueeze(0))
             block.addr_(centre[a], centre[b], alpha=-1.0).clamp_(-1.0, 1.0)
             if i == j:
-                transposed(corr[a, b], block, add=block).div_(2)
+                symmetrise_(block)
             else:
                 transposed(corr[b, a], block)
         corr.diagonal().copy_((inv > 0).to(torch.float64))
-        return corr.cpu().numpy()
+        return result()
 
 
 def _changed_units(old: SpaceTransform, new: SpaceTransform) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,3 +19,16 @@ def transposed(out: Tensor, x: Tensor, add: Tensor | None = None) -> Tensor:
             else:
                 torch.add(add[j:j + TILE, i:i + TILE], tile, out=target)
     return out
+
+
+def symmetrise_(x: Tensor) -> Tensor:
+    """``x = (x + x.T) / 2`` in place (``x`` square, a view allowed), tile pair by tile pair: the same
+    bits as :func:`transposed` into a second matrix, without one."""
+    n = x.shape[0]
+    for i in range(0, n, TILE):
+        for j in range(i, n, TILE):
+            upper, lower = x[i:i + TILE, j:j + TILE], x[j:j + TILE, i:i + TILE]
+            mean = torch.add(upper, lower.T).div_(2)  # a new tile: upper and lower may be one tile
+            upper.copy_(mean)
+            lower.copy_(mean.T)
+    return x

@@ -28,7 +28,7 @@ def test_descent_keeps_its_start_when_the_sweeps_are_worse():
     activation = {"a": two_by_two(IDENTITY), "b": two_by_two(IDENTITY)}
 
     class WeightSim:  # the descent's protocol: whole matrices, and their entries
-        def __call__(self, name, transforms, aligned):
+        def __call__(self, name, transforms, aligned, out=None):
             return weight_matrix(name, transforms)
 
         def entries(self, name, transforms, rows, cols):
@@ -73,7 +73,7 @@ def test_tol_ends_the_descent_and_min_gain_keeps_the_best(monkeypatch, tol, swee
     spaces = (MergeSpace("a", 2, ()), MergeSpace("b", 2, ()))
 
     class WeightSim:
-        def __call__(self, name, transforms, aligned):
+        def __call__(self, name, transforms, aligned, out=None):
             return two_by_two(np.array([[0.5, 0.1], [0.1, 0.5]]))
 
         def dependencies(self, name):
@@ -129,3 +129,22 @@ def test_units_whose_neighbours_did_not_change_are_not_solved_again(monkeypatch)
     assert all(torch.equal(x, y) for n in fast for x, y in zip(fast[n].assign, slow[n].assign))
     assert fast_report == slow_report
     assert skipping < len(calls)
+
+
+@pytest.mark.parametrize("settings", [{"alpha": 0.0}, {"mode": "zip", "alpha": 0.5}, {"mode": "permute", "alpha": 0.5}])
+def test_reused_scratch_matrices_solve_as_new_ones(monkeypatch, settings):
+    """The descent reuses one matrix per slot for spaces of every size (views of the widest); a solve
+    with a new NaN-filled matrix for every request (an entry left unwritten would show) is the same."""
+    import hf_mudsc.solve.descent as descent
+    from conftest import tiny_inputs, tiny_model
+    from hf_mudsc import MuDSCMerger
+
+    a, b = tiny_model("bert-seq", seed=0), tiny_model("bert-seq", seed=1)
+    merger = MuDSCMerger.from_pretrained([a, b], "mudsc", seed=2, max_sweeps=2, **settings)
+    merger.collect([tiny_inputs(a, batch=8, seed=300 + i) for i in range(4)], num_samples=32, progress=False)
+    assert len({merger.unit_maps[0][n].dim for n in merger.merged_spaces()}) > 1  # spaces of several sizes
+    reused, reused_report = merger.solve(progress=False)
+    monkeypatch.setattr(descent.Scratch, "matrix", lambda self, slot, side: np.full((side, side), np.nan))
+    new, new_report = merger.solve(progress=False)
+    assert all(np.array_equal(x, y) for n in reused for x, y in zip(reused[n].assign, new[n].assign))
+    assert reused_report == new_report

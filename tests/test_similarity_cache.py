@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from conftest import tiny_inputs, tiny_model
@@ -159,3 +160,22 @@ def test_entries_equal_the_whole_matrix():
             got = sim.entries(space, transforms, rows, cols)
             assert np.abs(got - whole[rows, cols]).max() < TOL, (kind, space)
             assert np.array_equal(np.diagonal(whole)[rows[rows == cols]], got[rows == cols])
+
+
+def test_written_into_a_given_matrix_equals_a_new_one(monkeypatch):
+    """``out`` (a dirty matrix, as the descent reuses them) gets exactly the values of a new matrix,
+    with within-model blocks or without, and the identity of a space with no member counted."""
+    maps, states = parents()
+    transforms = identity_transforms(maps)
+    transforms["residual"] = shuffled(transforms["residual"], 0)
+    for within in (True, False):
+        for space in maps[0].space_names:
+            new = WeightSimilarity(maps, states, within=within)(space, transforms)
+            out = np.full_like(new, np.nan)
+            got = WeightSimilarity(maps, states, within=within)(space, transforms, out=out)
+            assert got is out and np.array_equal(out, new), (within, space)
+    with pytest.raises(ValueError, match="float64"):
+        WeightSimilarity(maps, states)("residual", transforms, out=np.empty((3, 3)))
+    monkeypatch.setattr(WeightSimilarity, "_parts", lambda *args: [])  # no member counted: the identity
+    out = np.full((2 * maps[0]["residual"].dim,) * 2, np.nan)
+    assert np.array_equal(WeightSimilarity(maps, states)("residual", transforms, out=out), np.eye(len(out)))

@@ -88,3 +88,14 @@ def test_unsupported_reads_say_what_to_use():
         m[np.array([0, 12]), np.array([1, 1])]
     with pytest.raises(ValueError, match="without a copy"):
         np.asarray(m, copy=False)
+
+
+def test_copy_to_writes_the_whole_matrix_into_a_given_one():
+    whole = np.random.default_rng(3).standard_normal((9, 9)).astype(np.float32)
+    whole = whole + whole.T
+    m = SymmetricBlocks({(p, q): whole[e[p]:e[p + 1], e[q]:e[q + 1]].copy() for p in range(3) for q in range(p, 3)
+                         for e in [[0, 2, 7, 9]]}, [0, 2, 7, 9])
+    out = np.full((9, 9), np.nan)
+    assert m.copy_to(out) is out and np.array_equal(out, whole.astype(np.float64))
+    with pytest.raises(ValueError, match="shape"):
+        m.copy_to(np.empty((9, 8)))

@@ -19,3 +19,16 @@ def test_transposed_equals_the_plain_transpose(monkeypatch, shape):
     big = torch.zeros(shape[1] + 3, shape[0] + 2, dtype=torch.float64)
     tiles.transposed(big[3:, 2:], x)
     assert torch.equal(big[3:, 2:], x.T) and not big[:3].any() and not big[:, :2].any()
+
+
+@pytest.mark.parametrize("side", [5, 64, 70, 129])
+def test_symmetrise_in_place_equals_the_mean_with_the_transpose(monkeypatch, side):
+    """Bit for bit, also on a strided view of a larger matrix (a diagonal block of the similarity)."""
+    monkeypatch.setattr(tiles, "TILE", 32)
+    x = torch.randn(side, side, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    big = torch.zeros(side + 5, side + 4, dtype=torch.float64)
+    big[2:2 + side, 3:3 + side] = x
+    tiles.symmetrise_(big[2:2 + side, 3:3 + side])
+    assert torch.equal(big[2:2 + side, 3:3 + side], (x + x.T) / 2)
+    big[2:2 + side, 3:3 + side] = 0
+    assert not big.any()  # nothing outside the view was written

@@ -36,9 +36,10 @@ MIN_GAIN = 1e-4
 class WeightSim(Protocol):
     """S_w of a space under given transforms (:class:`~hf_mudsc.similarity.WeightSimilarity`)."""
 
-    def __call__(self, space: str, transforms: Transforms, aligned: Collection[str] | None) -> np.ndarray:
-        """The whole matrix (a new one: the descent overwrites it), counting only members whose other
-        axes lie in ``aligned`` (when given)."""
+    def __call__(self, space: str, transforms: Transforms, aligned: Collection[str] | None,
+                 out: np.ndarray | None = None) -> np.ndarray:
+        """The whole matrix (written into ``out`` when given, else a new one: the descent overwrites
+        it), counting only members whose other axes lie in ``aligned`` (when given)."""
 
     def entries(self, space: str, transforms: Transforms, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """``S_w[rows, cols]`` with every member counted, equal to those of the whole matrix (to ~1e-6)."""
@@ -98,9 +99,26 @@ def solve_units(spaces: Sequence[MergeSpace]) -> list[tuple[MergeSpace, ...]]:
     return [tuple(u) for u in units]
 
 
+class Scratch:
+    """Float64 square matrices that the solve units of one descent reuse, by slot (a position in a
+    unit, or the solver's work matrix): each allocated once, for the widest space so far, since a new
+    6144^2 matrix costs several times its arithmetic in page faults. A slot's matrix is valid until the
+    slot is asked for again."""
+
+    def __init__(self) -> None:
+        self._flat: dict[object, np.ndarray] = {}
+
+    def matrix(self, slot: object, side: int) -> np.ndarray:
+        flat = self._flat.get(slot)
+        if flat is None or flat.size < side * side:
+            flat = self._flat[slot] = np.empty(side * side)
+        return flat[:side * side].reshape(side, side)
+
+
 def solve_unit(unit: tuple[MergeSpace, ...], sims: Sequence[np.ndarray], sizes: Sequence[Sequence[int]],
-               settings: SolveSettings) -> list[Solution]:
-    """Solve one unit on its similarity matrices (one per space); ``sizes[j]`` per model."""
+               settings: SolveSettings, scratch: Scratch | None = None) -> list[Solution]:
+    """Solve one unit on its similarity matrices (one per space); ``sizes[j]`` per model; ``scratch``:
+    where the zip solver takes its work matrix (slot ``"work"``) instead of a new one."""
     if unit[0].heads is not None:
         heads = unit[0].heads
         counts = [d // heads.head_dim for d in sizes[0]]
@@ -110,7 +128,9 @@ def solve_unit(unit: tuple[MergeSpace, ...], sims: Sequence[np.ndarray], sizes: 
     if settings.mode == "permute":
         return [solve_permute(sim, sizes[0])]
     # every matrix here is exactly symmetric: S_act, S_w (built so) and their blend, entry by entry
-    return [solve_zip(sim, sizes[0], budget=settings.zip_budget, decay=settings.zip_decay, symmetric=True)]
+    work = None if scratch is None else scratch.matrix("work", len(sim))
+    return [solve_zip(sim, sizes[0], budget=settings.zip_budget, decay=settings.zip_decay, symmetric=True,
+                      work=work)]
 
 
 def coordinate_descent(
@@ -135,6 +155,15 @@ def coordinate_descent(
     transforms = dict(start)
     alpha = settings.alpha
     inputs: dict[str, dict[str, SpaceTransform | None]] = {}  # per unit: its neighbours at its last weight solve
+    scratch = Scratch()  # every unit's matrices: S_w and the blend written into it, the solver's work matrix
+
+    def similarity(position: int, space: MergeSpace, use_weights: bool, aligned: set[str] | None) -> np.ndarray:
+        """The matrix a unit's ``position``-th space is solved on, in that slot's scratch matrix."""
+        out = scratch.matrix(position, sum(sizes[space.name]))
+        weight = weight_sim(space.name, transforms, aligned, out=out) if use_weights and weight_sim is not None else None
+        sim = blend(alpha if use_weights else 0.0, weight,  # S_w becomes the blend
+                    activation.get(space.name) if activation is not None else None, overwrite=True)
+        return sim.copy_to(out) if isinstance(sim, SymmetricBlocks) else sim  # alpha 0: S_act made whole
 
     def sweep(order: Sequence[tuple[MergeSpace, ...]], use_weights: bool,
               aligned: set[str] | None = None) -> dict[str, float]:
@@ -148,10 +177,8 @@ def coordinate_descent(
                         progress(unit[0].group or unit[0].name)
                     continue
                 inputs[key] = now
-            sims = [blend(alpha if use_weights else 0.0,  # S_w (a new matrix) becomes the blend
-                          weight_sim(s.name, transforms, aligned) if use_weights and weight_sim is not None else None,
-                          activation.get(s.name) if activation is not None else None, overwrite=True) for s in unit]
-            for s, sol in zip(unit, solve_unit(unit, sims, [sizes[s.name] for s in unit], settings)):
+            sims = [similarity(j, s, use_weights, aligned) for j, s in enumerate(unit)]
+            for s, sol in zip(unit, solve_unit(unit, sims, [sizes[s.name] for s in unit], settings, scratch)):
                 transforms[s.name] = SpaceTransform(tuple(sol.assign), sol.k)
                 objectives[s.name] = sol.objective
                 if aligned is not None:

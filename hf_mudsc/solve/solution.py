@@ -94,21 +94,22 @@ def make_solution(sim: np.ndarray, labels: np.ndarray, sizes: Sequence[int],
                     MergedPairs(labels).objective(sim), tuple(int(m) for m in over_budget))
 
 
-def tie_key(sim: np.ndarray, symmetrise: bool = False) -> np.ndarray:
+def tie_key(sim: np.ndarray, symmetrise: bool = False, out: np.ndarray | None = None) -> np.ndarray:
     """The similarities a solver compares: rounded to :data:`TIE_DECIMALS` decimals, so that
     exact and nearly exact ties (``corrcoef`` of identical rows) resolve by index order;
-    ``symmetrise``: of ``(sim + sim.T) / 2``. A new array, computed in place and the transpose
-    tile by tile (``np.round``'s multiply, round half to even, divide: the same bits with fewer
-    passes over a large matrix)."""
+    ``symmetrise``: of ``(sim + sim.T) / 2``. Written into ``out`` (``sim``'s shape and dtype, not
+    ``sim`` itself) when given, else a new array; computed in place and the transpose tile by tile
+    (``np.round``'s multiply, round half to even, divide: the same bits with fewer passes over a
+    large matrix)."""
     scale = 10.0 ** TIE_DECIMALS
+    key = np.empty_like(sim) if out is None else out
     if symmetrise:
-        key = np.empty_like(sim)
         view = torch.from_numpy(np.ascontiguousarray(sim))
         transposed(torch.from_numpy(key), view, add=view)
         key /= 2
         key *= scale
     else:
-        key = np.multiply(sim, scale)  # the copy and the first step in one pass
+        np.multiply(sim, scale, out=key)  # the copy and the first step in one pass
     np.rint(key, out=key)
     key /= scale
     return key

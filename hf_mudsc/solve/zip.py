@@ -20,7 +20,7 @@ NEG = -np.inf
 
 
 def solve_zip(sim: Any, sizes: Sequence[int], k: int | None = None, budget: float = 0.0,
-              decay: float = 0.0, symmetric: bool = False) -> Solution:
+              decay: float = 0.0, symmetric: bool = False, work: np.ndarray | None = None) -> Solution:
     """Merge the units of all models into ``k`` merged units (default ``max(sizes)``).
 
     Start with every unit as its own cluster and repeatedly merge the allowed pair of
@@ -46,7 +46,10 @@ def solve_zip(sim: Any, sizes: Sequence[int], k: int | None = None, budget: floa
     Every comparison reads :func:`tie_key` of ``(sim + sim.T) / 2``, so ties do not depend
     on the last bits of a float. ``symmetric``: ``sim`` is exactly symmetric (as every matrix of
     the coordinate descent), so that sum is ``sim`` itself and is not computed (one transposed pass
-    over the matrix less); a sample of its entries is checked.
+    over the matrix less); a sample of its entries is checked. ``work``: a float64 matrix of ``sim``'s
+    shape (not ``sim``) that the greedy may use and overwrite instead of a new one (a caller solving
+    many large spaces allocates it once: a new 6144^2 matrix costs several times its arithmetic in
+    page faults).
     """
     sizes = check_sizes(sizes)
     sim = as_matrix(sim, sizes)
@@ -58,7 +61,9 @@ def solve_zip(sim: Any, sizes: Sequence[int], k: int | None = None, budget: floa
     if symmetric:
         _check_symmetric(sim)
     clusters = _Clusters(sizes, budget)
-    if not _greedy(_initial(tie_key(sim, symmetrise=not symmetric), clusters), clusters, decay, k):
+    if work is not None and (work.shape != sim.shape or work.dtype != sim.dtype or np.may_share_memory(work, sim)):
+        raise ValueError(f"work must be a float64 {sim.shape} matrix apart from sim")
+    if not _greedy(_initial(tie_key(sim, symmetrise=not symmetric, out=work), clusters), clusters, decay, k):
         key = tie_key(sim, symmetrise=not symmetric)  # computed again: the greedy's work array was the first copy
         if not _greedy(_linkage(key, clusters), clusters, 1.0, k):
             _complete(key, clusters, k)

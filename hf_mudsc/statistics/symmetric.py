@@ -14,7 +14,8 @@ class SymmetricBlocks:
 
     Read as numpy reads a matrix, each read a new array of the blocks' dtype: ``m[i:j]`` (whole rows),
     ``m[rows, cols]`` (entries at index arrays), :meth:`diagonal`, and ``np.asarray(m)`` (the whole
-    matrix, for small ones and tests). Every read returns exactly the stored values.
+    matrix, for small ones and tests); :meth:`copy_to` writes the whole matrix into a given one. Every
+    read returns exactly the stored values.
     """
 
     def __init__(self, blocks: Mapping[tuple[int, int], np.ndarray], edges: Sequence[int]) -> None:
@@ -48,8 +49,15 @@ class SymmetricBlocks:
             return self._entries(*key)
         raise IndexError("index a SymmetricBlocks by a row slice m[i:j] or by index arrays m[rows, cols]")
 
-    def _rows(self, start: int, stop: int, dtype: Any = None) -> np.ndarray:
-        out = np.empty((stop - start, self.shape[1]), dtype=self.dtype if dtype is None else dtype)
+    def copy_to(self, out: np.ndarray) -> np.ndarray:
+        """The whole matrix written into ``out`` (of its shape; the values cast to ``out``'s dtype)."""
+        if out.shape != self.shape:
+            raise ValueError(f"out has shape {out.shape}, not {self.shape}")
+        return self._rows(0, len(self), out=out)
+
+    def _rows(self, start: int, stop: int, dtype: Any = None, out: np.ndarray | None = None) -> np.ndarray:
+        if out is None:
+            out = np.empty((stop - start, self.shape[1]), dtype=self.dtype if dtype is None else dtype)
         e = self.edges
         for (p, q), block in self._blocks.items():
             lo, hi = max(start, e[p]), min(stop, e[p + 1])  # the block's own rows
