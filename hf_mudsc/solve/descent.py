@@ -160,7 +160,8 @@ def coordinate_descent(
     def similarity(position: int, space: MergeSpace, use_weights: bool, aligned: set[str] | None) -> np.ndarray:
         """The matrix a unit's ``position``-th space is solved on, in that slot's scratch matrix."""
         out = scratch.matrix(position, sum(sizes[space.name]))
-        weight = weight_sim(space.name, transforms, aligned, out=out) if use_weights and weight_sim is not None else None
+        weights = use_weights and weight_sim is not None
+        weight = weight_sim(space.name, transforms, aligned, out=out) if weights else None
         sim = blend(alpha if use_weights else 0.0, weight,  # S_w becomes the blend
                     activation.get(space.name) if activation is not None else None, overwrite=True)
         return sim.copy_to(out) if isinstance(sim, SymmetricBlocks) else sim  # alpha 0: S_act made whole

@@ -53,6 +53,8 @@ def solve_zip(sim: Any, sizes: Sequence[int], k: int | None = None, budget: floa
     """
     sizes = check_sizes(sizes)
     sim = as_matrix(sim, sizes)
+    if work is not None and (work.shape != sim.shape or work.dtype != sim.dtype or np.may_share_memory(work, sim)):
+        raise ValueError(f"work must be a float64 {sim.shape} matrix apart from sim")
     k = max(sizes) if k is None else int(k)
     if not 1 <= k <= sum(sizes):
         raise ValueError(f"k must be in [1, {sum(sizes)}], got {k}")
@@ -61,8 +63,6 @@ def solve_zip(sim: Any, sizes: Sequence[int], k: int | None = None, budget: floa
     if symmetric:
         _check_symmetric(sim)
     clusters = _Clusters(sizes, budget)
-    if work is not None and (work.shape != sim.shape or work.dtype != sim.dtype or np.may_share_memory(work, sim)):
-        raise ValueError(f"work must be a float64 {sim.shape} matrix apart from sim")
     if not _greedy(_initial(tie_key(sim, symmetrise=not symmetric, out=work), clusters), clusters, decay, k):
         key = tie_key(sim, symmetrise=not symmetric)  # computed again: the greedy's work array was the first copy
         if not _greedy(_linkage(key, clusters), clusters, 1.0, k):
