@@ -5,7 +5,7 @@ blocks of the second moment stored and computed."""
 from __future__ import annotations
 
 from itertools import pairwise
-from typing import Callable, Iterator, Mapping
+from typing import Callable, Iterable, Iterator, Mapping
 
 import torch
 from torch import Tensor
@@ -74,7 +74,7 @@ class Moments:
     @property
     def s2(self) -> Tensor:
         """The full symmetric ``sum((x - shift)(x - shift)^T)`` (float64, a new tensor)."""
-        return self._assemble(lambda p, q, block: block, torch.float64)
+        return self._assemble(self._upper(lambda p, q, block: block), torch.float64)
 
     def recentre(self, shift: Tensor) -> Moments:
         """Express the sums relative to a new ``shift`` (exact; in place)."""
@@ -115,8 +115,8 @@ class Moments:
         """Population covariance (divides by ``n``; float64, symmetric)."""
         self._require_samples()
         m = self.s1 / self.n
-        return self._assemble(lambda p, q, block: (block / self.n).addr_(m[self._cuts[p]], m[self._cuts[q]], alpha=-1.0),
-                              torch.float64)
+        return self._assemble(self._upper(
+            lambda p, q, block: (block / self.n).addr_(m[self._cuts[p]], m[self._cuts[q]], alpha=-1.0)), torch.float64)
 
     def corr(self, dtype: torch.dtype = torch.float64) -> Tensor:
         """Pearson correlation as ``dtype`` (computed in float64, block by block), never NaN.
@@ -124,13 +124,7 @@ class Moments:
         A constant unit (zero variance) has correlation 0 with every unit, itself included:
         the diagonal is 1 for non-constant units and 0 for constant ones.
         """
-        out = torch.empty(self.dim, self.dim, dtype=dtype, device=self.device)
-        for (p, q), block in self._corr_blocks(dtype):
-            a, b = self._cuts[p], self._cuts[q]
-            out[a, b] = block
-            if p != q:
-                out[b, a] = block.T
-        return out
+        return self._assemble(self._corr_blocks(dtype), dtype)
 
     def correlation(self, dtype: torch.dtype = torch.float32) -> SymmetricBlocks:
         """:meth:`corr` (the same values) as a :class:`SymmetricBlocks` of numpy arrays on the CPU,
@@ -154,14 +148,16 @@ class Moments:
         live = std > _CONSTANT_RTOL * self.mean.abs()
         inv = torch.zeros_like(std)
         inv[live] = std[live].reciprocal()
-        for (p, q), block in self._s2.items():
+
+        def block_corr(p: int, q: int, block: Tensor) -> Tensor:
             a, b = self._cuts[p], self._cuts[q]
             c = (block / self.n).addr_(m[a], m[b], alpha=-1.0)
             # scaled one side at a time: inv_i * inv_j alone may overflow for tiny variances (0 * inf = NaN)
-            c.mul_(inv[a].unsqueeze(1)).mul_(inv[b].unsqueeze(0)).clamp_(-1.0, 1.0)
+            return c.mul_(inv[a].unsqueeze(1)).mul_(inv[b].unsqueeze(0)).clamp_(-1.0, 1.0)
+
+        for (p, q), c in self._upper(block_corr):
             if p == q:
-                c = (c + c.T) / 2  # exactly symmetric
-                c.diagonal().copy_(live[a].to(c.dtype))
+                c.diagonal().copy_(live[self._cuts[p]].to(c.dtype))
             yield (p, q), c.to(dtype)
 
     def to_dict(self) -> dict[str, Tensor]:
@@ -182,16 +178,20 @@ class Moments:
             block.copy_(s2[m._cuts[p], m._cuts[q]])
         return m
 
-    def _assemble(self, fn: Callable[[int, int, Tensor], Tensor], dtype: torch.dtype) -> Tensor:
-        """The full symmetric matrix whose upper blocks are ``fn(p, q, block)``, as ``dtype``."""
-        out = torch.empty(self.dim, self.dim, dtype=dtype, device=self.device)
+    def _upper(self, fn: Callable[[int, int, Tensor], Tensor]) -> Iterator[tuple[tuple[int, int], Tensor]]:
+        """``fn(p, q, block)`` of every upper block of the sums, a diagonal one made exactly symmetric
+        (a new tensor)."""
         for (p, q), block in self._s2.items():
             value = fn(p, q, block)
+            yield (p, q), (value + value.T) / 2 if p == q else value
+
+    def _assemble(self, blocks: Iterable[tuple[tuple[int, int], Tensor]], dtype: torch.dtype) -> Tensor:
+        """The full symmetric matrix from its upper ``blocks`` (:meth:`_upper`), as ``dtype``."""
+        out = torch.empty(self.dim, self.dim, dtype=dtype, device=self.device)
+        for (p, q), value in blocks:
             a, b = self._cuts[p], self._cuts[q]
-            if p == q:
-                out[a, b] = (value + value.T) / 2  # exactly symmetric
-            else:
-                out[a, b] = value
+            out[a, b] = value
+            if p != q:
                 out[b, a] = value.T
         return out
 
