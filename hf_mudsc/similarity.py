@@ -246,8 +246,10 @@ class WeightSimilarity:
             else:
                 for total, ((i, j), lr, lc) in zip(part.picked, picks):
                     total.add_((z[cut[i]][lr] * z[cut[j]][lc]).sum(dim=1), alpha=sign)
-            part.sums += sign * z.sum(dim=1, dtype=torch.float64)
-            part.squares += sign * z.square().sum(dim=1, dtype=torch.float64)
+            # float32 reductions added into float64 totals: a float64 reduction of float32 rows converts
+            # element by element, 40-80x slower than these vectorised passes (accurate to ~1e-7 relative)
+            part.sums.add_(z.sum(dim=1), alpha=sign)
+            part.squares.add_(torch.linalg.vector_norm(z, dim=1).square_(), alpha=sign)
             part.features += int(sign) * z.shape[1]
 
     def _features(self, member: Member) -> int:
