@@ -67,6 +67,19 @@ def test_equals_plain_loop_on_correlations() -> None:
             assert same_as_reference(sim, [40, 40], None, budget, decay)
 
 
+@pytest.mark.parametrize("rows", [1, 3])
+def test_stale_rows_re_read_in_any_chunks_equal_plain_loop(rows: int, monkeypatch) -> None:
+    """The greedy re-reads stale rows a few at a time: chunk boundaries anywhere (a budget
+    running out makes dozens of rows stale at once) give the plain loop's partition."""
+    monkeypatch.setattr("hf_mudsc.solve.zip._RECOMPUTE_ROWS", rows)
+    rng = np.random.default_rng(5)
+    for sizes in ([30, 30], [20, 20, 20]):
+        sim = rng.normal(size=(sum(sizes),) * 2)
+        for budget in (0.1, 0.5):
+            for decay in (0.5, 1.0):
+                assert same_as_reference(sim + sim.T, sizes, None, budget, decay), (sizes, budget, decay)
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_symmetric_input_skips_the_symmetrising_with_the_same_solution(seed: int) -> None:
     """``symmetric=True`` reads ``sim`` itself for ``(sim + sim.T) / 2``: on an exactly symmetric
