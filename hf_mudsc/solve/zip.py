@@ -148,7 +148,7 @@ def _greedy(work: np.ndarray, clusters: _Clusters, decay: float, k: int) -> bool
     dead = np.where(live, 0.0, NEG)
     best_idx = work.argmax(axis=1)
     best_val = work[np.arange(len(work)), best_idx]
-    while clusters.count() > k:
+    for _ in range(clusters.count() - k):  # one merge each
         a = int(np.argmax(best_val))
         if best_val[a] == NEG:
             return False
