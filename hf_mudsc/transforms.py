@@ -100,9 +100,10 @@ class SpaceTransform:
 
 
 def _scale(x: torch.Tensor, factor: torch.Tensor, axis: int) -> torch.Tensor:
+    """``x`` (a new tensor of :meth:`SpaceTransform._sum`) scaled along ``axis``, in place."""
     shape = [1] * x.dim()
     shape[axis] = -1
-    return x * factor.to(x.dtype).to(x.device).reshape(shape)
+    return x.mul_(factor.to(x.dtype).to(x.device).reshape(shape))
 
 
 Transforms = dict[str, SpaceTransform]
