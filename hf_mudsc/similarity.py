@@ -247,7 +247,7 @@ class WeightSimilarity:
                 for total, ((i, j), lr, lc) in zip(part.picked, picks):
                     total.add_((z[cut[i]][lr] * z[cut[j]][lc]).sum(dim=1), alpha=sign)
             # float32 reductions added into float64 totals: a float64 reduction of float32 rows converts
-            # element by element, 40-80x slower than these vectorised passes (accurate to ~1e-7 relative)
+            # element by element, 40-80x slower than these vectorised passes (rounding ~1e-7 of sum |z|)
             part.sums.add_(z.sum(dim=1), alpha=sign)
             part.squares.add_(torch.linalg.vector_norm(z, dim=1).square_(), alpha=sign)
             part.features += int(sign) * z.shape[1]
