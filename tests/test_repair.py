@@ -399,6 +399,46 @@ def test_kept_submodule_outputs_equal_full_layer_runs_while_maps_change_in_forwa
     assert len(fast._calls) == 1  # the layers are built alike: one observed call order served them all
 
 
+def test_kept_outputs_changed_in_place_by_the_layer_are_dropped(monkeypatch):
+    """Kept submodule outputs stand in as they are, not as copies: where the layer changes one in
+    place (here BERT's FFN output block negates both its inputs and undoes it on copies, so the
+    layer computes the same), the change is seen by the tensors' version counters and the output is
+    dropped (the FFN's activations at once, the attention block's at its first replay), so the rows
+    and the layer outputs stay the same bits as running every submodule."""
+    from transformers.models.bert.modeling_bert import BertOutput
+
+    from hf_mudsc.repair.context import LayerInputs, RepairContext
+
+    forward = BertOutput.forward
+
+    def negating(self, hidden_states, input_tensor):
+        hidden_states.neg_(), input_tensor.neg_()
+        return forward(self, -hidden_states, -input_tensor)
+
+    a, b = tiny_model("bert-seq", seed=0), tiny_model("bert-seq", seed=1)
+    merger = MuDSCMerger.from_pretrained([a, b], "mudsc", repair="none")
+    result = merger.merge(calibration(a, n=3), num_samples=24, progress=False)
+    ctx = RepairContext([a, b], merger.unit_maps, result.transforms, result.weights, calibration(a, n=3))
+    model = ctx.task_model(0)
+    blocks = ctx.blocks()
+    groups = ctx.forward_groups(model, ctx.shared_linears())
+    monkeypatch.setattr(BertOutput, "forward", negating)
+    fast, slow = LayerInputs(ctx, model, blocks, reuse=True), LayerInputs(ctx, model, blocks)
+    kept: set[str] = set()
+    for block in blocks:
+        for group in [g for g in groups if g[0].startswith(block + ".")]:
+            sites = [(m, "input") for m in group] + [(m, "output") for m in group[:1]]
+            for rows, reference in zip(fast.observe_all(sites), slow.observe_all(sites), strict=True):
+                for site in sites:
+                    assert torch.equal(rows[site], reference[site]), site
+            kept |= set(fast._kept)
+        assert not fast._kept  # the attention block's output was dropped at its first replay
+        fast.advance(), slow.advance()
+        for x, y in zip(fast.states, slow.states, strict=True):
+            assert torch.equal(x[0], y[0])
+    assert "attention" in kept and "intermediate" not in kept
+
+
 def test_the_walk_drops_a_groups_parent_targets_once_the_group_is_corrected(monkeypatch):
     """The parents' outputs of one layer are held while its groups are corrected in forward order; a
     corrected group's are dropped, so the last group (the FFN output map) holds its own alone."""

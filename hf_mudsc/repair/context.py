@@ -275,10 +275,19 @@ class LayerInputs:
                 handle.remove()
 
     def _call(self, b: int) -> Any:
+        """Run the current layer on batch ``b``, its kept submodules standing in with their outputs
+        (not copies). A kept output that the run changed in place (a version counter of its tensors
+        moved) is dropped, so that its submodule runs again from then on."""
         hidden, args, kwargs = self.states[b]
         layer = self.model.get_submodule(self.blocks[self.layer])
-        with _swapped(layer, {name: _Returns(outs[b]) for name, outs in self._kept.items()}):
-            return layer(hidden, *args, **kwargs)
+        before = {name: _versions(outs[b]) for name, outs in self._kept.items()}
+        try:
+            with _swapped(layer, {name: _Returns(outs[b]) for name, outs in self._kept.items()}):
+                return layer(hidden, *args, **kwargs)
+        finally:  # also when a capture stops the run early
+            for name, versions in before.items():
+                if _versions(self._kept[name][b]) != versions:
+                    del self._kept[name]
 
     def observe_all(self, sites: Sequence[Site], inputs_at: Mapping[str, str] | None = None
                     ) -> Iterator[dict[Site, Tensor]]:
@@ -287,15 +296,23 @@ class LayerInputs:
         every batch was observed."""
         keep = self._keepable(sites) if self.reuse else []
         kept: dict[str, list[Any]] = {name: [] for name in keep}
+        versions: dict[str, list[int]] = {}  # a kept output's version counters when it was kept
         layer = self.model.get_submodule(self.blocks[self.layer])
+
+        def keep_output(name: str, out: Any) -> None:
+            kept[name].append(out if all(_compact(t) for t in _tensors(out)) else _detached(out))
+            versions[name] = _versions(kept[name][-1])
+
         for b in range(len(self.states)):
             handles = [layer.get_submodule(name).register_forward_hook(
-                lambda mod, args, out, name=name: kept[name].append(_detached(out))) for name in keep]
+                lambda mod, args, out, name=name: keep_output(name, out)) for name in kept]
             try:
                 rows = self.ctx.capture(self.model, sites, b, lambda b=b: self._call(b), inputs_at=inputs_at)
             finally:
                 for h in handles:
                     h.remove()
+            for name in [n for n in kept if len(kept[n]) == b + 1 and _versions(kept[n][b]) != versions[n]]:
+                del kept[name]  # changed in place later in the run: not what the submodule returned
             yield rows
         if any(len(outs) != len(self.states) for outs in kept.values()):
             return  # not observed to the end: keep nothing
@@ -361,7 +378,8 @@ class LayerInputs:
         model = self.model if model is None else model
         device = next(model.parameters()).device
         inputs = {k: v.to(device) for k, v in self.ctx.batches[b].items() if k != "labels"}
-        with _swapped(model, {name: _Returns(self.returned[b]) for name in self.blocks}):
+        last = _Returns(_detached(self.returned[b]))  # a copy: what follows the encoder may change it
+        with _swapped(model, {name: last for name in self.blocks}):
             return self.ctx.capture(model, sites, b, lambda: model(**inputs))
 
 
@@ -421,6 +439,16 @@ def _tensors(value: Any) -> list[Tensor]:
     return []
 
 
+def _versions(value: Any) -> list[int]:
+    """The version counters of ``value``'s tensors (each in-place change of a tensor moves its own)."""
+    return [t._version for t in _tensors(value)]
+
+
+def _compact(t: Tensor) -> bool:
+    """Whether ``t`` spans its whole storage (kept as it is, it holds no more memory than a copy)."""
+    return t.untyped_storage().nbytes() == t.numel() * t.element_size()
+
+
 def _detached(value: Any) -> Any:
     """A copy of a module's output (tensors cloned: a caller may change them in place later)."""
     if isinstance(value, Tensor):
@@ -448,11 +476,11 @@ def _swapped(root: nn.Module, stand_ins: Mapping[str, nn.Module]) -> Iterator[No
 
 class _Returns(nn.Module):
     """Stands in for a module of :class:`LayerInputs` (an encoder layer during a replay, a kept
-    submodule of a layer): returns a copy of its cached output, whatever it is called with."""
+    submodule of a layer): returns ``value``, whatever it is called with."""
 
     def __init__(self, value: Any) -> None:
         super().__init__()
         self.value = value
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return _detached(self.value)
+        return self.value
