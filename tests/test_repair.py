@@ -365,32 +365,16 @@ def test_kept_submodule_outputs_equal_full_layer_runs_while_maps_change_in_forwa
     """The merged model's layer runs reuse the outputs of submodules that finished before the
     observed maps (LayerInputs(reuse=True)): the rows and the layer outputs are the same bits as
     running every submodule, while each group of maps is changed after it is observed."""
-    from hf_mudsc.repair.context import LayerInputs, RepairContext
-
-    a, b = tiny_model(kind, seed=0), tiny_model(kind, seed=1)
-    merger = MuDSCMerger.from_pretrained([a, b], "mudsc", repair="none")
-    result = merger.merge(calibration(a, n=3), num_samples=24, progress=False)
-    ctx = RepairContext([a, b], merger.unit_maps, result.transforms, result.weights, calibration(a, n=3))
-    model = ctx.task_model(0)
-    blocks = ctx.blocks()
-    groups = ctx.forward_groups(model, ctx.shared_linears())
-    fast, slow = LayerInputs(ctx, model, blocks, reuse=True), LayerInputs(ctx, model, blocks)
+    ctx, model = _merged_context(kind)
     generator = torch.Generator().manual_seed(0)
-    kept: set[str] = set()
-    for layer, block in enumerate(blocks):
-        for group in [g for g in groups if g[0].startswith(block + ".")]:
-            sites = [(m, "input") for m in group] + [(m, "output") for m in group[:1]]
-            for rows, reference in zip(fast.observe_all(sites), slow.observe_all(sites), strict=True):
-                for site in sites:
-                    assert torch.equal(rows[site], reference[site]), site
-            kept |= set(fast._kept)
-            for m in group:  # a correction of the group, as the repairs make
-                module = model.get_submodule(m)
-                noise = 0.1 * torch.randn(module.weight.shape, generator=generator)
-                ctx.set_linear(m, module.weight + noise, module.bias)
-        fast.advance(), slow.advance()
-        for x, y in zip(fast.states, slow.states, strict=True):
-            assert torch.equal(x[0], y[0])
+
+    def correct(group):  # a correction of the group, as the repairs make
+        for m in group:
+            module = model.get_submodule(m)
+            noise = 0.1 * torch.randn(module.weight.shape, generator=generator)
+            ctx.set_linear(m, module.weight + noise, module.bias)
+
+    fast, kept, _ = _walk_kept_and_full(ctx, model, correct)
     # the attention block, then the FFN's first map (4x the hidden states, no larger than the
     # layer's widest linear output) were reused; not ViT's activation, which saves no product
     ffn = {"bert-seq": "intermediate", "vit-cls": "mlp.fc1"}[kind]
@@ -407,24 +391,42 @@ def test_kept_outputs_changed_in_place_by_the_layer_are_dropped(monkeypatch):
     and the layer outputs stay the same bits as running every submodule."""
     from transformers.models.bert.modeling_bert import BertOutput
 
-    from hf_mudsc.repair.context import LayerInputs, RepairContext
-
     forward = BertOutput.forward
 
     def negating(self, hidden_states, input_tensor):
         hidden_states.neg_(), input_tensor.neg_()
         return forward(self, -hidden_states, -input_tensor)
 
-    a, b = tiny_model("bert-seq", seed=0), tiny_model("bert-seq", seed=1)
+    ctx, model = _merged_context("bert-seq")
+    monkeypatch.setattr(BertOutput, "forward", negating)
+    _, kept, at_ends = _walk_kept_and_full(ctx, model)
+    assert "attention" in kept and "intermediate" not in kept
+    assert not any(at_ends)  # the attention block's output was dropped at its first replay
+
+
+def _merged_context(kind: str):
+    """The repair context of a merge of two tiny parents (no repair) and its first task model."""
+    from hf_mudsc.repair.context import RepairContext
+
+    a, b = tiny_model(kind, seed=0), tiny_model(kind, seed=1)
     merger = MuDSCMerger.from_pretrained([a, b], "mudsc", repair="none")
     result = merger.merge(calibration(a, n=3), num_samples=24, progress=False)
     ctx = RepairContext([a, b], merger.unit_maps, result.transforms, result.weights, calibration(a, n=3))
-    model = ctx.task_model(0)
+    return ctx, ctx.task_model(0)
+
+
+def _walk_kept_and_full(ctx, model, correct=None):
+    """Walk ``model`` group by group and layer by layer twice, keeping submodule outputs
+    (``LayerInputs(reuse=True)``) and running every submodule, asserting that each group's rows and
+    each layer's outputs are the same bits; ``correct(group)`` changes a group once observed.
+    Returns the keeping walk, the submodules it kept at any point and those it held at each layer's end."""
+    from hf_mudsc.repair.context import LayerInputs
+
     blocks = ctx.blocks()
     groups = ctx.forward_groups(model, ctx.shared_linears())
-    monkeypatch.setattr(BertOutput, "forward", negating)
     fast, slow = LayerInputs(ctx, model, blocks, reuse=True), LayerInputs(ctx, model, blocks)
     kept: set[str] = set()
+    at_ends = []
     for block in blocks:
         for group in [g for g in groups if g[0].startswith(block + ".")]:
             sites = [(m, "input") for m in group] + [(m, "output") for m in group[:1]]
@@ -432,11 +434,13 @@ def test_kept_outputs_changed_in_place_by_the_layer_are_dropped(monkeypatch):
                 for site in sites:
                     assert torch.equal(rows[site], reference[site]), site
             kept |= set(fast._kept)
-        assert not fast._kept  # the attention block's output was dropped at its first replay
+            if correct is not None:
+                correct(group)
+        at_ends.append(set(fast._kept))
         fast.advance(), slow.advance()
         for x, y in zip(fast.states, slow.states, strict=True):
             assert torch.equal(x[0], y[0])
-    assert "attention" in kept and "intermediate" not in kept
+    return fast, kept, at_ends
 
 
 def test_the_walk_drops_a_groups_parent_targets_once_the_group_is_corrected(monkeypatch):
