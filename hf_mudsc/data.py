@@ -2,19 +2,22 @@
 prepared by the parents' own tokenizer or image processor) or ready batches of model inputs."""
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, replace
 from itertools import islice
+from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 
-TEXT_COLUMNS = ("text", "sentence", "content", "review", "question", "document")
+# A column of word lists ("tokens", as CoNLL-style token classification data) is read as the words of one text.
+TEXT_COLUMNS = ("text", "sentence", "content", "review", "question", "document", "tokens")
 # Sentence-pair tasks: both columns go to the tokenizer as a pair (looked for before single columns).
 TEXT_PAIRS = (("sentence1", "sentence2"), ("premise", "hypothesis"), ("question1", "question2"),
               ("question", "sentence"), ("sentence_A", "sentence_B"))
 IMAGE_COLUMNS = ("image", "img", "picture", "pixel_values")
-MAX_TEXT_LENGTH = 128
+MAX_TEXT_LENGTH = 128  # tokens per text at most (fewer where the tokenizer or the parents' positions allow fewer)
 LENGTH_WINDOW = 64  # texts are grouped by length within windows of this many batches' worth of rows
 SHUFFLE_BUFFER = 1000  # rows a streamed dataset is shuffled through, at least (see Calibration.sampling)
 SPLIT_STREAM = 1  # the split draws from its own seeded stream, not from the row draw's
@@ -55,6 +58,8 @@ class Calibration:
     positions: tuple[int, ...] | None = None
     part: str | None = None
     limit: int | None = None  # the first this many samples of this part, in drawn order (set by head)
+    max_length: int = MAX_TEXT_LENGTH  # texts are cut at this many tokens
+    channels: int | None = None  # images are converted to this many channels (1: grey, 3: RGB) when given
 
     @property
     def sampling(self) -> str:
@@ -172,16 +177,20 @@ class Calibration:
         return max(SHUFFLE_BUFFER, self.num_samples)
 
     def _tokenize(self, values: list, **options: Any) -> Any:
-        """Texts (or pairs of texts) through the tokenizer, cut at ``MAX_TEXT_LENGTH`` tokens."""
-        texts = zip(*values) if len(values) and isinstance(values[0], (list, tuple)) else ([str(v) for v in values],)
-        return self.processor(*(list(t) for t in texts), truncation=True, max_length=MAX_TEXT_LENGTH, **options)
+        """Texts, pairs of texts (two columns) or word lists through the tokenizer, cut at
+        ``max_length`` tokens; a missing text (``None``) is an empty one."""
+        if len(self.column or ()) == 2:
+            texts = [[_text(v) for v in column] for column in zip(*values)]
+        else:
+            texts = [[_text(v) for v in values]]
+        return self.processor(*texts, truncation=True, max_length=self.max_length, **options)
 
     def _prepare(self, values: list) -> dict[str, torch.Tensor]:
         if self.modality == "text":
             return dict(self._tokenize(values, padding=True, return_tensors="pt"))
         if self.column == ("pixel_values",):
             return {"pixel_values": torch.stack([torch.as_tensor(v) for v in values])}
-        images = [_as_image(v) for v in values]
+        images = [_as_image(v, self.channels) for v in values]
         return {"pixel_values": self.processor(images, return_tensors="pt")["pixel_values"]}
 
 
@@ -194,13 +203,17 @@ def calibration(
     batch_size: int,
     column: str | Sequence[str] | None = None,
     seed: int = 0,
+    max_length: int = MAX_TEXT_LENGTH,
+    channels: int | None = None,
 ) -> Calibration:
     """Check ``data`` against the parents' modality and wrap it as batches of inputs.
 
     ``data``: a ``datasets.Dataset`` or ``IterableDataset`` with a text or image column, or a
     pair of text columns (found by name, or ``column``: a name, two names, or ``"a,b"``), or
     any re-iterable of dicts of input tensors (a DataLoader), or a :class:`Calibration`
-    (e.g. one part of :meth:`Calibration.split`), taken as it is. ``seed`` draws the rows.
+    (e.g. one part of :meth:`Calibration.split`), taken as it is. ``seed`` draws the rows;
+    ``max_length``: tokens per text at most; ``channels``: what images are converted to (the
+    parents' ``num_channels``).
     """
     if isinstance(data, Calibration):
         return data
@@ -234,7 +247,24 @@ def calibration(
     indices = None
     if size is not None and hasattr(data, "__getitem__"):  # map-style: a seeded draw of row indices
         indices = np.random.default_rng(seed).choice(size, num_samples, replace=False)
-    return Calibration(data, processor, modality, cols, num_samples, batch_size, name, seed=seed, indices=indices)
+    return Calibration(data, processor, modality, cols, num_samples, batch_size, name, seed=seed, indices=indices,
+                       max_length=max_length, channels=channels)
+
+
+def text_length(tokenizer: Any, models: Sequence[torch.nn.Module]) -> int:
+    """Tokens per calibration text: :data:`MAX_TEXT_LENGTH`, or fewer where the tokenizer's
+    ``model_max_length`` or a parent's position embeddings (less RoBERTa's offset past the padding
+    index) hold fewer."""
+    limits = [MAX_TEXT_LENGTH]
+    cap = getattr(tokenizer, "model_max_length", None)
+    if isinstance(cap, int) and cap > 0:
+        limits.append(cap)
+    for model in models:
+        positions = getattr(model.config, "max_position_embeddings", None)
+        if isinstance(positions, int):
+            pad = getattr(getattr(model.base_model, "embeddings", None), "padding_idx", None)
+            limits.append(positions - (pad + 1 if isinstance(pad, int) else 0))
+    return min(limits)
 
 
 def _named_columns(column: str | Sequence[str]) -> tuple[str, ...]:
@@ -306,19 +336,37 @@ def _prepared_by_accelerate(source: Any) -> bool:
     return isinstance(source, DataLoaderStateMixin)
 
 
-def _as_image(value: Any) -> Any:
-    """PIL images pass through; arrays and nested lists become PIL images."""
+def _text(value: Any) -> str:
+    """A text cell as the tokenizer takes it: a missing one (``None``) is empty, a list of words is joined."""
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)):
+        return " ".join(_text(v) for v in value)
+    return str(value)
+
+
+_MODES = {1: "L", 3: "RGB"}  # channels -> the PIL mode an image is converted to
+
+
+def _as_image(value: Any, channels: int | None = None) -> Any:
+    """A PIL image from an image cell (a PIL image, ``datasets``' dict of bytes or path, an array or
+    nested list, or the path of an image file), converted to ``channels`` channels when given
+    (greyscale or RGBA images for RGB parents, as ``transformers.pipeline`` does)."""
     from PIL import Image
 
-    if isinstance(value, Image.Image):
-        return value
-    if isinstance(value, dict) and "bytes" in value:
-        import io
-
-        return Image.open(io.BytesIO(value["bytes"]))
-    try:
-        import numpy as np
-
-        return Image.fromarray(np.asarray(value))
-    except (TypeError, ValueError) as err:
-        raise DataError(f"cannot read an image from the calibration data: {err}") from None
+    if isinstance(value, dict) and (value.get("bytes") or value.get("path")):
+        value = io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"]
+    if isinstance(value, (str, Path, io.BytesIO)):
+        if not isinstance(value, io.BytesIO) and not Path(value).is_file():
+            raise DataError(f"the image column holds text, not images or paths of image files: {str(value)[:80]!r}")
+        try:
+            value = Image.open(value)
+        except OSError as err:
+            raise DataError(f"cannot read an image from the calibration data: {err}") from None
+    if not isinstance(value, Image.Image):
+        try:
+            value = Image.fromarray(np.asarray(value))
+        except (TypeError, ValueError) as err:
+            raise DataError(f"cannot read an image from the calibration data: {err}") from None
+    mode = _MODES.get(channels or 0)
+    return value.convert(mode) if mode is not None and value.mode != mode else value

@@ -34,11 +34,17 @@ from transformers import initialization as init
 from transformers.modeling_outputs import ImageClassifierOutput, SequenceClassifierOutput, TokenClassifierOutput
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-# Config fields that may differ between tasks: labels and bookkeeping. Everything else must match,
-# since every task runs through task 0's module.
-_LABEL_FIELDS = frozenset(
-    {"id2label", "label2id", "problem_type", "finetuning_task", "architectures", "_name_or_path", "dtype", "transformers_version"}
-)
+from .loading import config_differences
+
+# The heads whose outputs are one set of class logits: what the joint model serves (not extractive QA,
+# which gives a start and an end logit per token).
+JOINT_HEADS = ("ForSequenceClassification", "ForTokenClassification", "ForImageClassification",
+               "ForImageClassificationWithTeacher")
+
+
+def serves_joint(model: PreTrainedModel) -> bool:
+    """Whether task models of ``model``'s class can form a joint model (:data:`JOINT_HEADS`)."""
+    return type(model).__name__.endswith(JOINT_HEADS)
 
 
 def _escape(name: str) -> str:
@@ -220,7 +226,8 @@ def _check_tasks(task_models: Sequence[PreTrainedModel], shared: set[str], task_
     cls = type(first)
     if first.base_model is first:
         raise ValueError(f"a joint model needs task heads; {cls.__name__} has none")
-    base = {k: v for k, v in first.config.to_dict().items() if k not in _LABEL_FIELDS}
+    if not serves_joint(first):
+        raise ValueError(f"a joint model serves classification heads ({', '.join(JOINT_HEADS)}), not {cls.__name__}")
     params = dict(first.named_parameters())
     unknown = sorted(shared - params.keys())
     if unknown:
@@ -234,8 +241,7 @@ def _check_tasks(task_models: Sequence[PreTrainedModel], shared: set[str], task_
             )
         if m.dtype != first.dtype:
             raise ValueError(f"task {i} ({task_names[i]}) is {m.dtype}, task 0 is {first.dtype}")
-        other = {k: v for k, v in m.config.to_dict().items() if k not in _LABEL_FIELDS}
-        diff = sorted(k for k in base.keys() | other.keys() if base.get(k) != other.get(k))
+        diff = config_differences(first.config, m.config)  # every task runs through task 0's module
         if diff:
             raise ValueError(f"task {i} ({task_names[i]}) has a config that differs beyond labels: {diff}")
         theirs = dict(m.named_parameters())

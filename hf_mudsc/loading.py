@@ -135,16 +135,42 @@ def _refuse_custom_code(name: str, *, revision: str | None, token: str | bool | 
                           "its source")
 
 
+# Config fields that do not change what a model computes: labels and bookkeeping, runtime switches, the
+# initialiser's scale (and every dropout rate, by name). Parents and task models may differ in them.
+FREE_CONFIG_FIELDS = frozenset({
+    "id2label", "label2id", "problem_type", "finetuning_task", "architectures", "_name_or_path", "dtype",
+    "transformers_version", "tokenizer_class", "initializer_range", "use_cache", "output_attentions",
+    "output_hidden_states", "return_dict", "torchscript", "chunk_size_feed_forward", "gradient_checkpointing",
+})
+# The widths and the depth: a merge of parents of different shapes reconciles them (hf_mudsc.hetero).
+SHAPE_FIELDS = frozenset({"hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                          "head_dim", "pooler_output_size"})
+
+
+def config_differences(a: Any, b: Any, allowed: frozenset[str] = frozenset()) -> list[str]:
+    """The fields in which two configs of one class differ in what their model computes: those the
+    config class defines (an unknown key that one of them carries is read by no model code), less
+    :data:`FREE_CONFIG_FIELDS`, dropout rates and ``allowed``."""
+    da, db = a.to_dict(), b.to_dict()
+    known = type(a)().to_dict().keys()
+    return sorted(k for k in known
+                  if k not in FREE_CONFIG_FIELDS and k not in allowed and "dropout" not in k and da.get(k) != db.get(k))
+
+
 def check_compatible(parents: Sequence[Parent]) -> None:
-    """Refuse parents that cannot be merged: fewer than two, different families or heads,
-    different spaces outside the layers, different head sizes, more than two parents of
-    different depths, different tokenizers or image processors. Different depths and widths
-    are merged (``hf_mudsc.hetero``)."""
+    """Refuse parents that cannot be merged: fewer than two, different families or heads (or
+    multiple-choice heads), configs that differ beyond labels, widths and depth (activation, norm
+    epsilon, positions, patch size, ...), different dtypes, different spaces outside the layers,
+    different head sizes, more than two parents of different depths, different tokenizers or image
+    processors. Different depths and widths are merged (``hf_mudsc.hetero``)."""
     from .hetero.width import width_mismatch
 
     if len(parents) < 2:
         raise ParentError(f"merging needs at least two parents, got {len(parents)}")
     first = parents[0]
+    if type(first.model).__name__.endswith("ForMultipleChoice"):
+        raise ParentError(f"'{first.name}' has a multiple-choice head, which is not supported (its inputs have a "
+                          "choice dimension that calibration texts lack): merge the parents' base models")
     for p in parents[1:]:
         if p.unit_map.family != first.unit_map.family:
             raise ParentError(f"parents are of different families: '{first.name}' is {first.unit_map.family}, "
@@ -152,6 +178,15 @@ def check_compatible(parents: Sequence[Parent]) -> None:
         if type(p.model).__name__ != type(first.model).__name__:
             raise ParentError(f"parents have different heads: '{first.name}' is {type(first.model).__name__}, "
                               f"'{p.name}' is {type(p.model).__name__}")
+        diff = config_differences(first.model.config, p.model.config, SHAPE_FIELDS)
+        if diff:
+            values = [getattr(x.model.config, diff[0], None) for x in (first, p)]
+            raise ParentError(f"parents differ in config field '{diff[0]}' ({values[0]!r} in '{first.name}', "
+                              f"{values[1]!r} in '{p.name}'), which a merge cannot reconcile")
+        if p.model.dtype != first.model.dtype:
+            raise ParentError(f"parents are in different dtypes ({first.model.dtype} in '{first.name}', "
+                              f"{p.model.dtype} in '{p.name}'): load them in one with torch_dtype= "
+                              "(command line: --torch-dtype float32)")
         outside = [_outside_layers(x.unit_map) for x in (first, p)]
         if outside[0] != outside[1]:
             raise ParentError(f"parents differ in structure: '{first.name}' has the spaces {outside[0]} outside its "

@@ -15,12 +15,12 @@ from tqdm.auto import tqdm
 
 from .apply import MergedWeights, apply_transforms, build_task_model, is_merged
 from .config import RECIPE_NAME, RESOLVED, MergeConfig
-from .data import Calibration, calibration
+from .data import Calibration, calibration, text_length
 from .hetero import depth as hetero_depth
 from .hetero.width import differ_in_width, merged_config, widen_heads
 from .io.writer import atomic_output_dir
 from .loading import Parent, check_compatible, load_parent
-from .output import write_merge_folder
+from .output import card_name, write_merge_folder
 from .repair import apply_repairs
 from .select import choose
 from .similarity import WeightSimilarity
@@ -159,8 +159,11 @@ class MuDSCMerger:
         default), prepared by the parents' tokenizer or image processor. Split it with
         :meth:`Calibration.split` and give a part to :meth:`collect` or :meth:`merge`."""
         processor = next((p.processor for p in self.parents if p.processor is not None), None)
+        models = [p.model for p in self.parents]
         return calibration(data, processor, self.parents[0].modality, num_samples=num_samples, batch_size=batch_size,
-                           column=column, seed=self.config.seed if seed is None else seed)
+                           column=column, seed=self.config.seed if seed is None else seed,
+                           max_length=text_length(processor, models),
+                           channels=getattr(models[0].config, "num_channels", None))
 
     def _collect(self, config: MergeConfig, data: Any, *, num_samples: int, batch_size: int,
                  column: str | Sequence[str] | None, accelerator: Any, progress: bool,
@@ -429,8 +432,14 @@ class MergeResult:
     @property
     def model(self):
         """The merged model: the joint multi-task model (shared trunk, per-task tails and heads)
-        when the parents have task heads; the merged base model itself when they have none."""
+        when the parents have classification heads; the merged base model itself when they have none.
+        Other heads (extractive QA) have their task models only."""
         if self._model is None:
+            from .joint_model import serves_joint
+
+            if self.has_heads and not serves_joint(self.parents[0].model):
+                raise ValueError(f"{type(self.parents[0].model).__name__} heads form no joint model: use "
+                                 "result.task_models (tasks/<i>/ in the saved folder)")
             if not self.has_heads:
                 if any(self.weights.private):
                     raise ValueError("a partial merge of models without task heads gives one model per parent, "
@@ -440,7 +449,7 @@ class MergeResult:
                 from .joint_model import MuDSCJointModel
 
                 self._model = MuDSCJointModel.from_task_models(self.task_models, set(self.weights.shared),
-                                                               _distinct([p.name for p in self.parents]))
+                                                               _distinct([card_name(p) for p in self.parents]))
         return self._model
 
     def recipe(self) -> dict[str, Any]:
@@ -515,8 +524,9 @@ def _check_partial(config: MergeConfig, maps: Sequence[UnitMap]) -> None:
 
 
 def _distinct(names: list[str]) -> list[str]:
-    """Task names for the joint model: a name given to several parents (two loaded models without a
-    ``name_or_path``, one Hub id at two revisions, one folder twice) gets the parent's index."""
+    """Task names for the joint model (the cards' names of the parents: a Hub id, or a folder's own name,
+    never a local path): a name given to several parents (two loaded models without a ``name_or_path``,
+    one Hub id at two revisions, two folders of one name) gets the parent's index."""
     return [f"{n}#{i}" if names.count(n) > 1 else n for i, n in enumerate(names)]
 
 

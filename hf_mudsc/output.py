@@ -12,6 +12,7 @@ from .config import PRESETS, RECIPE_NAME, ZIPIT_BUDGET, ZIPIT_DECAY, MergeConfig
 from .hetero.depth import describe_plan
 from .hetero.width import differ_in_width, widths
 from .io.card import build_model_card, hub_ids
+from .joint_model import serves_joint
 from .loading import Parent
 from .paths import could_be_hub_id
 from .transforms import TRANSFORMS_NAME, Transforms, save_transforms
@@ -60,8 +61,11 @@ def write_merge_folder(result: MergeOutputs, folder: Path, *, max_shard_size: st
                        evaluation: list[dict[str, Any]] | None = None) -> None:
     """Write everything of ``result`` into ``folder`` (an empty temporary folder)."""
     names = [card_name(p) for p in result.parents]
-    top = "joint" if result.has_heads else "none" if any(result.weights.private) else "standard"
-    if top != "none":  # a partial merge of parents without heads is one model per parent, no single model
+    if result.has_heads:  # extractive QA heads form no joint model: their task folders only
+        top = "joint" if serves_joint(result.parents[0].model) else "tasks"
+    else:
+        top = "none" if any(result.weights.private) else "standard"
+    if top not in ("none", "tasks"):  # one model per parent, no single model
         result.model.save_pretrained(folder, max_shard_size=max_shard_size)
         _save_processor(result.parents[0].processor, folder)
     for i, (parent, task) in enumerate(zip(result.parents, result.task_models)):

@@ -164,3 +164,75 @@ def test_head_of_ready_batches_takes_their_first_samples():
     assert seen(fit.head(4)) == seen(fit)[:4]
     with pytest.raises(DataError, match="split\\(\\) the calibration before taking its head"):
         head.split(0.5)
+
+
+# ------------------------------------------------------------------ what a cell holds
+def test_texts_are_cut_where_the_tokenizer_or_the_parents_positions_end():
+    from conftest import tiny_model
+    from hf_mudsc.data import MAX_TEXT_LENGTH, text_length
+    from parents_on_disk import tokenizer
+
+    tok = tokenizer()  # model_max_length 64
+    bert, short_bert = tiny_model("bert-seq"), tiny_model("bert-seq", max_position_embeddings=24)
+    roberta = tiny_model("roberta-seq", max_position_embeddings=40)  # positions start past the padding index
+    assert text_length(tok, [bert]) == min(MAX_TEXT_LENGTH, 64)
+    assert text_length(tok, [bert, short_bert]) == 24
+    assert text_length(tok, [roberta]) == 40 - roberta.config.pad_token_id - 1
+    long = Dataset.from_dict({"text": [" ".join(["game"] * 200)] * 4})
+    (batch,) = list(calibration(long, tok, "text", num_samples=4, batch_size=4, max_length=24))
+    assert batch["input_ids"].shape == (4, 24)
+
+
+def test_parents_with_few_positions_merge_long_texts(tmp_path):
+    """Parents of 24 positions, texts of 200 words: the calibration is cut to fit (was a crash in
+    the statistics pass: the texts were cut at 128 tokens whatever the parents)."""
+    from hf_mudsc import MuDSCMerger
+    from parents_on_disk import save_bert
+
+    folders = [save_bert(tmp_path / f"p{s}", s, ["a", "b"], max_position_embeddings=24) for s in (0, 1)]
+    merger = MuDSCMerger.from_pretrained([str(f) for f in folders], "zipit")
+    data = Dataset.from_dict({"text": [" ".join(["game", "team", "vote"] * 70)] * 8})
+    result = merger.merge(data, num_samples=8, batch_size=4)
+    assert all(torch.isfinite(p).all() for p in result.task_models[0].parameters())
+
+
+def test_missing_texts_are_empty_and_word_lists_are_one_text_each():
+    from parents_on_disk import tokenizer
+
+    tok = tokenizer()
+    data = Dataset.from_dict({"sentence1": ["good game", None], "sentence2": [None, "bad law"],
+                              "tokens": [["good", "game"], ["bad", "law", "court"]]})
+
+    def decoded(column):
+        calib = calibration(data, tok, "text", num_samples=2, batch_size=2, column=column, seed=0)
+        return sorted(tok.decode(ids[mask.bool()]) for b in calib for ids, mask in zip(b["input_ids"], b["attention_mask"]))
+
+    assert decoded("sentence1") == ["[CLS] [SEP]", "[CLS] good game [SEP]"]  # not the text "None" ([UNK])
+    assert decoded("sentence1,sentence2") == ["[CLS] [SEP] bad law [SEP]", "[CLS] good game [SEP] [SEP]"]
+    assert decoded("tokens") == ["[CLS] bad law court [SEP]", "[CLS] good game [SEP]"]  # not pairs of words
+    assert calibration(data, tok, "text", num_samples=2, batch_size=2).column == ("sentence1", "sentence2")
+    assert calibration(data.remove_columns(["sentence1", "sentence2"]), tok, "text", num_samples=2,
+                       batch_size=2).column == ("tokens",)
+
+
+def test_images_take_the_parents_channels_and_paths_are_opened(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from parents_on_disk import image_processor
+
+    rng = np.random.default_rng(0)
+    grey = Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8), mode="L")
+    rgba = Image.fromarray(rng.integers(0, 256, (16, 16, 4), dtype=np.uint8), mode="RGBA")
+    grey.save(tmp_path / "grey.png")
+    data = Dataset.from_dict({"image": [grey, rgba]})
+    (batch,) = list(calibration(data, image_processor(), "image", num_samples=2, batch_size=2, channels=3))
+    assert batch["pixel_values"].shape == (2, 3, 16, 16)
+    as_rgb = image_processor()([grey.convert("RGB"), rgba.convert("RGB")], return_tensors="pt")["pixel_values"]
+    assert torch.equal(batch["pixel_values"], as_rgb)
+    paths = Dataset.from_dict({"image": [str(tmp_path / "grey.png")] * 2})
+    (batch,) = list(calibration(paths, image_processor(), "image", num_samples=2, batch_size=2, channels=3))
+    assert torch.equal(batch["pixel_values"][0], as_rgb[0])
+    words = Dataset.from_dict({"image": ["a cat on a mat", "a dog"]})
+    with pytest.raises(DataError, match="holds text, not images or paths of image files: 'a"):
+        list(calibration(words, image_processor(), "image", num_samples=2, batch_size=2, channels=3))

@@ -154,6 +154,83 @@ def test_custom_code_is_refused_unless_trusted(inputs, tmp_path, capsys, model_t
     assert not marker.exists() and not (tmp_path / "merged").exists()
 
 
+# --------------------------------------------------------------------------- parents that differ
+def _bert_variant(root: Path, name: str, **overrides) -> Path:
+    if name == "multiple-choice":
+        from transformers import AutoTokenizer, BertConfig, BertForMultipleChoice
+
+        from conftest import KW
+
+        torch.manual_seed(1)
+        folder = root / name
+        BertForMultipleChoice(BertConfig(**KW, vocab_size=99)).save_pretrained(folder)
+        AutoTokenizer.from_pretrained(root / "bert").save_pretrained(folder)
+        return folder
+    return save_bert(root / name, 1, ["c", "d"], **overrides)
+
+
+@pytest.mark.parametrize("name, overrides, fragments", [
+    ("relu", dict(hidden_act="relu"), ["config field 'hidden_act'", "'gelu'", "'relu'"]),
+    ("eps", dict(layer_norm_eps=1e-5), ["config field 'layer_norm_eps'"]),
+    ("positions", dict(max_position_embeddings=32), ["config field 'max_position_embeddings'"]),
+    ("bfloat16", dict(dtype=torch.bfloat16), ["different dtypes", "--torch-dtype float32"]),
+    ("multiple-choice", {}, ["multiple-choice head"]),
+])
+def test_parents_that_cannot_merge_are_refused_before_any_pass(tmp_path, capsys, name, overrides, fragments):
+    """Refused at load time, in one line, nothing written (were: a crash in the statistics pass, in
+    the apply or the repairs, or a refusal to save after the whole merge)."""
+    from parents_on_disk import save_text_data
+
+    first = save_bert(tmp_path / "bert", 0, ["a", "b"])
+    other = _bert_variant(tmp_path, name, **overrides)
+    data = save_text_data(tmp_path / "data", n=8)["disk"]
+    for pair in ((first, other), (other, first)) if name != "multiple-choice" else ((other, first),):
+        code, _, stderr = run(capsys, "merge", *pair, "--dataset", data, "--num-samples", "8",
+                              "--out", tmp_path / "merged")
+        one_line_error(code, stderr, *fragments)
+        assert not (tmp_path / "merged").exists()
+
+
+def test_parents_that_differ_in_dropout_only_merge_into_one_joint_model(tmp_path, capsys):
+    """Dropout does not change what a model computes at inference: the joint model is written (the
+    task models keep their own rates)."""
+    first = save_bert(tmp_path / "a", 0, ["a", "b"])
+    other = save_bert(tmp_path / "b", 1, ["c", "d"], hidden_dropout_prob=0.3, initializer_range=0.02)
+    code, _, stderr = run(capsys, "merge", first, other, "--method", "weight-matching", "--out", tmp_path / "m")
+    assert (code, stderr) == (0, "")
+    joint = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert [c["hidden_dropout_prob"] for c in joint["task_configs"]] == [0.1, 0.3]
+
+
+def test_question_answering_parents_give_task_models_and_no_joint_model(tmp_path, capsys):
+    """Extractive QA heads (a start and an end logit per token) form no joint model: the folder holds
+    the task models, and its card loads them with their Auto class (transformers 5 has no QA pipeline)."""
+    from transformers import AutoModelForQuestionAnswering, AutoTokenizer, BertConfig, BertForQuestionAnswering
+
+    from conftest import KW
+    from parents_on_disk import save_text_data, tokenizer
+
+    folders = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        folders.append(tmp_path / f"qa{seed}")
+        BertForQuestionAnswering(BertConfig(**KW, vocab_size=99)).save_pretrained(folders[-1])
+        tokenizer().save_pretrained(folders[-1])
+    data = save_text_data(tmp_path / "data", n=8)["disk"]
+    out = tmp_path / "merged"
+    code, _, stderr = run(capsys, "merge", *folders, "--dataset", data, "--num-samples", "8", "--out", out)
+    assert (code, stderr) == (0, "")
+    assert not (out / "config.json").exists()
+    card = (out / "README.md").read_text()
+    assert "AutoModelForQuestionAnswering.from_pretrained" in card and "pipeline(" not in card
+    model = AutoModelForQuestionAnswering.from_pretrained(out / "tasks" / "1")
+    answer = model(**AutoTokenizer.from_pretrained(out / "tasks" / "1")(["good game"], return_tensors="pt"))
+    assert answer.start_logits.shape == (1, 4) and torch.isfinite(answer.end_logits).all()
+    merger = MuDSCMerger.from_pretrained([str(f) for f in folders], "weight-matching")
+    with pytest.raises(ValueError, match="form no joint model: use result.task_models"):
+        merger.merge().model
+
+
 # --------------------------------------------------------------------------- interrupts
 def no_output_left(tmp_path: Path) -> None:
     """Neither the output, nor its parent folder, nor a temporary or moved-aside folder."""
@@ -474,7 +551,8 @@ def test_a_split_of_a_single_table_is_refused_not_ignored(inputs, tmp_path, caps
 
 def test_one_folder_merged_with_itself_is_the_folder(inputs, tmp_path, capsys):
     """Parents of one name (a folder twice, a Hub id at two revisions, loaded models without a
-    name) still give distinct task names; an identity merge returns the parent's weights."""
+    name) still give distinct task names, the folder's own name and never its path; an identity
+    merge returns the parent's weights."""
     from parents_on_disk import weight_bytes
 
     out = tmp_path / "merged"
@@ -482,7 +560,7 @@ def test_one_folder_merged_with_itself_is_the_folder(inputs, tmp_path, capsys):
     assert (code, stderr) == (0, "")
     assert weight_bytes(out / "tasks" / "0") == weight_bytes(out / "tasks" / "1") == weight_bytes(inputs["vit0"])
     names = json.loads((out / "config.json").read_text())["task_names"]
-    assert names == [f"{inputs['vit0']}#0", f"{inputs['vit0']}#1"]
+    assert names == [f"{inputs['vit0'].name}#0", f"{inputs['vit0'].name}#1"]
 
 
 def test_an_interrupted_statistics_pass_leaves_the_parents_as_they_were(monkeypatch):

@@ -146,7 +146,7 @@ def hub_ids(names: Sequence[str]) -> list[str]:
 
 
 # What the top of a merged folder holds (``top`` of :func:`build_model_card`).
-TOPS = ("joint", "standard", "none", "task")
+TOPS = ("joint", "standard", "none", "tasks", "task")
 
 
 def _merged_part(merge_layers: int | None, num_layers: int | None) -> tuple[str, bool]:
@@ -171,6 +171,8 @@ def _parents_section(base_models: Sequence[str], task_folders: Sequence[str], to
                     "is merged, so one model serves them all.",
         "none": "The folder root holds no model: the parents have no task heads and only part of the layers is "
                 "merged, so each parent keeps its own model in its folder.",
+        "tasks": "The folder root holds no model: the parents' heads (extractive question answering) form no joint "
+                 "model, so each parent keeps its own model in its folder.",
     }[top]
     return _section(
         "What was merged",
@@ -215,14 +217,30 @@ def _repair_section(repairs: Sequence[Mapping[str, Any]]) -> str:
     )
 
 
+# Tasks that transformers serves with a model class but no ``pipeline`` (it dropped extractive QA's)
+_AUTO_CLASSES = {"question-answering": "AutoModelForQuestionAnswering"}
+
+
+def _loader(task: str, source: str) -> tuple[str, str]:
+    """The import and the line that load a checkpoint at ``source`` (a Python expression) for ``task``:
+    its ``pipeline``, or its Auto class where transformers has no pipeline for it."""
+    from transformers.pipelines import SUPPORTED_TASKS
+
+    auto = _AUTO_CLASSES.get(task)
+    if auto is None or task in SUPPORTED_TASKS:
+        return "from transformers import pipeline", f'task_model = pipeline("{task}", model={source})'
+    return f"from transformers import {auto}", f"task_model = {auto}.from_pretrained({source})"
+
+
 def _usage_section(
     model_id: str, pipeline_task: str | None, task_folders: Sequence[str], library_name: str, top: str
 ) -> str:
     task = pipeline_task or "<task>"
+    imported, line = _loader(task, f'f"{{path}}/{task_folders[0]}"')
     tasks = (
-        "```python\nfrom huggingface_hub import snapshot_download\nfrom transformers import pipeline\n\n"
+        f"```python\nfrom huggingface_hub import snapshot_download\n{imported}\n\n"
         f'path = snapshot_download("{model_id}")  # or the path of a local copy\n'
-        f'task_model = pipeline("{task}", model=f"{{path}}/{task_folders[0]}")\n```'
+        f"{line}\n```"
     )
     parts = [
         f"Each parent's merged model is a standard `{library_name}` checkpoint under "
@@ -230,9 +248,8 @@ def _usage_section(
         tasks,
     ]
     if top == "task":
-        parts = [f"This folder is a standard `{library_name}` checkpoint:",
-                 "```python\nfrom transformers import pipeline\n\n"
-                 f'task_model = pipeline("{task}", model="{model_id}")\n```']
+        imported, line = _loader(task, f'"{model_id}"')
+        parts = [f"This folder is a standard `{library_name}` checkpoint:", f"```python\n{imported}\n\n{line}\n```"]
     elif top == "joint":
         parts += ["The joint model predicts over the union of the parents' labels:",
                   ("```python\nimport hf_mudsc  # registers the joint model with the Auto classes\n"
@@ -275,7 +292,8 @@ def build_model_card(
     ``task_name``: the ``pipeline`` task of the usage snippet (defaults to ``pipeline_tag``);
     ``task_folders``: where each parent's merged checkpoint lives (default ``tasks/<i>``);
     ``model_id``: the Hub id or folder the snippets load from; ``top``: what the folder holds at its
-    top: ``joint`` (the joint model), ``standard`` (one merged standard model), ``none``, or ``task``
+    top: ``joint`` (the joint model), ``standard`` (one merged standard model), ``none`` (base models, a
+    partial merge), ``tasks`` (heads that form no joint model), or ``task``
     (the card of one parent's merged checkpoint, the folder itself); ``merge_layers`` of
     ``num_layers``: a partial merge (``None``: every layer); ``base_model_ids``: the Hub ids for the
     ``base_model`` metadata (default: the names in ``base_models`` that are Hub ids).
