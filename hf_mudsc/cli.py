@@ -31,7 +31,7 @@ DATA_FIELDS: dict[str, tuple[Any, str]] = {
     "dataset": (str, "calibration data: Hub id, local file/folder for datasets.load_dataset, or a save_to_disk folder"),
     "split": (str, "dataset split (default: train, else the first)"),
     "column": (str, "text or image column, or two text columns 'a,b' (default: found by name)"),
-    "num_samples": (int, "calibration examples (default 256)"),
+    "num_samples": (int, "calibration examples (default 256, or every row of a smaller dataset)"),
     "batch_size": (int, "batch size (default 16; texts go in batches of similar lengths, about this many "
                         "times the mean length in tokens)"),
 }
@@ -403,7 +403,8 @@ def _merge(args: argparse.Namespace) -> int:
                            "without --repair)")
         data = load_calibration_dataset(recipe["dataset"], recipe.get("split"), token=args.token)
     accelerator = _launched_accelerator()
-    result = merger.merge(data, num_samples=int(recipe.get("num_samples", 256)),
+    samples = recipe.get("num_samples")
+    result = merger.merge(data, num_samples=None if samples is None else int(samples),
                           batch_size=int(recipe.get("batch_size", 16)), column=recipe.get("column"),
                           progress=_interactive(), accelerator=accelerator)
     if accelerator is not None:  # every rank streamed its shard; only the main one writes and pushes

@@ -17,6 +17,7 @@ TEXT_COLUMNS = ("text", "sentence", "content", "review", "question", "document",
 TEXT_PAIRS = (("sentence1", "sentence2"), ("premise", "hypothesis"), ("question1", "question2"),
               ("question", "sentence"), ("sentence_A", "sentence_B"))
 IMAGE_COLUMNS = ("image", "img", "picture", "pixel_values")
+DEFAULT_SAMPLES = 256  # rows drawn when none is said (every row of a smaller dataset)
 MAX_TEXT_LENGTH = 128  # tokens per text at most (fewer where the tokenizer or the parents' positions allow fewer)
 LENGTH_WINDOW = 64  # texts are grouped by length within windows of this many batches' worth of rows
 SHUFFLE_BUFFER = 1000  # rows a streamed dataset is shuffled through, at least (see Calibration.sampling)
@@ -199,7 +200,7 @@ def calibration(
     processor: Any,
     modality: str,
     *,
-    num_samples: int,
+    num_samples: int | None,
     batch_size: int,
     column: str | Sequence[str] | None = None,
     seed: int = 0,
@@ -211,12 +212,16 @@ def calibration(
     ``data``: a ``datasets.Dataset`` or ``IterableDataset`` with a text or image column, or a
     pair of text columns (found by name, or ``column``: a name, two names, or ``"a,b"``), or
     any re-iterable of dicts of input tensors (a DataLoader), or a :class:`Calibration`
-    (e.g. one part of :meth:`Calibration.split`), taken as it is. ``seed`` draws the rows;
+    (e.g. one part of :meth:`Calibration.split`), taken as it is. ``num_samples``: rows drawn
+    (``None``: :data:`DEFAULT_SAMPLES`, or every row of a dataset that has fewer); ``seed`` draws the rows;
     ``max_length``: tokens per text at most; ``channels``: what images are converted to (the
     parents' ``num_channels``).
     """
     if isinstance(data, Calibration):
         return data
+    size = _length(data)
+    if num_samples is None:
+        num_samples = DEFAULT_SAMPLES if not size else min(DEFAULT_SAMPLES, size)
     if not isinstance(num_samples, int) or num_samples < 1:
         raise DataError(f"num_samples must be a positive integer, got {num_samples}")
     if not isinstance(batch_size, int) or batch_size < 1:
@@ -237,7 +242,6 @@ def calibration(
     if processor is None and cols != ("pixel_values",):
         kind = "tokenizer" if modality == "text" else "image processor"
         raise DataError(f"the parents have no {kind}: save one with the model, or pass ready batches of inputs")
-    size = _length(data)
     if size == 0:
         raise DataError("the calibration data is empty")
     if size is not None and size < num_samples:

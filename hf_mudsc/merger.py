@@ -130,7 +130,7 @@ class MuDSCMerger:
         self,
         data: Any,
         *,
-        num_samples: int = 256,
+        num_samples: int | None = None,
         batch_size: int = 16,
         column: str | Sequence[str] | None = None,
         accelerator: Any = None,
@@ -142,8 +142,9 @@ class MuDSCMerger:
         correlation (all that a later :meth:`solve` needs from the data).
 
         ``data``: see :func:`hf_mudsc.data.calibration`; a seeded random draw of ``num_samples`` rows
-        (the seed of the recipe), recorded in :attr:`calibration`, in batches of ``batch_size`` rows
-        (texts: grouped by length, about ``batch_size`` times the mean length in tokens per batch).
+        (the seed of the recipe; default 256, or every row of a smaller dataset), recorded in
+        :attr:`calibration`, in batches of ``batch_size`` rows (texts: grouped by length, about
+        ``batch_size`` times the mean length in tokens per batch).
         One pass, or several when the float64 accumulators of all spaces would exceed
         ``memory_budget_gb``: spaces are then collected in groups that fit, one pass per group.
         ``holdout``: the fraction of the drawn rows kept out of the statistics, to score candidates
@@ -153,7 +154,7 @@ class MuDSCMerger:
                       accelerator=accelerator, progress=progress, memory_budget_gb=memory_budget_gb,
                       holdout=holdout)
 
-    def prepare_calibration(self, data: Any, *, num_samples: int = 256, batch_size: int = 16,
+    def prepare_calibration(self, data: Any, *, num_samples: int | None = None, batch_size: int = 16,
                             column: str | Sequence[str] | None = None, seed: int | None = None) -> Calibration:
         """The calibration rows that :meth:`collect` draws from ``data`` (``seed``: the recipe's by
         default), prepared by the parents' tokenizer or image processor. Split it with
@@ -165,7 +166,7 @@ class MuDSCMerger:
                            max_length=text_length(processor, models),
                            channels=getattr(models[0].config, "num_channels", None))
 
-    def _collect(self, config: MergeConfig, data: Any, *, num_samples: int, batch_size: int,
+    def _collect(self, config: MergeConfig, data: Any, *, num_samples: int | None, batch_size: int,
                  column: str | Sequence[str] | None, accelerator: Any, progress: bool,
                  memory_budget_gb: float | None = None, holdout: float | None = None) -> None:
         """:meth:`collect` with the statistics settings of ``config``."""
@@ -320,7 +321,7 @@ class MuDSCMerger:
         self,
         data: Any = None,
         *,
-        num_samples: int = 256,
+        num_samples: int | None = None,
         batch_size: int = 16,
         column: str | Sequence[str] | None = None,
         accelerator: Any = None,

@@ -3,6 +3,7 @@
 stderr, a non-zero exit, and nothing written."""
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -122,6 +123,16 @@ def test_merge_images_from_a_save_to_disk_folder_equals_the_python_api(inputs, t
     assert all_weight_bytes(out) == result_folder_bytes(expected, tmp_path / "python")
     card = ModelCard.load(out / "README.md").data
     assert card.pipeline_tag == "image-classification" and "mudsc" in card.tags
+
+
+def test_a_dataset_smaller_than_the_default_draw_is_read_whole(inputs, tmp_path, capsys):
+    """No --num-samples and 24 rows: the 24 rows, not an error (an explicit 25 is one: "too few examples")."""
+    out = tmp_path / "merged"
+    options = IMAGE_ARGS[2:]  # without --num-samples
+    code, _, stderr = run(capsys, "merge", inputs["vit0"], inputs["vit1"], "--dataset", inputs["image_disk"],
+                          *options, "--out", out)
+    assert code == 0 and "fewer than num_samples" not in stderr, stderr
+    assert json.loads((out / "merge_recipe.json").read_text())["calibration"]["num_samples"] == 24
 
 
 @pytest.fixture(scope="module")
