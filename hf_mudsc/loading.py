@@ -135,12 +135,15 @@ def _refuse_custom_code(name: str, *, revision: str | None, token: str | bool | 
                           "its source")
 
 
-# Config fields that do not change what a model computes: labels and bookkeeping, runtime switches, the
-# initialiser's scale (and every dropout rate, by name). Parents and task models may differ in them.
+# Config fields that do not change what an encoder with these heads computes: labels and bookkeeping,
+# runtime switches, the initialiser's scale, generation's token ids, the tying and the image decoder of
+# language / masked-image heads that are not merged (and every dropout rate, by name). Parents and
+# task models may differ in them.
 FREE_CONFIG_FIELDS = frozenset({
     "id2label", "label2id", "problem_type", "finetuning_task", "architectures", "_name_or_path", "dtype",
     "transformers_version", "tokenizer_class", "initializer_range", "use_cache", "output_attentions",
     "output_hidden_states", "return_dict", "torchscript", "chunk_size_feed_forward", "gradient_checkpointing",
+    "bos_token_id", "eos_token_id", "tie_word_embeddings", "encoder_stride",
 })
 # The widths and the depth: a merge of parents of different shapes reconciles them (hf_mudsc.hetero).
 SHAPE_FIELDS = frozenset({"hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",

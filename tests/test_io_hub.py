@@ -135,3 +135,24 @@ def test_fake_hub_rejects_invalid_card(hub: FakeHub, folder: Path) -> None:
     with pytest.raises(ValueError, match="Invalid metadata in README.md"):
         push_folder(folder, "me/merged", token=TOKEN, endpoint=hub.url)
     assert hub.commits == []
+
+
+def test_a_hub_that_does_not_answer_is_a_one_line_connection_error(
+    folder: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing listens at the endpoint: a ``ConnectionError`` naming it (the command line: one line,
+    exit 2), not the HTTP client's own exception and traceback."""
+    import socket
+
+    from hf_mudsc.cli import main
+
+    with socket.socket() as sock:  # a port that was free a moment ago: nothing listens on it
+        sock.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    with pytest.raises(ConnectionError, match=f"cannot reach the Hub at {endpoint}"):
+        push_folder(folder, "me/merged", token=TOKEN, endpoint=endpoint)
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    code = main(["push", str(folder), "me/merged", "--token", TOKEN])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("hf-mudsc: error: cannot reach the Hub"), err

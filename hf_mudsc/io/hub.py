@@ -9,6 +9,7 @@ files) into several commits; merge folders are far below that, so the card lands
 """
 from __future__ import annotations
 
+import importlib
 import logging
 from pathlib import Path
 
@@ -47,15 +48,29 @@ def push_folder(
     folder = Path(folder).expanduser().resolve()
     _check_folder(folder)
     api = HfApi(endpoint=endpoint, token=token)
-    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=exist_ok)
-    if revision is not None:
-        api.create_branch(repo_id, branch=revision, repo_type="model", exist_ok=True)
-    logger.info("uploading %s to %s on %s", folder, repo_id, api.endpoint)
-    info = api.upload_folder(
-        repo_id=repo_id,
-        folder_path=folder,
-        repo_type="model",
-        revision=revision,
-        commit_message=commit_message or DEFAULT_COMMIT_MESSAGE,
-    )
+    try:
+        api.create_repo(repo_id, repo_type="model", private=private, exist_ok=exist_ok)
+        if revision is not None:
+            api.create_branch(repo_id, branch=revision, repo_type="model", exist_ok=True)
+        logger.info("uploading %s to %s on %s", folder, repo_id, api.endpoint)
+        info = api.upload_folder(
+            repo_id=repo_id,
+            folder_path=folder,
+            repo_type="model",
+            revision=revision,
+            commit_message=commit_message or DEFAULT_COMMIT_MESSAGE,
+        )
+    except _transport_errors() as err:  # no answer at all (the Hub's own answers are HfHubHTTPError, an OSError)
+        raise ConnectionError(f"cannot reach the Hub at {api.endpoint}: {err}") from err
     return info.commit_url
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """The network failures (refused, timed out, DNS) of the HTTP client huggingface_hub uses: httpx2
+    from huggingface_hub 2, httpx before."""
+    for name in ("httpx2", "httpx"):
+        try:
+            return (importlib.import_module(name).TransportError,)
+        except (ImportError, AttributeError):
+            continue
+    return ()
