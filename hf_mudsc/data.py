@@ -17,6 +17,9 @@ TEXT_COLUMNS = ("text", "sentence", "content", "review", "question", "document",
 TEXT_PAIRS = (("sentence1", "sentence2"), ("premise", "hypothesis"), ("question1", "question2"),
               ("question", "sentence"), ("sentence_A", "sentence_B"))
 IMAGE_COLUMNS = ("image", "img", "picture", "pixel_values")
+# ``datasets``' builders of local files: a dataset read by one of them is named after it ("csv"), not after the data
+FILE_BUILDERS = frozenset({"csv", "json", "parquet", "text", "arrow", "pandas", "sql", "generator", "imagefolder",
+                           "audiofolder", "videofolder", "webdataset"})
 DEFAULT_SAMPLES = 256  # rows drawn when none is said (every row of a smaller dataset)
 MAX_TEXT_LENGTH = 128  # tokens per text at most (fewer where the tokenizer or the parents' positions allow fewer)
 LENGTH_WINDOW = 64  # texts are grouped by length within windows of this many batches' worth of rows
@@ -248,6 +251,8 @@ def calibration(
         raise DataError(f"the calibration data has {size} examples, fewer than num_samples={num_samples}; "
                         "lower num_samples or give more data")
     name = getattr(getattr(data, "info", None), "dataset_name", None)
+    if name in FILE_BUILDERS:  # read from local files: the builder's name, not the data's
+        name = None
     indices = None
     if size is not None and hasattr(data, "__getitem__"):  # map-style: a seeded draw of row indices
         indices = np.random.default_rng(seed).choice(size, num_samples, replace=False)

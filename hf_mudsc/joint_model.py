@@ -134,6 +134,7 @@ class MuDSCJointModel(PreTrainedModel):
         task_configs, id2label_per_task = [], []
         for m in task_models:
             d = m.config.to_dict()
+            d.pop("_name_or_path", None)  # where the parent was read from (a local path): not the task's
             d["architectures"] = [type(m).__name__]
             d["dtype"] = str(m.dtype).removeprefix("torch.")
             task_configs.append(d)
@@ -148,7 +149,7 @@ class MuDSCJointModel(PreTrainedModel):
             task_names=list(task_names),
             label_offsets=offsets,
             id2label=dict(enumerate(labels)),
-            label2id={label: j for j, label in enumerate(labels)},
+            label2id={label: j for j, label in reversed(list(enumerate(labels)))},  # "O": its first
         )
         with init.no_init_weights():
             joint = cls(config).to(first.dtype)
@@ -254,17 +255,24 @@ def _check_tasks(task_models: Sequence[PreTrainedModel], shared: set[str], task_
                 raise ValueError(f"buffer {name!r} differs between task 0 and task {i} ({task_names[i]})")
 
 
+# The IOB tag of a token outside every entity: it means the same in every task, and token-classification
+# pipelines drop it by name, so it is never prefixed.
+OUTSIDE = "O"
+
+
 def _union_labels(id2label_per_task: Sequence[Sequence[str]], task_names: Sequence[str]) -> tuple[list[str], list[int]]:
-    """Union label names in task order (a name found in several tasks is prefixed ``"{task}/"``) and offsets."""
+    """Union label names in task order (a name found in several tasks is prefixed ``"{task}/"``, but
+    :data:`OUTSIDE`) and offsets."""
     seen: dict[str, int] = {}
     for labels in id2label_per_task:
         for label in set(labels):
             seen[label] = seen.get(label, 0) + 1
     names, offsets = [], [0]
     for task, labels in zip(task_names, id2label_per_task):
-        names += [f"{task}/{label}" if seen[label] > 1 else label for label in labels]
+        names += [f"{task}/{label}" if seen[label] > 1 and label != OUTSIDE else label for label in labels]
         offsets.append(len(names))
-    if len(set(names)) != len(names):
+    named = [n for n in names if n != OUTSIDE]
+    if len(set(named)) != len(named):
         raise ValueError(f"union label names are not unique: {names}")
     return names, offsets
 

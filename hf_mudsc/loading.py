@@ -56,7 +56,7 @@ def load_parent(
 ) -> Parent:
     """Load one parent with the class named in its config, plus its processor."""
     if isinstance(source, PreTrainedModel):
-        name = getattr(source, "name_or_path", "") or type(source).__name__
+        name = getattr(source, "name_or_path", "") or f"in-memory {type(source).__name__}"  # never a Hub id
         return Parent(str(name), source.eval(), unit_map_of(source), None)
     name = str(source)
     _check_local(name)

@@ -338,7 +338,14 @@ class MuDSCMerger:
         """
         config = self.config.with_updates(**overrides) if overrides else self.config
         auto = config.method == "auto"
+        if data is None and num_samples is not None:
+            raise ValueError("num_samples counts the rows drawn from the data given with it: pass merge(data, "
+                             "num_samples=...), or leave it out to reuse the collected data")
         if config.needs_data and (data is not None or self._activation is None or (auto and self._heldout is None)):
+            if data is None and auto and self._activation is not None:
+                raise ValueError("method 'auto' scores its candidates on calibration rows held out of the statistics, "
+                                 "which collect() kept none of: call merge(data, method='auto') or "
+                                 "collect(data, holdout=0.25) first")
             if data is None:
                 raise ValueError(f"method '{config.method}' needs calibration data (or use method='weight-matching')")
             self._collect(config, data, num_samples=num_samples, batch_size=batch_size, column=column,
@@ -349,6 +356,11 @@ class MuDSCMerger:
             self._calibration_source = self.prepare_calibration(data, num_samples=num_samples, batch_size=batch_size,
                                                                 column=column, seed=config.seed)
             self.calibration = self._calibration_source.describe()
+        elif config.resolved_repair and self._calibration_source.column is not None \
+                and self._calibration_source.seed != config.seed:  # drawn rows, not ready batches
+            raise ValueError(f"seed={config.seed} would draw other calibration rows than the collected ones (seed "
+                             f"{self._calibration_source.seed}), which the repairs read: pass the data again "
+                             "(merge(data, ...))")
         if auto:
             return choose(self, config, self._heldout, progress=progress)
         transforms, report = self.solve(progress=progress, config=config)
@@ -454,10 +466,11 @@ class MergeResult:
         return self._model
 
     def recipe(self) -> dict[str, Any]:
-        """What was merged and how: enough to re-apply the merge without the data."""
+        """What was merged and how: enough to re-apply the merge without the data (local parents by
+        their absolute paths, so that a re-apply from any folder finds them)."""
         return {
             "hf_mudsc_version": _version(),
-            "parents": [p.name for p in self.parents],
+            "parents": [p.name if p.local_path is None else str(p.local_path) for p in self.parents],
             "config": self.config.to_dict(),
             "calibration": self.calibration,
             "report": self.report,

@@ -195,6 +195,25 @@ def test_apply_gives_byte_identical_weights(text_merge, tmp_path, capsys):
     assert (tmp_path / "again" / "README.md").read_text() == (text_merge / "README.md").read_text()
 
 
+def test_a_merge_of_relative_folders_is_reapplied_from_anywhere(inputs, tmp_path, capsys, monkeypatch):
+    """The recipe keeps local parents by absolute path: `apply` run from another folder finds them (a
+    relative path would have been looked up on the Hub); a file's builder ("csv") is no dataset name."""
+    monkeypatch.chdir(inputs["root"])
+    out = tmp_path / "merged"
+    code, _, stderr = run(capsys, "merge", "bert0", "bert1", "--dataset", inputs["csv"], *TEXT_ARGS, "--repair",
+                          "none", "--out", out)
+    assert (code, not_warnings(stderr)) == (0, "")
+    recipe = json.loads((out / "merge_recipe.json").read_text())
+    assert recipe["parents"] == [str(inputs["bert0"].resolve()), str(inputs["bert1"].resolve())]
+    assert recipe["calibration"]["name"] is None and ModelCard.load(out / "README.md").data.datasets is None
+    joint = json.loads((out / "config.json").read_text())
+    assert all("_name_or_path" not in task for task in joint["task_configs"])  # no local path in the joint config
+    monkeypatch.chdir(tmp_path)
+    code, _, stderr = run(capsys, "apply", out, "--out", tmp_path / "again")
+    assert (code, not_warnings(stderr)) == (0, "")
+    assert all_weight_bytes(tmp_path / "again") == all_weight_bytes(out)
+
+
 def test_non_empty_output_is_refused_without_overwrite_and_replaced_with_it(inputs, text_merge, tmp_path, capsys):
     out = tmp_path / "taken"
     out.mkdir()

@@ -111,6 +111,26 @@ def test_colliding_labels_get_task_prefixes() -> None:
     assert joint.config.label2id["pond/dog"] == 3
 
 
+def test_the_outside_tag_keeps_its_name_in_every_task(tmp_path) -> None:
+    """Token classification: "O" of either task stays "O" (a pipeline drops it by name; prefixed, it was
+    taken for an entity), other shared tags are prefixed."""
+    labels = ({0: "O", 1: "B-PER", 2: "I-PER"}, {0: "O", 1: "B-PER"})
+    models, shared = task_pair("bert-token", labels=labels)
+    joint = MuDSCJointModel.from_task_models(models, shared, ["people", "more"])
+    assert joint.config.id2label == {0: "O", 1: "people/B-PER", 2: "I-PER", 3: "O", 4: "more/B-PER"}
+    assert joint.config.label2id["O"] == 0
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(94)]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tf.BertTokenizer(vocab_file=str(tmp_path / "vocab.txt")).save_pretrained(tmp_path)
+    with torch.no_grad():  # every token's best label is an "O" of one task or the other
+        for name, p in joint.named_parameters():
+            if name.endswith("classifier.bias") or name.endswith("classifier__bias"):
+                p.copy_(torch.tensor([50.0, 0, 0] if p.numel() == 3 else [50.0, 0]))
+    joint.save_pretrained(tmp_path)
+    tag = tf.pipeline("token-classification", model=str(tmp_path), tokenizer=str(tmp_path))
+    assert tag("w1 w2 w3") == []
+
+
 def test_labels_give_union_cross_entropy_and_gradients() -> None:
     models, shared = task_pair("bert-seq")
     joint = MuDSCJointModel.from_task_models(models, shared, ["a", "b"])

@@ -71,6 +71,35 @@ def test_data_methods_need_data_and_weight_matching_does_not():
     assert result.calibration is None
 
 
+def test_a_merge_without_data_refuses_what_would_silently_differ_from_the_collected_data():
+    """num_samples without data; auto after a collect() that held nothing out; a seed that would draw
+    other rows for the repairs: each a ValueError that says what to do (were: ignored, or a message
+    about missing data)."""
+    from datasets import Dataset
+
+    a, b = tiny_model("vit-cls", seed=0, num_channels=3), tiny_model("vit-cls", seed=1, num_channels=3)
+    merger = MuDSCMerger.from_pretrained([a, b], "mudsc", max_sweeps=1)
+    rows = Dataset.from_dict({"pixel_values": torch.randn(16, 3, 16, 16, dtype=torch.float64).numpy()})
+    merger.collect(rows, num_samples=16, batch_size=8, progress=False)
+    with pytest.raises(ValueError, match="num_samples counts the rows drawn from the data given with it"):
+        merger.merge(num_samples=8, progress=False)
+    with pytest.raises(ValueError, match="held out of the statistics, which collect\\(\\) kept none of"):
+        merger.merge(method="auto", progress=False)
+    with pytest.raises(ValueError, match="seed=1 would draw other calibration rows than the collected ones"):
+        merger.merge(method="weight-matching", repair="heads", seed=1, progress=False)
+    assert merger.merge(method="weight-matching", repair="heads", progress=False).repairs[0]["samples"] == 16
+
+
+def test_in_memory_parents_are_named_as_such_not_as_hub_ids(tmp_path):
+    a, b = tiny_model("vit-cls", seed=0, dtype=torch.float32), tiny_model("vit-cls", seed=1, dtype=torch.float32)
+    result = MuDSCMerger.from_pretrained([a, b], "weight-matching").merge(progress=False)
+    assert [p.name for p in result.parents] == ["in-memory ViTForImageClassification"] * 2
+    result.save_pretrained(tmp_path / "merged")
+    from huggingface_hub import ModelCard
+
+    assert not ModelCard.load(tmp_path / "merged" / "README.md").data.base_model  # not a class name
+
+
 def test_average_is_plain_averaging():
     a, b = tiny_model("vit-cls", seed=0), tiny_model("vit-cls", seed=1)
     result = MuDSCMerger.from_pretrained([a, b], "average").merge(progress=False)

@@ -199,7 +199,7 @@ def test_folder_holds_safetensors_recipe_transforms_and_processors(parents, merg
         assert {prefix + "config.json", prefix + "model.safetensors", prefix + "README.md", prefix + processor} <= files
     assert {"merge_recipe.json", "merge_transforms.safetensors"} <= files
     recipe = json.loads((out / "merge_recipe.json").read_text())
-    assert recipe["parents"] == [str(p) for p in parents[modality]]
+    assert recipe["parents"] == [str(Path(p).resolve()) for p in parents[modality]]  # found from any folder
     assert recipe["config"]["method"] == SETTINGS[modality]["method"]
     assert recipe["calibration"]["num_samples"] == N
     saved = load_transforms(str(out / "merge_transforms.safetensors"))

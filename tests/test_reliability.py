@@ -383,7 +383,7 @@ def test_dead_ffn_unit(method, config):
     result, messages = merge_with_warnings([a, b], data, 12, method=method, **config)
     assert_sound(result, data)
     assert len(messages) == 1 and "units with constant activations" in messages[0]
-    assert "'layer.0.ffn' 1 of 64 units of 'ViTForImageClassification'" in messages[0]
+    assert "'layer.0.ffn' 1 of 64 units of 'in-memory ViTForImageClassification'" in messages[0]
 
 
 def test_zero_variance_weight_rows_give_zero_similarity_not_nan():
@@ -406,7 +406,7 @@ def test_model_with_a_zeroed_layer(kind, prefix, tmp_path):
     data = image_batches(dtype=torch.float32) if kind == "vit-cls" else text_batches(a)
     result, messages = merge_with_warnings([a, b], data, 12, method="mudsc", max_sweeps=2)
     assert_sound(result, data)
-    name = type(b).__name__
+    name = f"in-memory {type(b).__name__}"
     constant = [m for m in messages if "units with constant activations" in m]
     assert len(constant) == 1
     for space, units in (("layer.0.qk", 32), ("layer.0.vo", 32), ("layer.0.ffn", 64)):
@@ -425,7 +425,7 @@ def test_constant_residual_feature():
     data = text_batches(a)
     result, messages = merge_with_warnings([a, b], data, 12, method="zipit")
     assert_sound(result, data)
-    assert any("'residual' 1 of 32 units of 'BertForSequenceClassification'" in m for m in messages), messages
+    assert any("'residual' 1 of 32 units of 'in-memory BertForSequenceClassification'" in m for m in messages), messages
 
 
 def test_huge_activation_means_are_exact():
