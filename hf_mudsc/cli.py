@@ -483,6 +483,8 @@ def load_calibration_dataset(source: str, split: str | None = None, token: str |
             if kind is None:
                 raise CLIError(f"cannot read dataset file '{source}': use .csv, .json, .jsonl, .parquet or .txt")
             data = datasets.load_dataset(kind, data_files=str(path))
+        elif path.suffix.lower() in (".csv", ".json", ".jsonl", ".parquet", ".txt"):  # a file, not a Hub id
+            raise CLIError(f"dataset file '{source}' not found")
         elif path.is_dir() or could_be_hub_id(source):
             data = datasets.load_dataset(source, token=token)
         else:

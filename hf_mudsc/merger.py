@@ -517,6 +517,7 @@ def reapply(folder: str | Path, **load: Any) -> MergeResult:
         merger.align(recipe["layer_alignment"]["layer_map"])
     result = merger.apply(load_transforms(str(Path(folder, TRANSFORMS_NAME))), config, recipe.get("report"))
     result.calibration = recipe.get("calibration")
+    result.selection = recipe.get("selection")  # an automatic choice's table, for the card
     return result
 
 

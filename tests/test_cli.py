@@ -291,6 +291,8 @@ ERRORS = {
     "one parent": (lambda p, o: merge(p["vit0"], "--dataset", p["image_disk"], "--out", o), ["at least two models"]),
     "unsupported architecture": (lambda p, o: merge(p["gpt2"], p["vit1"], "--dataset", p["image_disk"], "--out", o),
                                  ["'gpt2' is not supported", "bert", "vit", "register_unit_map"]),
+    "dataset file missing": (lambda p, o: merge(p["bert0"], p["bert1"], "--dataset", "data/missing.csv", "--out", o),
+                             ["dataset file 'data/missing.csv' not found"]),
     "dataset missing": (lambda p, o: merge(p["vit0"], p["vit1"], "--dataset", p["root"] / "no-data", "--out", o),
                         ["dataset", "no-data", "not found"]),
     "no dataset": (lambda p, o: merge(p["vit0"], p["vit1"], "--out", o), ["needs calibration data", "--dataset"]),

@@ -75,3 +75,15 @@ def test_card_shows_every_candidate_and_the_choice(tmp_path):
     assert "Automatic choice" in card
     for name, _ in CANDIDATES:
         assert name in card
+
+
+def test_a_reapplied_automatic_choice_keeps_its_table(tmp_path):
+    from hf_mudsc import reapply
+    from parents_on_disk import image_dataset, vit_parents
+
+    folders = vit_parents(tmp_path / "parents")
+    result = MuDSCMerger.from_pretrained([str(f) for f in folders], "auto", repair="none", max_sweeps=1).merge(
+        image_dataset(16), num_samples=16, batch_size=8, progress=False)
+    again = reapply(result.save_pretrained(tmp_path / "out"))
+    assert again.selection == result.selection and any(r.get("chosen") for r in again.selection)
+    assert "Automatic choice" in (again.save_pretrained(tmp_path / "again") / "README.md").read_text()
