@@ -222,14 +222,14 @@ def calibration(
     """
     if isinstance(data, Calibration):
         return data
-    size = _length(data)
+    features = getattr(data, "features", None) or getattr(data, "column_names", None)
+    size = _length(data) if features is not None else None  # rows (the length of a loader counts batches)
     if num_samples is None:
         num_samples = DEFAULT_SAMPLES if not size else min(DEFAULT_SAMPLES, size)
     if not isinstance(num_samples, int) or num_samples < 1:
         raise DataError(f"num_samples must be a positive integer, got {num_samples}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise DataError(f"batch_size must be a positive integer, got {batch_size}")
-    features = getattr(data, "features", None) or getattr(data, "column_names", None)
     if features is None:
         if not isinstance(data, Iterable):
             raise DataError(f"calibration data must be a datasets.Dataset or an iterable of input batches, "

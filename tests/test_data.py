@@ -236,3 +236,13 @@ def test_images_take_the_parents_channels_and_paths_are_opened(tmp_path):
     words = Dataset.from_dict({"image": ["a cat on a mat", "a dog"]})
     with pytest.raises(DataError, match="holds text, not images or paths of image files: 'a"):
         list(calibration(words, image_processor(), "image", num_samples=2, batch_size=2, channels=3))
+
+
+def test_the_default_draw_counts_rows_not_batches():
+    """No num_samples: 256 rows, or every row of a smaller dataset; a loader's length counts batches,
+    so ready batches give their first 256 samples (here all 80, not 10)."""
+    batches = [{"pixel_values": torch.zeros(8, 1, 4, 4)} for _ in range(10)]
+    assert sum(len(b["pixel_values"]) for b in calibration(batches, None, "image", num_samples=None, batch_size=8)) == 80
+    assert make(sorted_by_label(), num_samples=None).num_samples == ROWS
+    big = Dataset.from_dict({"text": [str(i) for i in range(300)]})
+    assert make(big, num_samples=None).num_samples == 256
