@@ -403,8 +403,8 @@ def _merge(args: argparse.Namespace) -> int:
                            "without --repair)")
         data = load_calibration_dataset(recipe["dataset"], recipe.get("split"), token=args.token)
     accelerator = _launched_accelerator()
-    samples = recipe.get("num_samples")
-    result = merger.merge(data, num_samples=None if samples is None else int(samples),
+    samples = recipe.get("num_samples")  # read from the data only: a merge without data ignores it
+    result = merger.merge(data, num_samples=None if samples is None or data is None else int(samples),
                           batch_size=int(recipe.get("batch_size", 16)), column=recipe.get("column"),
                           progress=_interactive(), accelerator=accelerator)
     if accelerator is not None:  # every rank streamed its shard; only the main one writes and pushes

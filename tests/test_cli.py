@@ -135,6 +135,13 @@ def test_a_dataset_smaller_than_the_default_draw_is_read_whole(inputs, tmp_path,
     assert json.loads((out / "merge_recipe.json").read_text())["calibration"]["num_samples"] == 24
 
 
+def test_a_merge_without_data_ignores_the_sample_count(inputs, tmp_path, capsys):
+    """--num-samples counts rows of --dataset; a data-free merge (weight matching, no repair) has none."""
+    code, _, stderr = run(capsys, "merge", inputs["vit0"], inputs["vit1"], "--method", "weight-matching",
+                          "--num-samples", "8", "--out", tmp_path / "merged")
+    assert (code, stderr) == (0, "")
+
+
 @pytest.fixture(scope="module")
 def text_merge(inputs, tmp_path_factory) -> Path:
     """The text parents merged from the save_to_disk folder, in process."""
