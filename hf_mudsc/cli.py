@@ -433,12 +433,19 @@ def _merge(args: argparse.Namespace) -> int:
 
 
 def _launched_accelerator():
-    """An ``Accelerator`` when run by ``accelerate launch`` with several processes, else None."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    """An ``Accelerator`` when run by ``accelerate launch`` (or ``torchrun``) with several processes,
+    else None. Processes that accelerate does not join (on CPUs without ``ACCELERATE_USE_CPU``, it runs
+    each alone, and every one would write the folder) are refused."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched <= 1:
         return None
     from accelerate import Accelerator
 
-    return Accelerator()
+    accelerator = Accelerator()
+    if accelerator.num_processes != launched:
+        raise CLIError(f"launched as {launched} processes, but accelerate runs {accelerator.num_processes} "
+                       f"({accelerator.distributed_type}): on CPUs set ACCELERATE_USE_CPU=true")
+    return accelerator
 
 
 def _apply(args: argparse.Namespace) -> int:

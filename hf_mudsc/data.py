@@ -222,7 +222,7 @@ def calibration(
     """
     if isinstance(data, Calibration):
         return data
-    features = getattr(data, "features", None) or getattr(data, "column_names", None)
+    features = getattr(data, "features", None) or getattr(data, "column_names", None) or _first_row_columns(data)
     size = _length(data) if features is not None else None  # rows (the length of a loader counts batches)
     if num_samples is None:
         num_samples = DEFAULT_SAMPLES if not size else min(DEFAULT_SAMPLES, size)
@@ -274,6 +274,17 @@ def text_length(tokenizer: Any, models: Sequence[torch.nn.Module]) -> int:
             pad = getattr(getattr(model.base_model, "embeddings", None), "padding_idx", None)
             limits.append(positions - (pad + 1 if isinstance(pad, int) else 0))
     return min(limits)
+
+
+def _first_row_columns(data: Any) -> list[str] | None:
+    """The columns of a ``datasets`` stream whose features are unknown (``from_generator``, after
+    ``map``), read from its first row; ``None`` for anything else (ready batches)."""
+    import datasets
+
+    if not isinstance(data, datasets.IterableDataset):
+        return None
+    first = next(iter(data), None)
+    return list(first) if isinstance(first, Mapping) else None
 
 
 def _named_columns(column: str | Sequence[str]) -> tuple[str, ...]:

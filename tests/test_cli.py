@@ -4,6 +4,7 @@ stderr, a non-zero exit, and nothing written."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -380,6 +381,26 @@ def test_console_script_runs_in_a_subprocess(inputs, text_merge, tmp_path):
     assert done.stdout.strip() == f"merged 2 models with zipit into {out}"
     assert "Traceback" not in done.stderr and "Loading weights" not in done.stderr
     assert all_weight_bytes(out) == all_weight_bytes(text_merge)
+
+
+def test_processes_that_accelerate_does_not_join_are_refused(inputs, tmp_path):
+    """Two ranks launched by torchrun on CPUs without ACCELERATE_USE_CPU: accelerate runs each alone, and
+    each would take itself for the main process and write the folder (transformers leaving out the
+    weights of rank 1). Each rank stops with one line; nothing is written."""
+    script = Path(sys.executable).with_name("hf-mudsc")
+    if not script.is_file():
+        pytest.skip("the console script is not installed beside this Python")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")}
+    env.update(CUDA_VISIBLE_DEVICES="")
+    out = tmp_path / "merged"
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--no-python",
+                           str(script), "merge", str(inputs["bert0"]), str(inputs["bert1"]), "--dataset",
+                           str(inputs["jsonl"]), *TEXT_ARGS, "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, env=env)
+    refused = "hf-mudsc: error: launched as 2 processes, but accelerate runs 1 (DistributedType.NO): on CPUs set " \
+              "ACCELERATE_USE_CPU=true"
+    assert done.returncode != 0 and done.stderr.count(refused) == 2, done.stderr[-2000:]
+    assert not out.exists()
 
 
 # --------------------------------------------------------------------------- options derived from MergeConfig

@@ -246,3 +246,14 @@ def test_the_default_draw_counts_rows_not_batches():
     assert make(sorted_by_label(), num_samples=None).num_samples == ROWS
     big = Dataset.from_dict({"text": [str(i) for i in range(300)]})
     assert make(big, num_samples=None).num_samples == 256
+
+
+def test_a_stream_of_unknown_features_is_read_by_its_first_row():
+    """``IterableDataset.from_generator`` (or a stream after ``map``) has no features: its columns come
+    from its first row (it was taken for ready batches of model inputs)."""
+    from datasets import IterableDataset
+
+    stream = IterableDataset.from_generator(lambda: ({"text": str(i), "label": i % 2} for i in range(30)))
+    assert stream.features is None
+    calib = make(stream, num_samples=12)
+    assert calib.column == ("text",) and len(seen(calib)) == 12
