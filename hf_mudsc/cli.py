@@ -395,12 +395,13 @@ def _merge(args: argparse.Namespace) -> int:
                                          trust_remote_code=bool(recipe.get("trust_remote_code")), **load,
                                          **merge_config)
     data = None
-    if merger.config.uses_data:
+    if merger.config.uses_data or merger.differ_in_depth:  # layers of different depths are aligned on data
         if not recipe.get("dataset"):
-            needs = f"repair {', '.join(merger.config.resolved_repair)}" if not merger.config.needs_data else \
-                f"method '{merger.config.method}'"
+            needs = f"repair {', '.join(merger.config.resolved_repair)}" if merger.config.resolved_repair else \
+                f"method '{merger.config.method}'" if merger.config.needs_data else \
+                "aligning the layers of parents of different depths"
             raise CLIError(f"{needs} needs calibration data: give --dataset (or use --method weight-matching "
-                           "without --repair)")
+                           "without --repair, for parents of one depth)")
         data = load_calibration_dataset(recipe["dataset"], recipe.get("split"), token=args.token)
     accelerator = _launched_accelerator()
     samples = recipe.get("num_samples")  # read from the data only: a merge without data ignores it

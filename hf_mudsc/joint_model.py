@@ -36,6 +36,11 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from .loading import config_differences
 
+# The IOB tag of a token outside every entity: it means the same in every task, and token-classification
+# pipelines drop it by name, so it is never prefixed.
+OUTSIDE = "O"
+
+
 # The heads whose outputs are one set of class logits: what the joint model serves (not extractive QA,
 # which gives a start and an end logit per token).
 JOINT_HEADS = ("ForSequenceClassification", "ForTokenClassification", "ForImageClassification",
@@ -43,8 +48,11 @@ JOINT_HEADS = ("ForSequenceClassification", "ForTokenClassification", "ForImageC
 
 
 def serves_joint(model: PreTrainedModel) -> bool:
-    """Whether task models of ``model``'s class can form a joint model (:data:`JOINT_HEADS`)."""
-    return type(model).__name__.endswith(JOINT_HEADS)
+    """Whether ``model``'s head gives single-label class logits that a joint model can serve: a class
+    of :data:`JOINT_HEADS` with more than one label, not regression nor multi-label (sigmoid) outputs."""
+    config = model.config
+    return (type(model).__name__.endswith(JOINT_HEADS) and config.num_labels > 1
+            and config.problem_type not in ("regression", "multi_label_classification"))
 
 
 def _escape(name: str) -> str:
@@ -197,14 +205,34 @@ class MuDSCJointModel(PreTrainedModel):
             raise TypeError(f"{type(self.model).__name__} returns no logits")
         return [o.logits for o in outs]
 
+    def _outside_columns(self) -> list[int] | None:
+        """Each task's column of :data:`OUTSIDE` among its own labels, or ``None`` when a task has none."""
+        offsets, names = self.config.label_offsets, self.config.id2label
+        columns = []
+        for i in range(self.num_tasks):
+            own = [names[j] for j in range(offsets[i], offsets[i + 1])]
+            if OUTSIDE not in own:
+                return None
+            columns.append(own.index(OUTSIDE))
+        return columns
+
     def forward(
         self, *args: Any, labels: torch.Tensor | None = None, return_dict: bool | None = None, **kwargs: Any
     ) -> SequenceClassifierOutput | ImageClassifierOutput | TokenClassifierOutput | tuple:
         """Joint logits: each task's ``log_softmax`` concatenated on the last axis (the union of labels).
+        Token classification where every task has the tag :data:`OUTSIDE`: each task's "O" column holds
+        the sum of all of them (the log-probability that no task sees an entity there), so that one
+        task's confident entity is not tied with another task's confident "O".
 
         ``labels`` (union indices, -100 ignored) give ``loss``: the cross-entropy over the union.
         """
-        logits = torch.cat([F.log_softmax(t, dim=-1) for t in self.task_logits(*args, **kwargs)], dim=-1)
+        parts = [F.log_softmax(t, dim=-1) for t in self.task_logits(*args, **kwargs)]
+        outside = self._outside_columns() if parts[0].dim() == 3 else None
+        if outside is not None:
+            nobody = sum(part[..., o] for part, o in zip(parts, outside))
+            for part, o in zip(parts, outside):
+                part[..., o] = nobody
+        logits = torch.cat(parts, dim=-1)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.to(logits.device).reshape(-1))
@@ -227,8 +255,11 @@ def _check_tasks(task_models: Sequence[PreTrainedModel], shared: set[str], task_
     cls = type(first)
     if first.base_model is first:
         raise ValueError(f"a joint model needs task heads; {cls.__name__} has none")
-    if not serves_joint(first):
-        raise ValueError(f"a joint model serves classification heads ({', '.join(JOINT_HEADS)}), not {cls.__name__}")
+    for m in task_models:
+        if not serves_joint(m):
+            raise ValueError(f"a joint model serves single-label classification heads ({', '.join(JOINT_HEADS)}, "
+                             f"two labels or more), not {type(m).__name__} with problem_type "
+                             f"{m.config.problem_type!r} and {m.config.num_labels} label(s)")
     params = dict(first.named_parameters())
     unknown = sorted(shared - params.keys())
     if unknown:
@@ -253,11 +284,6 @@ def _check_tasks(task_models: Sequence[PreTrainedModel], shared: set[str], task_
         for name, buf in m.named_buffers():
             if not torch.equal(buffers[name], buf.to(buffers[name].device)):
                 raise ValueError(f"buffer {name!r} differs between task 0 and task {i} ({task_names[i]})")
-
-
-# The IOB tag of a token outside every entity: it means the same in every task, and token-classification
-# pipelines drop it by name, so it is never prefixed.
-OUTSIDE = "O"
 
 
 def _union_labels(id2label_per_task: Sequence[Sequence[str]], task_names: Sequence[str]) -> tuple[list[str], list[int]]:

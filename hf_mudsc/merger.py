@@ -119,6 +119,13 @@ class MuDSCMerger:
                          for i, p in enumerate(self.parents)]
         self._activation = None  # statistics of the unexpanded parents do not fit
 
+    def _align_on(self, calib: Calibration, config: MergeConfig, progress: bool) -> None:
+        """Align the layers of parents of different depths on ``calib`` (layer CKA), unless aligned."""
+        if self.differ_in_depth and self.depth is None:
+            self.align(cka=hetero_depth.collect_layer_cka(
+                [p.model for p in self.parents], [p.unit_map for p in self.parents], calib,
+                max_tokens_per_batch=config.max_tokens_per_batch, seed=config.seed, progress=progress))
+
     def _require_alignment(self) -> None:
         if self.differ_in_depth and self.depth is None:
             depths = [p.unit_map.num_layers for p in self.parents]
@@ -184,10 +191,7 @@ class MuDSCMerger:
                 raise ValueError("aligning the layers of parents of different depths runs in one process: "
                                  "call align() (or collect without Accelerate) first")
             stats = dataclasses.replace(stats, rank=accelerator.process_index, world_size=accelerator.num_processes)
-        if self.differ_in_depth and self.depth is None:
-            self.align(cka=hetero_depth.collect_layer_cka(
-                [p.model for p in self.parents], [p.unit_map for p in self.parents], stats,
-                max_tokens_per_batch=config.max_tokens_per_batch, seed=config.seed, progress=progress))
+        self._align_on(stats, config, progress)
         maps = [_residual_sites(m, config.residual_layers) for m in self.unit_maps]
         merged = self.merged_spaces(config)
         groups = [merged]
@@ -356,6 +360,10 @@ class MuDSCMerger:
             self._calibration_source = self.prepare_calibration(data, num_samples=num_samples, batch_size=batch_size,
                                                                 column=column, seed=config.seed)
             self.calibration = self._calibration_source.describe()
+            self._align_on(self._calibration_source, config, progress)
+        elif data is not None:  # a data-free method: the data aligns parents of different depths
+            self._align_on(self.prepare_calibration(data, num_samples=num_samples, batch_size=batch_size,
+                                                    column=column, seed=config.seed), config, progress)
         elif config.resolved_repair and self._calibration_source.column is not None \
                 and self._calibration_source.seed != config.seed:  # drawn rows, not ready batches
             raise ValueError(f"seed={config.seed} would draw other calibration rows than the collected ones (seed "
@@ -445,13 +453,13 @@ class MergeResult:
     @property
     def model(self):
         """The merged model: the joint multi-task model (shared trunk, per-task tails and heads)
-        when the parents have classification heads; the merged base model itself when they have none.
-        Other heads (extractive QA) have their task models only."""
+        when the parents have single-label classification heads; the merged base model itself when they
+        have none. Other heads (extractive QA, regression, multi-label) have their task models only."""
         if self._model is None:
             from .joint_model import serves_joint
 
-            if self.has_heads and not serves_joint(self.parents[0].model):
-                raise ValueError(f"{type(self.parents[0].model).__name__} heads form no joint model: use "
+            if self.has_heads and not all(serves_joint(p.model) for p in self.parents):
+                raise ValueError("these heads (extractive QA, regression or multi-label) form no joint model: use "
                                  "result.task_models (tasks/<i>/ in the saved folder)")
             if not self.has_heads:
                 if any(self.weights.private):

@@ -61,8 +61,8 @@ def write_merge_folder(result: MergeOutputs, folder: Path, *, max_shard_size: st
                        evaluation: list[dict[str, Any]] | None = None) -> None:
     """Write everything of ``result`` into ``folder`` (an empty temporary folder)."""
     names = [card_name(p) for p in result.parents]
-    if result.has_heads:  # extractive QA heads form no joint model: their task folders only
-        top = "joint" if serves_joint(result.parents[0].model) else "tasks"
+    if result.has_heads:  # extractive QA, regression, multi-label heads form no joint model: task folders only
+        top = "joint" if all(serves_joint(p.model) for p in result.parents) else "tasks"
     else:
         top = "none" if any(result.weights.private) else "standard"
     if top not in ("none", "tasks"):  # one model per parent, no single model

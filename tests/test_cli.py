@@ -29,6 +29,7 @@ from parents_on_disk import (
     save_gpt2,
     save_image_data,
     save_text_data,
+    save_vit,
     tree,
     vit_parents,
 )
@@ -141,6 +142,22 @@ def test_a_merge_without_data_ignores_the_sample_count(inputs, tmp_path, capsys)
     code, _, stderr = run(capsys, "merge", inputs["vit0"], inputs["vit1"], "--method", "weight-matching",
                           "--num-samples", "8", "--out", tmp_path / "merged")
     assert (code, stderr) == (0, "")
+
+
+def test_a_data_free_method_aligns_parents_of_different_depths_on_the_dataset(inputs, tmp_path, capsys):
+    """Weight matching needs no data, but layers of different depths are aligned on it: --dataset is read
+    for that (it was dropped, and the merge failed with advice for the Python API)."""
+    shallow = save_vit(tmp_path / "shallow", 1, ["apple", "pear"], num_hidden_layers=1)
+    capsys.readouterr()  # only what the commands print
+    code, _, stderr = run(capsys, "merge", inputs["vit0"], shallow, "--method", "weight-matching",
+                          "--out", tmp_path / "no-data")
+    assert code == 2 and stderr.strip() == ("hf-mudsc: error: aligning the layers of parents of different depths "
+                                            "needs calibration data: give --dataset (or use --method weight-matching "
+                                            "without --repair, for parents of one depth)")
+    code, _, stderr = run(capsys, "merge", inputs["vit0"], shallow, "--method", "weight-matching", "--dataset",
+                          inputs["image_disk"], "--out", tmp_path / "merged")
+    assert code == 0, stderr
+    assert json.loads((tmp_path / "merged" / "merge_recipe.json").read_text())["layer_alignment"]["layer_map"]
 
 
 @pytest.fixture(scope="module")

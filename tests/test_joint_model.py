@@ -113,7 +113,8 @@ def test_colliding_labels_get_task_prefixes() -> None:
 
 def test_the_outside_tag_keeps_its_name_in_every_task(tmp_path) -> None:
     """Token classification: "O" of either task stays "O" (a pipeline drops it by name; prefixed, it was
-    taken for an entity), other shared tags are prefixed."""
+    taken for an entity), other shared tags are prefixed; every "O" column scores "no task sees an
+    entity", so one task's sure entity is not tied with the other's sure "O"."""
     labels = ({0: "O", 1: "B-PER", 2: "I-PER"}, {0: "O", 1: "B-PER"})
     models, shared = task_pair("bert-token", labels=labels)
     joint = MuDSCJointModel.from_task_models(models, shared, ["people", "more"])
@@ -122,13 +123,14 @@ def test_the_outside_tag_keeps_its_name_in_every_task(tmp_path) -> None:
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(94)]
     (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
     tf.BertTokenizer(vocab_file=str(tmp_path / "vocab.txt")).save_pretrained(tmp_path)
-    with torch.no_grad():  # every token's best label is an "O" of one task or the other
-        for name, p in joint.named_parameters():
-            if name.endswith("classifier.bias") or name.endswith("classifier__bias"):
-                p.copy_(torch.tensor([50.0, 0, 0] if p.numel() == 3 else [50.0, 0]))
-    joint.save_pretrained(tmp_path)
-    tag = tf.pipeline("token-classification", model=str(tmp_path), tokenizer=str(tmp_path))
-    assert tag("w1 w2 w3") == []
+    for biases, entities in ((([50.0, 0, 0], [50.0, 0]), 0), (([0, 8.0, 0], [50.0, 0]), 3)):
+        with torch.no_grad():  # both tasks sure of "O"; task 0 fairly sure of B-PER where task 1 is surer of "O"
+            joint.model.classifier.bias.copy_(torch.tensor(biases[0]))
+            joint.private["1"]["classifier__bias"].copy_(torch.tensor(biases[1]))
+        joint.save_pretrained(tmp_path)
+        tag = tf.pipeline("token-classification", model=str(tmp_path), tokenizer=str(tmp_path))
+        found = tag("w1 w2 w3")
+        assert len(found) == entities and all(e["entity"] == "people/B-PER" for e in found), found
 
 
 def test_labels_give_union_cross_entropy_and_gradients() -> None:

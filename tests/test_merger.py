@@ -90,6 +90,24 @@ def test_a_merge_without_data_refuses_what_would_silently_differ_from_the_collec
     assert merger.merge(method="weight-matching", repair="heads", progress=False).repairs[0]["samples"] == 16
 
 
+@pytest.mark.parametrize("heads", [dict(num_labels=1, problem_type="regression"),
+                                   dict(num_labels=3, problem_type="multi_label_classification"),
+                                   dict(num_labels=1)],  # one label: regression when trained
+                         ids=["regression", "multi-label", "one label"])
+def test_heads_without_single_label_classes_form_no_joint_model(tmp_path, heads):
+    """A joint model takes log-softmax per task: a regression head's single logit would read 0 for any
+    input, sigmoid outputs a softmax. Their merge has task models only (a classifier beside them too)."""
+    a = tiny_model("bert-seq", seed=0, dtype=torch.float32, **heads)
+    b = tiny_model("bert-seq", seed=1, dtype=torch.float32, num_labels=2)
+    for pair in ([a, tiny_model("bert-seq", seed=1, dtype=torch.float32, **heads)], [b, a]):
+        result = MuDSCMerger.from_pretrained(pair, "weight-matching").merge(progress=False)
+        with pytest.raises(ValueError, match="form no joint model: use result.task_models"):
+            result.model
+        out = result.save_pretrained(tmp_path / f"merged{len(list(tmp_path.iterdir()))}")
+        assert not (out / "config.json").exists() and (out / "tasks" / "1" / "config.json").exists()
+        assert result.task_models[pair.index(a)].config.problem_type == heads.get("problem_type")
+
+
 def test_in_memory_parents_are_named_as_such_not_as_hub_ids(tmp_path):
     a, b = tiny_model("vit-cls", seed=0, dtype=torch.float32), tiny_model("vit-cls", seed=1, dtype=torch.float32)
     result = MuDSCMerger.from_pretrained([a, b], "weight-matching").merge(progress=False)

@@ -171,8 +171,8 @@ def _parents_section(base_models: Sequence[str], task_folders: Sequence[str], to
                     "is merged, so one model serves them all.",
         "none": "The folder root holds no model: the parents have no task heads and only part of the layers is "
                 "merged, so each parent keeps its own model in its folder.",
-        "tasks": "The folder root holds no model: the parents' heads (extractive question answering) form no joint "
-                 "model, so each parent keeps its own model in its folder.",
+        "tasks": "The folder root holds no model: the parents' heads (extractive question answering, regression or "
+                 "multi-label outputs) form no joint model, so each parent keeps its own model in its folder.",
     }[top]
     return _section(
         "What was merged",
