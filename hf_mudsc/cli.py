@@ -27,6 +27,8 @@ from .config import MergeConfig
 
 # Recipe fields other than MergeConfig's: (type, help). The same names serve the command line and
 # YAML recipes; MergeConfig's fields are derived from the dataclass (see config_options).
+# dataset file suffix -> the datasets builder that reads it
+DATASET_FILES = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".txt": "text"}
 DATA_FIELDS: dict[str, tuple[Any, str]] = {
     "dataset": (str, "calibration data: Hub id, local file/folder for datasets.load_dataset, or a save_to_disk folder"),
     "split": (str, "dataset split (default: train, else the first)"),
@@ -486,12 +488,11 @@ def load_calibration_dataset(source: str, split: str | None = None, token: str |
         if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
             data = datasets.load_from_disk(str(path))
         elif path.is_file():
-            kind = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".txt": "text"}.get(
-                path.suffix.lower())
+            kind = DATASET_FILES.get(path.suffix.lower())
             if kind is None:
                 raise CLIError(f"cannot read dataset file '{source}': use .csv, .json, .jsonl, .parquet or .txt")
             data = datasets.load_dataset(kind, data_files=str(path))
-        elif path.suffix.lower() in (".csv", ".json", ".jsonl", ".parquet", ".txt"):  # a file, not a Hub id
+        elif path.suffix.lower() in DATASET_FILES:  # a file, not a Hub id
             raise CLIError(f"dataset file '{source}' not found")
         elif path.is_dir() or could_be_hub_id(source):
             data = datasets.load_dataset(source, token=token)

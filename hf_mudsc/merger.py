@@ -451,14 +451,20 @@ class MergeResult:
         return first.base_model is not first
 
     @property
+    def forms_joint(self) -> bool:
+        """Whether the parents' heads form a joint model: single-label classification heads, every one
+        (not extractive QA, regression or multi-label outputs)."""
+        from .joint_model import serves_joint
+
+        return self.has_heads and all(serves_joint(p.model) for p in self.parents)
+
+    @property
     def model(self):
         """The merged model: the joint multi-task model (shared trunk, per-task tails and heads)
         when the parents have single-label classification heads; the merged base model itself when they
         have none. Other heads (extractive QA, regression, multi-label) have their task models only."""
         if self._model is None:
-            from .joint_model import serves_joint
-
-            if self.has_heads and not all(serves_joint(p.model) for p in self.parents):
+            if self.has_heads and not self.forms_joint:
                 raise ValueError("these heads (extractive QA, regression or multi-label) form no joint model: use "
                                  "result.task_models (tasks/<i>/ in the saved folder)")
             if not self.has_heads:

@@ -12,7 +12,6 @@ from .config import PRESETS, RECIPE_NAME, ZIPIT_BUDGET, ZIPIT_DECAY, MergeConfig
 from .hetero.depth import describe_plan
 from .hetero.width import differ_in_width, widths
 from .io.card import build_model_card, hub_ids
-from .joint_model import serves_joint
 from .loading import Parent
 from .paths import could_be_hub_id
 from .transforms import TRANSFORMS_NAME, Transforms, save_transforms
@@ -32,6 +31,7 @@ class MergeOutputs(Protocol):
     repairs: list[dict[str, Any]]
     depth: Any  # the layer alignment of parents of different depths (None: same depth)
     has_heads: bool
+    forms_joint: bool
     model: Any
     task_models: list[Any]
 
@@ -62,7 +62,7 @@ def write_merge_folder(result: MergeOutputs, folder: Path, *, max_shard_size: st
     """Write everything of ``result`` into ``folder`` (an empty temporary folder)."""
     names = [card_name(p) for p in result.parents]
     if result.has_heads:  # extractive QA, regression, multi-label heads form no joint model: task folders only
-        top = "joint" if all(serves_joint(p.model) for p in result.parents) else "tasks"
+        top = "joint" if result.forms_joint else "tasks"
     else:
         top = "none" if any(result.weights.private) else "standard"
     if top not in ("none", "tasks"):  # one model per parent, no single model
