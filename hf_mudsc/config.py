@@ -6,10 +6,11 @@ blend ``alpha`` of weight similarity (1) and activation similarity (0).
 from __future__ import annotations
 
 import json
+import math
 import numbers
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterable, Literal
 
 from .repair import REPAIRS
 
@@ -149,40 +150,49 @@ class MergeConfig:
         if self.mode is not None and preset.fixed_mode and self.mode != preset.mode:
             raise ConfigError(f"method '{self.method}' uses mode '{preset.mode}'; use method='mudsc' to choose the mode")
         if self.alpha is not None:
-            if not isinstance(self.alpha, (int, float)) or not 0.0 <= float(self.alpha) <= 1.0:
-                raise ConfigError(f"alpha must be in [0, 1], got {self.alpha}")
+            if not _real(self.alpha) or not 0.0 <= float(self.alpha) <= 1.0:
+                raise ConfigError(f"alpha must be in [0, 1], got {self.alpha!r}")
             if preset.fixed_alpha and float(self.alpha) != preset.alpha:
                 raise ConfigError(f"method '{self.method}' uses alpha={preset.alpha}; use method='mudsc' to choose alpha")
         for name in ("zip_budget", "zip_decay"):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                      or not 0.0 <= float(value) <= 1.0):
-                raise ConfigError(f"{name} must be in [0, 1], got {value}")
-        if isinstance(self.holdout, bool) or not isinstance(self.holdout, (int, float)) \
-                or not 0.0 < float(self.holdout) < 1.0:
+            if value is not None and (not _real(value) or not 0.0 <= float(value) <= 1.0):
+                raise ConfigError(f"{name} must be in [0, 1], got {value!r}")
+        if not _real(self.holdout) or not 0.0 < float(self.holdout) < 1.0:
             raise ConfigError(f"holdout must be in (0, 1), got {self.holdout}")
-        if self.merge_layers is not None and (not isinstance(self.merge_layers, int) or self.merge_layers < 0):
+        if self.merge_layers is not None and (not _integer(self.merge_layers) or self.merge_layers < 0):
             raise ConfigError(f"merge_layers must be a non-negative integer, got {self.merge_layers}")
         for name in ("max_sweeps", "patience"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value}")
-        if isinstance(self.tol, bool) or not isinstance(self.tol, (int, float)) or not 0.0 <= float(self.tol) < 1.0:
+            if not _integer(value) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if not _real(self.tol) or not 0.0 <= float(self.tol) < 1.0:
             raise ConfigError(f"tol must be in [0, 1), got {self.tol}")
         if self.max_tokens_per_batch is not None and (
-            not isinstance(self.max_tokens_per_batch, int) or self.max_tokens_per_batch < 1
+            not _integer(self.max_tokens_per_batch) or self.max_tokens_per_batch < 1
         ):
             raise ConfigError(f"max_tokens_per_batch must be a positive integer, got {self.max_tokens_per_batch}")
         for name in ("statistics_samples", "repair_samples"):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ConfigError(f"{name} must be a positive integer or None, got {value}")
+            if value is not None and (not _integer(value) or value < 1):
+                raise ConfigError(f"{name} must be a positive integer or None, got {value!r}")
+        for name in ("merge_layers", "max_sweeps", "patience", "max_tokens_per_batch", "statistics_samples",
+                     "repair_samples"):  # numpy numbers as Python ones (the recipe is JSON)
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, int(getattr(self, name)))
+        for name in ("alpha", "zip_budget", "zip_decay", "holdout", "tol"):
+            if type(getattr(self, name)) not in (int, float, type(None)):
+                object.__setattr__(self, name, float(getattr(self, name)))
         if self.residual_layers is not None:
-            object.__setattr__(self, "residual_layers", tuple(int(i) for i in self.residual_layers))
+            layers = self.residual_layers
+            if isinstance(layers, (str, bytes)) or not isinstance(layers, Iterable) \
+                    or not (layers := list(layers)) or not all(_integer(i) for i in layers):
+                raise ConfigError(f"residual_layers must be a non-empty list of layer indices, got {self.residual_layers!r}")
+            object.__setattr__(self, "residual_layers", tuple(int(i) for i in layers))
         if self.unpaired_layers not in ("keep", "average"):
             raise ConfigError(f"unpaired_layers must be 'keep' or 'average', got '{self.unpaired_layers}'")
         # torch's generators take seeds below 2**64 only (a larger one would fail at the statistics pass)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or not 0 <= self.seed < 2**64:
+        if not _integer(self.seed) or not 0 <= self.seed < 2**64:
             raise ConfigError(f"seed must be an integer in [0, 2**64), got {self.seed}")
         object.__setattr__(self, "seed", int(self.seed))
         if self.repair is not None:
@@ -283,3 +293,13 @@ def _repairs(value: Any) -> tuple[str, ...]:
     if unknown:
         raise ConfigError(f"unknown repair {', '.join(map(repr, unknown))}; choose from: {', '.join(REPAIRS)}")
     return tuple(n for n in REPAIRS if n in names)
+
+
+def _integer(value: Any) -> bool:
+    """An integer (Python's or numpy's), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _real(value: Any) -> bool:
+    """A finite real number (Python's or numpy's), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)

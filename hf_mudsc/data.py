@@ -3,7 +3,7 @@ prepared by the parents' own tokenizer or image processor) or ready batches of m
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from itertools import islice
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
@@ -64,18 +64,26 @@ class Calibration:
     limit: int | None = None  # the first this many samples of this part, in drawn order (set by head)
     max_length: int = MAX_TEXT_LENGTH  # texts are cut at this many tokens
     channels: int | None = None  # images are converted to this many channels (1: grey, 3: RGB) when given
+    # what a pass found of a source of unknown length that ended before num_samples ("samples"); one dict
+    # for every part made by split() or head(), which replace() hands on
+    found: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def count(self) -> int:
+        """The samples drawn: ``num_samples``, or fewer where the source ended before (known once read)."""
+        return min(self.num_samples, self.found.get("samples", self.num_samples))
 
     @property
     def sampling(self) -> str:
         """How the rows were chosen, in words (for the recipe)."""
         if self.column is None:
-            return f"the first {self.num_samples} samples of the given batches, in their order"
+            return f"the first {self.count} samples of the given batches, in their order"
         if self.indices is not None:
             return f"{self.num_samples} rows drawn at random without replacement (seeded)"
         if hasattr(self.source, "shuffle"):
-            return (f"the first {self.num_samples} rows of the stream shuffled through a buffer of "
+            return (f"the first {self.count} rows of the stream shuffled through a buffer of "
                     f"{self._buffer_size()} rows (seeded)")
-        return f"the first {self.num_samples} rows (the data can be neither indexed nor shuffled)"
+        return f"the first {self.count} rows (the data can be neither indexed nor shuffled)"
 
     @property
     def batching(self) -> str:
@@ -89,7 +97,7 @@ class Calibration:
 
     def describe(self) -> dict[str, Any]:
         """What the recipe and the model card record about the data."""
-        drawn = self.num_samples if self.positions is None or self.column is None else len(self.positions)
+        drawn = self.count if self.positions is None or self.column is None else len(self.positions)
         info = {"name": self.name, "column": ", ".join(self.column) if self.column else None,
                 "num_samples": drawn if self.limit is None else min(drawn, self.limit),
                 "batch_size": self.batch_size, "batching": self.batching, "sampling": self.sampling,
@@ -126,7 +134,7 @@ class Calibration:
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         if self.column is None:  # ready batches of model inputs; in multi-process runs batch j goes to rank j % W
-            batches = _only(_ready_batches(self.source, self.num_samples), self.positions)
+            batches = _only(_ready_batches(self.source, self.num_samples, self.found), self.positions)
             if self.limit is not None:
                 batches = _ready_batches(batches, self.limit)
             if self.world_size > 1 and not _prepared_by_accelerate(self.source):
@@ -168,13 +176,13 @@ class Calibration:
         stream = self.source
         if hasattr(stream, "shuffle"):
             stream = stream.shuffle(seed=self.seed, buffer_size=self._buffer_size())
-        return _only(islice(iter(stream), self.num_samples), self.positions)
+        return _only(_counted(islice(iter(stream), self.num_samples), self.num_samples, self.found), self.positions)
 
     def _drawn_count(self) -> int:
         if self.positions is not None:
             return len(self.positions)
         if self.column is None:
-            return sum(1 for _ in _ready_batches(self.source, self.num_samples))
+            return sum(1 for _ in _ready_batches(self.source, self.num_samples, self.found))
         return self.num_samples
 
     def _buffer_size(self) -> int:
@@ -215,13 +223,16 @@ def calibration(
     ``data``: a ``datasets.Dataset`` or ``IterableDataset`` with a text or image column, or a
     pair of text columns (found by name, or ``column``: a name, two names, or ``"a,b"``), or
     any re-iterable of dicts of input tensors (a DataLoader), or a :class:`Calibration`
-    (e.g. one part of :meth:`Calibration.split`), taken as it is. ``num_samples``: rows drawn
+    (e.g. one part of :meth:`Calibration.split`), taken as it is; or rows in plain form
+    (:func:`_as_dataset`: a list of texts, of pairs of texts, of images or of row dicts, an array of
+    images, a pandas DataFrame or Series, a ``DatasetDict``'s train split). ``num_samples``: rows drawn
     (``None``: :data:`DEFAULT_SAMPLES`, or every row of a dataset that has fewer); ``seed`` draws the rows;
     ``max_length``: tokens per text at most; ``channels``: what images are converted to (the
     parents' ``num_channels``).
     """
     if isinstance(data, Calibration):
         return data
+    data = _as_dataset(data, modality)
     features = getattr(data, "features", None) or getattr(data, "column_names", None) or _first_row_columns(data)
     size = _length(data) if features is not None else None  # rows (the length of a loader counts batches)
     if num_samples is None:
@@ -258,6 +269,56 @@ def calibration(
         indices = np.random.default_rng(seed).choice(size, num_samples, replace=False)
     return Calibration(data, processor, modality, cols, num_samples, batch_size, name, seed=seed, indices=indices,
                        max_length=max_length, channels=channels)
+
+
+def _as_dataset(data: Any, modality: str) -> Any:
+    """Rows given in plain form as a ``datasets.Dataset``: a list or tuple (or numpy array, pandas
+    Series) of texts, of pairs of texts, of images (PIL, arrays) or of row dicts (no tensors: those are
+    ready batches); an array of images (N x H x W [x C], or channels first; uint8, or floats in [0, 1]);
+    a float tensor N x C x H x W of processed pixel values; a pandas DataFrame. A ``DatasetDict`` gives
+    its train split, or its only one. Anything else is returned as it is."""
+    import datasets
+
+    if isinstance(data, (datasets.DatasetDict, datasets.IterableDatasetDict)):
+        if "train" in data or len(data) == 1:
+            return data["train"] if "train" in data else next(iter(data.values()))
+        raise DataError(f"the calibration data has splits {', '.join(data)}: pass one of them (data['name'])")
+    if type(data).__name__ == "DataFrame" and hasattr(data, "columns"):  # pandas, without importing it
+        return datasets.Dataset.from_pandas(data, preserve_index=False)
+    if type(data).__name__ == "Series" and hasattr(data, "tolist"):
+        data = data.tolist()
+    if isinstance(data, torch.Tensor) and modality == "image" and data.ndim == 4 and data.is_floating_point():
+        return datasets.Dataset.from_dict({"pixel_values": [*data.numpy()]})  # processed, as the model takes them
+    if isinstance(data, (np.ndarray, torch.Tensor)):
+        data = np.asarray(data)
+        if modality == "image" and data.ndim in (3, 4) and data.dtype.kind in "uif":
+            return _rows_of([*data], "image")
+        data = data.tolist()
+    if not isinstance(data, (list, tuple)) or not data:
+        if isinstance(data, (list, tuple)):
+            raise DataError("the calibration data is empty")
+        return data
+    first = data[0]
+    if isinstance(first, str):
+        return _rows_of(data, "text")
+    if isinstance(first, (list, tuple)) and len(first) == 2 and all(isinstance(v, str) for v in first):
+        return datasets.Dataset.from_dict({"sentence1": [r[0] for r in data], "sentence2": [r[1] for r in data]})
+    if isinstance(first, Mapping):
+        if any(isinstance(v, torch.Tensor) for v in first.values()):
+            return data  # ready batches of model inputs
+        return datasets.Dataset.from_list(list(data))
+    if modality == "image" and (hasattr(first, "getbands") or isinstance(first, np.ndarray)):
+        return _rows_of(data, "image")
+    return data
+
+
+def _rows_of(values: Sequence[Any], column: str) -> Any:
+    """A one-column dataset of ``values`` (images: as PIL images, which it stores as images)."""
+    import datasets
+
+    if column == "image":
+        values = [v if hasattr(v, "getbands") else _as_image(v) for v in values]
+    return datasets.Dataset.from_dict({column: list(values)})
 
 
 def text_length(tokenizer: Any, models: Sequence[torch.nn.Module]) -> int:
@@ -317,12 +378,15 @@ def _length(data: Any) -> int | None:
         return None
 
 
-def _ready_batches(source: Iterable, num_samples: int) -> Iterator[dict[str, torch.Tensor]]:
-    """The first ``num_samples`` samples of ``source``'s batches, without labels."""
+def _ready_batches(source: Iterable, num_samples: int,
+                   found: dict[str, int] | None = None) -> Iterator[dict[str, torch.Tensor]]:
+    """The first ``num_samples`` samples of ``source``'s batches, without labels; ``found["samples"]``
+    says how many there were when the source ends before."""
     seen = 0
     for batch in source:
         if not isinstance(batch, Mapping):
-            raise DataError(f"calibration batches must be dicts of model inputs, got {type(batch).__name__}")
+            raise DataError(f"calibration batches must be dicts of model inputs, got {type(batch).__name__}: "
+                            "give rows as a list (texts, images or row dicts) or a datasets.Dataset")
         batch = {k: v for k, v in batch.items() if k != "labels"}
         size = len(next(iter(batch.values())))
         if seen + size > num_samples:
@@ -331,6 +395,18 @@ def _ready_batches(source: Iterable, num_samples: int) -> Iterator[dict[str, tor
         seen += len(next(iter(batch.values())))
         if seen >= num_samples:
             return
+    if found is not None:
+        found["samples"] = seen
+
+
+def _counted(rows: Iterator[Any], wanted: int, found: dict[str, int]) -> Iterator[Any]:
+    """``rows`` as they come; ``found["samples"]`` says how many there were when fewer than ``wanted``."""
+    seen = 0
+    for row in rows:
+        seen += 1
+        yield row
+    if seen < wanted:
+        found["samples"] = seen
 
 
 def _only(items: Iterable[Any], positions: Sequence[int] | None) -> Iterator[Any]:
@@ -385,8 +461,23 @@ def _as_image(value: Any, channels: int | None = None) -> Any:
             raise DataError(f"cannot read an image from the calibration data: {err}") from None
     if not isinstance(value, Image.Image):
         try:
-            value = Image.fromarray(np.asarray(value))
+            value = Image.fromarray(_image_array(np.asarray(value)))
         except (TypeError, ValueError) as err:
             raise DataError(f"cannot read an image from the calibration data: {err}") from None
     mode = _MODES.get(channels or 0)
     return value.convert(mode) if mode is not None and value.mode != mode else value
+
+
+def _image_array(array: np.ndarray) -> np.ndarray:
+    """An array image as PIL reads it: height x width [x channels], uint8. Channels first (C x H x W,
+    as torch keeps them) are moved last; floats in [0, 1] are scaled to [0, 255]; other values are
+    rounded and clipped to [0, 255] (a datasets column of arrays comes back as int64)."""
+    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
+        array = array.transpose(1, 2, 0)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.dtype != np.uint8:
+        if array.dtype.kind == "f" and array.size and 0.0 <= array.min() and array.max() <= 1.0:
+            array = array * 255.0
+        array = np.clip(np.rint(array.astype(np.float64)), 0, 255).astype(np.uint8)
+    return array

@@ -2,6 +2,7 @@
 (load -> statistics -> similarity -> solve -> apply -> write)."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import sys
@@ -83,7 +84,7 @@ class MuDSCMerger:
         revisions = list(revision) if isinstance(revision, (list, tuple)) else [revision] * len(models)
         parents = [load_parent(m, revision=r, token=token, device_map=device_map, torch_dtype=torch_dtype,
                                trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
-                   for m, r in zip(models, revisions)]
+                   for m, r in zip(_copies_for_repeats(models), revisions)]
         return cls(parents, merge_config)
 
     @property
@@ -414,6 +415,17 @@ class MuDSCMerger:
         if self._fit_batches is None or self._fit_batches[0] is not source or self._fit_batches[1] != limit:
             self._fit_batches = (source, limit, list(source if limit is None else source.head(limit)))
         return self._fit_batches[2]
+
+
+def _copies_for_repeats(models: Sequence[Any]) -> list[Any]:
+    """The parents, a loaded model given more than once copied for each repeat: every pass hooks
+    each parent's modules, and one object in two places would be observed twice per batch."""
+    seen: set[int] = set()
+    out = []
+    for m in models:
+        out.append(copy.deepcopy(m) if isinstance(m, torch.nn.Module) and id(m) in seen else m)
+        seen.add(id(m))
+    return out
 
 
 class MergeResult:

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .evaluation import model_inputs
+from .statistics.collect import eval_mode
 
 if TYPE_CHECKING:
     from .config import MergeConfig
@@ -56,7 +57,8 @@ def reference(parents: Sequence[nn.Module], batches: Iterable[Mapping[str, Tenso
     kept = [dict(b) for b in batches]
     if not kept:
         raise ValueError("the held-out calibration slice is empty: give more calibration samples")
-    return Reference(kept, [[_outputs(p, b, has_heads) for b in kept] for p in parents], has_heads)
+    with eval_mode(parents):  # a parent in train mode would answer with dropout
+        return Reference(kept, [[_outputs(p, b, has_heads) for b in kept] for p in parents], has_heads)
 
 
 @torch.no_grad()

@@ -22,6 +22,16 @@ from hf_mudsc.config import ConfigError, MergeConfig
     (dict(tol=float("nan")), r"tol must be in \[0, 1\)"),
     (dict(tol=True), r"tol must be in \[0, 1\)"),
     (dict(max_tokens_per_batch=0), "max_tokens_per_batch must be a positive integer"),
+    (dict(alpha=True), r"alpha must be in \[0, 1\], got True"),  # a bool is no number here
+    (dict(merge_layers=True), "merge_layers must be a non-negative integer"),
+    (dict(max_sweeps=True), "max_sweeps must be a positive integer"),
+    (dict(max_tokens_per_batch=True), "max_tokens_per_batch must be a positive integer"),
+    (dict(alpha=float("inf")), r"alpha must be in \[0, 1\]"),
+    (dict(alpha="0.5"), r"alpha must be in \[0, 1\], got '0.5'"),
+    (dict(residual_layers="0,1"), "residual_layers must be a non-empty list of layer indices, got '0,1'"),
+    (dict(residual_layers=3), "residual_layers must be a non-empty list of layer indices"),
+    (dict(residual_layers=[0.7]), "residual_layers must be a non-empty list of layer indices"),  # was cut to [0]
+    (dict(residual_layers=[]), "residual_layers must be a non-empty list of layer indices"),  # failed in the merge
 ])
 def test_out_of_range_parameters_are_refused(kwargs, match):
     with pytest.raises(ConfigError, match=match):
@@ -49,3 +59,17 @@ def test_round_trip(tmp_path):
     assert MergeConfig.from_pretrained(tmp_path) == config
     with pytest.raises(ConfigError, match="unknown merge settings: bogus"):
         MergeConfig.from_dict({"bogus": 1})
+
+
+def test_numpy_numbers_are_taken_as_python_ones(tmp_path):
+    """numpy integers (a loop over np.arange, a value read from an array) are integers: accepted and
+    kept as Python ints, so the recipe saves as JSON (they were refused: "must be a positive integer, got 64")."""
+    import numpy as np
+
+    config = MergeConfig(merge_layers=np.int64(1), max_tokens_per_batch=np.int64(64), statistics_samples=np.int32(8),
+                         max_sweeps=np.int64(2), residual_layers=np.arange(2), seed=np.uint64(3), alpha=np.float32(0.5))
+    assert config.merge_layers == 1 and type(config.merge_layers) is int
+    assert type(config.max_tokens_per_batch) is int and type(config.statistics_samples) is int
+    assert config.residual_layers == (0, 1) and type(config.seed) is int
+    config.save_pretrained(tmp_path)
+    assert MergeConfig.from_pretrained(tmp_path) == config

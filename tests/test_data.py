@@ -257,3 +257,64 @@ def test_a_stream_of_unknown_features_is_read_by_its_first_row():
     assert stream.features is None
     calib = make(stream, num_samples=12)
     assert calib.column == ("text",) and len(seen(calib)) == 12
+
+
+def test_rows_in_plain_form_are_drawn_as_a_dataset_of_them():
+    """A list (tuple, numpy array, pandas Series) of texts, a list of row dicts, a DataFrame, a
+    DatasetDict's train split: the same draw and batches as a Dataset of those rows (they were taken
+    for ready batches: "must be dicts of model inputs, got str"); pairs of texts are two columns."""
+    import numpy as np
+    import pandas as pd
+    from datasets import DatasetDict
+
+    texts = [str(i) for i in range(ROWS)]
+    want = seen(make(Dataset.from_dict({"text": texts})))
+    for data in (texts, tuple(texts), np.array(texts), pd.Series(texts), pd.DataFrame({"text": texts, "label": 0}),
+                 [{"text": t, "label": 1} for t in texts], DatasetDict({"train": Dataset.from_dict({"text": texts}),
+                                                                         "test": Dataset.from_dict({"text": ["0"]})})):
+        assert seen(make(data)) == want, type(data).__name__
+    pairs = make([(t, t) for t in texts])
+    assert pairs.column == ("sentence1", "sentence2")
+    with pytest.raises(DataError, match="splits a, b: pass one of them"):
+        make(DatasetDict({"a": Dataset.from_dict({"text": texts}), "b": Dataset.from_dict({"text": texts})}))
+    with pytest.raises(DataError, match="got str: give rows as a list"):
+        list(make(iter(texts)))  # a one-pass iterator of texts
+
+
+def test_images_in_plain_form_and_arrays_of_any_layout_give_the_same_pixels():
+    """A list of PIL images or of arrays, an N x H x W x C array, and dataset columns of arrays as
+    datasets returns them (int64 lists, floats in [0, 1], channels first) give the pixels of the
+    images themselves (int64 and CHW arrays were refused by PIL: "Cannot handle this data type")."""
+    import numpy as np
+    from PIL import Image
+
+    from parents_on_disk import image_processor
+
+    arrays = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
+    images = [Image.fromarray(a) for a in arrays]
+
+    def pixels(data):
+        (batch,) = list(calibration(data, image_processor(), "image", num_samples=4, batch_size=4, seed=0, channels=3))
+        return batch["pixel_values"]
+
+    want = pixels(Dataset.from_dict({"image": images}))
+    for data in (images, list(arrays), arrays, Dataset.from_dict({"img": list(arrays)}),
+                 Dataset.from_dict({"image": [a.astype(np.float32) / 255 for a in arrays]}),
+                 Dataset.from_dict({"image": [a.transpose(2, 0, 1) for a in arrays]})):
+        assert torch.equal(pixels(data), want)
+    processed = torch.randn(4, 3, 16, 16)  # a float tensor: pixel values as the model takes them
+    assert torch.equal(pixels(processed).sort(dim=0).values, processed.sort(dim=0).values)
+
+
+@pytest.mark.parametrize("form", ["stream", "ready batches"])
+def test_a_source_shorter_than_the_draw_reports_the_samples_it_held(form):
+    """A stream or ready batches of unknown length, read with the default draw (256): the recipe's
+    count and sampling say 40, what there was (said 256)."""
+    rows = Dataset.from_dict({"text": [str(i) for i in range(40)]})
+    data = rows.to_iterable_dataset() if form == "stream" else [{"input_ids": torch.zeros(8, 1, dtype=torch.long)}] * 5
+    calib = make(data, num_samples=None)
+    assert calib.describe()["num_samples"] == 256  # not known before a pass
+    assert sum(len(b["input_ids"]) for b in calib) == 40
+    described = calib.describe()
+    assert described["num_samples"] == 40 and "first 40" in described["sampling"]
+    assert calib.head(30).describe()["num_samples"] == 30

@@ -176,3 +176,20 @@ def test_kept_correlations_in_blocks_solve_as_whole_matrices(monkeypatch, settin
     merger._activation = {name: np.asarray(c) for name, c in merger._activation.items()}
     whole, whole_report = merger.solve(progress=False)
     assert same_transforms(blocked, whole) and blocked_report == whole_report
+
+
+def test_a_model_given_twice_is_merged_as_two_parents():
+    """One loaded model object in two places is merged as two copies: its statistics count each
+    sample once per parent (were observed twice per batch: doubled counts, or for three parents an
+    internal error), and the merge equals that of two separate copies."""
+    import copy
+
+    a, b = tiny_model("bert-seq", seed=0), tiny_model("bert-seq", seed=1)
+    calib = [tiny_inputs(a, batch=8, seed=300 + i) for i in range(3)]
+    twice = MuDSCMerger.from_pretrained([a, a], "zipit").merge(calib, num_samples=24, progress=False)
+    apart = MuDSCMerger.from_pretrained([a, copy.deepcopy(a)], "zipit").merge(calib, num_samples=24, progress=False)
+    assert twice.calibration["samples_per_space"] == apart.calibration["samples_per_space"]
+    x = tiny_inputs(a, seed=99)
+    torch.testing.assert_close(outputs(twice.task_models[0], x), outputs(a, x), atol=1e-6, rtol=0)
+    three = MuDSCMerger.from_pretrained([a, b, a], "zipit").merge(calib, num_samples=24, progress=False)
+    assert len(three.task_models) == 3

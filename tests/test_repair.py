@@ -78,6 +78,22 @@ def test_every_repair_keeps_a_self_merge_exact(kind):
         assert heads["maps"] >= 2
 
 
+@pytest.mark.parametrize("kind,method", [("bert-seq", "mudsc"), ("vit-cls", "mudsc"), ("bert-seq", "auto")])
+def test_parents_in_train_mode_are_run_without_dropout_and_left_in_train_mode(kind, method):
+    """Parents switched to train mode after loading (a Trainer does so) give their targets and the
+    automatic choice's reference outputs without dropout: a self-merge with dropout 0.3 stays
+    exact (the repairs fitted dropped-out targets: off by several logits), and their mode is theirs again."""
+    model = tiny_model(kind, hidden_dropout_prob=0.3, attention_probs_dropout_prob=0.3)
+    x = tiny_inputs(model, seed=99)
+    expected = outputs(model, x)
+    merger = MuDSCMerger.from_pretrained([model, model], method)
+    model.train()
+    result = merger.merge(calibration(model), num_samples=48, progress=False)
+    assert model.training and all(m.training for m in model.modules())
+    for task in result.task_models:
+        torch.testing.assert_close(outputs(task, x), expected, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("kind,zip_order", [("bert-seq", None), ("bert-seq", 11), ("vit-cls", 11), ("bert-token", None)])
 def test_every_repair_keeps_a_merge_with_a_permuted_copy_exact(kind, zip_order):
     model = tiny_model(kind)
@@ -496,25 +512,37 @@ def test_inputs_taken_at_the_first_map_of_a_group_are_the_same_rows_and_stop_bef
     assert not torch.equal(shared[0][sites[0]], shared[0][sites[1]])  # each module's own 5-token subset
 
 
-def test_task_models_of_the_repairs_hold_one_copy_of_the_shared_parameters():
-    """The repairs' task models share the shared parameters (one copy, not one per task), keep
-    their own heads, and a correction of a shared map reaches every task; nothing aliases the
-    merged weights or the parents, which the repairs must not change in place."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_task_models_of_the_repairs_hold_the_merged_weights_themselves(dtype):
+    """The repairs' task models hold one copy of the shared parameters in all: the merged weights'
+    own tensors (not one copy per task, nor one beside the weights), each task keeps its own heads,
+    a correction of a shared map reaches every task and the merged weights, and no parent's tensor
+    is held (a float64 parent's tensors that no transform touches come through the merge as they are)."""
     from hf_mudsc.repair.context import RepairContext
 
-    a, b = tiny_model("bert-seq", seed=0), tiny_model("bert-seq", seed=1)
+    a, b = (tiny_model("bert-seq", seed=s).to(dtype) for s in (0, 1))
+    before = [{k: v.clone() for k, v in m.state_dict().items()} for m in (a, b)]
     merger = MuDSCMerger.from_pretrained([a, b], "mudsc", repair="none")
     result = merger.merge(calibration(a, n=2), num_samples=16, progress=False)
     ctx = RepairContext([a, b], merger.unit_maps, result.transforms, result.weights, calibration(a, n=2))
     first, second = (dict(ctx.task_model(i).named_parameters()) for i in (0, 1))
-    outside = {t.data_ptr() for t in (*result.weights.shared.values(), *result.weights.private[0].values(),
-                                      *result.weights.private[1].values(), *a.parameters(), *b.parameters())}
+    weights = {name: t.data_ptr() for name, t in result.weights.shared.items()}
+    parents = {t.data_ptr() for t in (*a.parameters(), *b.parameters())}
+    private = {t.data_ptr() for t in (*result.weights.private[0].values(), *result.weights.private[1].values())}
+    held = 0
     for name in first:
-        same = first[name].data_ptr() == second[name].data_ptr()
-        assert same == (name in result.weights.shared), name
-        assert first[name].data_ptr() not in outside and second[name].data_ptr() not in outside, name
+        assert (first[name].data_ptr() == second[name].data_ptr()) == (name in weights), name
+        assert first[name].data_ptr() not in parents | private and second[name].data_ptr() not in parents, name
+        held += weights.get(name) == first[name].data_ptr()
+    passed = sum(t.data_ptr() in parents for t in result.weights.shared.values())
+    assert held == len(weights) - passed > 0
     module = ctx.shared_linears()[0]
-    weight = ctx.task_model(0).get_submodule(module).weight
+    weight = ctx.task_model(0).get_submodule(module).weight.detach().clone()
     ctx.set_linear(module, weight + 1.0, None)
-    assert torch.equal(ctx.task_model(1).get_submodule(module).weight, ctx.task_model(0).get_submodule(module).weight)
-    assert torch.equal(ctx.weights.shared[f"{module}.weight"], ctx.task_model(1).get_submodule(module).weight)
+    for i in (0, 1):
+        assert torch.equal(ctx.task_model(i).get_submodule(module).weight, weight + 1.0)
+    assert torch.equal(ctx.weights.shared[f"{module}.weight"], weight + 1.0)
+    apply_repairs(ALL, [a, b], merger.unit_maps, result.transforms, result.weights, calibration(a, n=2))
+    for m, kept in zip((a, b), before):
+        for k, v in m.state_dict().items():
+            assert torch.equal(v, kept[k]), k

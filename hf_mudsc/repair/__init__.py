@@ -11,6 +11,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..apply import MergedWeights
+from ..statistics.collect import eval_mode
 from ..transforms import Transforms
 from ..unitmaps.spaces import UnitMap
 from .context import RepairContext
@@ -49,7 +50,8 @@ def apply_repairs(
     ctx = RepairContext(parents, unit_maps, transforms, weights, list(batches), seed, max_tokens_per_batch, alone)
     chosen = [n for n in REPAIRS if n in names]
     clock = Clock(chosen)
-    with tqdm(total=1, desc=f"repairing ({', '.join(chosen)})", unit="walk", disable=not progress) as bar:
+    with tqdm(total=1, desc=f"repairing ({', '.join(chosen)})", unit="walk", disable=not progress) as bar, \
+            eval_mode(parents):  # a parent in train mode would give its targets with dropout
         done = walk(ctx, chosen, clock)
         bar.update(1)
     samples = sum(len(next(iter(b.values()))) for b in batches)

@@ -45,22 +45,37 @@ class RepairContext:
     max_tokens_per_batch: int | None = None
     alone: Sequence[Collection[str]] | None = None  # per parent: parameters merged from it alone
     _models: dict[int, nn.Module] = field(default_factory=dict, init=False, repr=False)
+    _aliased: set[str] = field(default_factory=set, init=False, repr=False)  # shared tensors a model holds
 
     def task_model(self, i: int) -> nn.Module:
         """Task ``i``'s merged model (built once, on parent ``i``'s device, in its dtype), with the
         merged config (the widest widths, the deepest depth), as :attr:`MergeResult.task_models`.
         The task models built here hold one copy of the shared parameters between them where their
-        devices and dtypes agree (:meth:`set_linear` changes them for every task at once)."""
+        devices and dtypes agree, and the first one holds the merged weights' own tensors where they
+        fit (:meth:`_own_shared`): one copy in all, which :meth:`set_linear` writes for every task at once."""
         if i not in self._models:
             parent = self.parents[i]
             device = next(parent.parameters()).device
             config = merged_config(parent.config, self.transforms, self.unit_maps[0].num_layers)
             other = next((m for m in self._models.values()
                           if next(m.parameters()).device == device and m.dtype == parent.dtype), None)
-            reuse = {} if other is None else {
-                name: p.detach() for name, p in other.named_parameters() if name in self.weights.shared}
+            if other is None:  # the merged weights' own tensors, where they fit: one copy, written in place
+                reuse = self._own_shared(device, parent.dtype)
+                self._aliased = set(reuse)
+            else:
+                reuse = {name: p.detach() for name, p in other.named_parameters() if name in self.weights.shared}
             self._models[i] = build_task_model(parent, self.weights.task_state_dict(i), config, reuse).to(device)
         return self._models[i]
+
+    def _own_shared(self, device: torch.device, dtype: torch.dtype) -> dict[str, Tensor]:
+        """The shared merged tensors that a task model on ``device`` in ``dtype`` can hold as they are:
+        those of that device and dtype that are no parent's parameter (a float64 parent's tensor that
+        no transform touches comes through the merge unchanged)."""
+        if self._aliased:  # the weights' tensors are one model's parameters already
+            return {}
+        theirs = {p.untyped_storage().data_ptr() for parent in self.parents for p in parent.parameters()}
+        return {name: t for name, t in self.weights.shared.items()
+                if t.device == device and t.dtype == dtype and t.untyped_storage().data_ptr() not in theirs}
 
     def shared_linears(self) -> list[str]:
         """Linear modules whose weight is shared by every task (those of merged layers)."""
@@ -106,7 +121,8 @@ class RepairContext:
         values = {f"{module}.weight": weight, **({} if bias is None else {f"{module}.bias": bias})}
         store = self.weights.shared if task is None else self.weights.private[task]
         for name, value in values.items():
-            store[name] = value.detach().to(device=store[name].device, dtype=store[name].dtype)
+            if task is not None or name not in self._aliased:  # an aliased one is written through its model below
+                store[name] = value.detach().to(device=store[name].device, dtype=store[name].dtype)
         for i, model in self._models.items():
             if task is None or i == task:
                 mod = model.get_submodule(module)
