@@ -12,8 +12,10 @@ Routes (what huggingface_hub 2.4 calls, read from its ``hf_api.py`` and ``_commi
   "regular" for every file makes the client inline all contents in the commit, so neither the
   LFS batch API nor Xet storage is needed (with or without ``hf_xet`` installed);
 - ``POST /api/models/{repo}/commit/{rev}``: ndjson body, a ``header`` line ``{summary,
-  description}`` then one ``file`` line per file ``{path, content (base64), encoding}`` ->
-  ``{commitUrl, commitOid, success, pullRequestUrl}``.
+  description}`` then one ``file`` line per file ``{path, content (base64), encoding}`` or one
+  ``deletedFile`` line ``{path}`` per file to delete -> ``{commitUrl, commitOid, success, pullRequestUrl}``;
+- ``GET /api/models/{repo}/tree/{rev}`` (``upload_folder(delete_patterns=...)`` lists the files):
+  every file of the branch, ``[{type: "file", path, size, oid}]``, in one page.
 
 Anything else answers 404 and is recorded, so tests can check that nothing unexpected was called.
 """
@@ -31,7 +33,7 @@ from urllib.parse import unquote, urlsplit
 
 import yaml
 
-REPO_ROUTE = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+|[^/]+)/(?P<action>preupload|commit|branch)/(?P<rev>[^/]+)$")
+REPO_ROUTE = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+|[^/]+)/(?P<action>preupload|commit|branch|tree)/(?P<rev>[^/]+)$")
 
 
 @dataclass
@@ -53,6 +55,7 @@ class Commit:
     revision: str
     summary: str
     files: dict[str, bytes]
+    deleted: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -95,7 +98,7 @@ class FakeHub:
         if method == "POST" and path == "/api/validate-yaml":
             return _validate_yaml(json.loads(body)["content"])
         match = REPO_ROUTE.match(path)
-        if method != "POST" or match is None:
+        if match is None or method != ("GET" if match["action"] == "tree" else "POST"):
             return 404, {"error": f"fake hub does not implement {method} {path}"}
         repo_id, action, revision = match["repo"], match["action"], unquote(match["rev"])
         repo = self.repos.get(repo_id)
@@ -107,6 +110,9 @@ class FakeHub:
             return 404, {"error": f"Revision {revision} not found"}
         if action == "preupload":
             return 200, _preupload(json.loads(body))
+        if action == "tree":
+            return 200, [{"type": "file", "path": name, "size": len(data), "oid": hashlib.sha1(data).hexdigest()}
+                         for name, data in sorted(repo.branches[revision].items())]
         return self._commit(repo_id, repo, revision, body)
 
     def _create_repo(self, payload: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -130,12 +136,18 @@ class FakeHub:
         if header["key"] != "header":
             return 400, {"error": "the commit must start with a header line"}
         files: dict[str, bytes] = {}
+        deleted: list[str] = []
         for line in operations:
+            if line["key"] == "deletedFile":
+                deleted.append(line["value"]["path"])
+                continue
             if line["key"] != "file":
-                return 400, {"error": f"fake hub only accepts inline files, got {line['key']}"}
+                return 400, {"error": f"fake hub only accepts inline files and file deletions, got {line['key']}"}
             files[line["value"]["path"]] = base64.b64decode(line["value"]["content"])
+        for name in deleted:
+            repo.branches[revision].pop(name, None)
         repo.branches[revision].update(files)
-        self.commits.append(Commit(repo_id, revision, header["value"]["summary"], files))
+        self.commits.append(Commit(repo_id, revision, header["value"]["summary"], files, deleted))
         oid = hashlib.sha1(body).hexdigest()
         return 200, {
             "success": True,

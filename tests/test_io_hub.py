@@ -95,6 +95,29 @@ def test_push_to_existing_repo_and_branch(hub: FakeHub, folder: Path) -> None:
     assert hub.repos["me/merged"].branches["dev"].keys() == _local_files(folder).keys()
 
 
+def test_a_push_over_an_earlier_merge_replaces_its_weights_and_task_folders(hub: FakeHub, folder: Path) -> None:
+    """A second push to the same repo deletes the earlier merge's weights and task folders that the new
+    folder does not hold (sharded weights beside a new single file, a third task: a loader read the
+    stale file), and keeps the repo's other files (a user's notes) and .gitattributes."""
+    import shutil
+
+    from huggingface_hub import HfApi
+
+    push_folder(folder, "me/merged", token=TOKEN, endpoint=hub.url)
+    HfApi(endpoint=hub.url, token=TOKEN).upload_file(path_or_fileobj=b"mine", path_in_repo="notes.md",
+                                                     repo_id="me/merged")
+    hub.repos["me/merged"].branches["main"][".gitattributes"] = b"*.safetensors filter=lfs"
+    for shard in folder.glob("model-*.safetensors"):
+        shard.unlink()
+    (folder / "model.safetensors.index.json").unlink()
+    save_file({"w": torch.zeros(4)}, str(folder / "model.safetensors"))
+    shutil.rmtree(folder / "tasks")
+    push_folder(folder, "me/merged", token=TOKEN, endpoint=hub.url)
+    files = hub.repos["me/merged"].branches["main"]
+    assert files.keys() == {*_local_files(folder), "notes.md", ".gitattributes"}
+    assert len(hub.commits) == 3 and "tasks/0/model.safetensors" in hub.commits[-1].deleted
+
+
 def test_hf_endpoint_constant_is_the_default(hub: FakeHub, folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(constants, "ENDPOINT", hub.url)
     push_folder(folder, "me/default-endpoint", token=TOKEN)

@@ -20,6 +20,9 @@ from .writer import OutputError, assert_no_pickle
 logger = logging.getLogger(__name__)
 
 DEFAULT_COMMIT_MESSAGE = "Upload merged model (hf-mudsc)"
+# a push replaces these files of the repo (what a merge folder's models are loaded from); others stay
+STALE_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "*.bin", "*.bin.index.json", "*.pt", "*.pth",
+                  "tasks/*"]
 
 
 def _check_folder(folder: Path) -> None:
@@ -41,7 +44,9 @@ def push_folder(
     endpoint: str | None = None,
     exist_ok: bool = True,
 ) -> str:
-    """Create ``repo_id`` if needed and upload ``folder`` (README.md included) in one commit.
+    """Create ``repo_id`` if needed and upload ``folder`` (README.md included) in one commit, which
+    also deletes the repo's files of :data:`STALE_PATTERNS` that the folder does not hold (an earlier
+    merge's weights, configs or task folders, which a loader would otherwise read beside the new ones).
 
     ``revision``: a branch, created from the default branch if missing. Returns the commit URL.
     """
@@ -59,6 +64,7 @@ def push_folder(
             repo_type="model",
             revision=revision,
             commit_message=commit_message or DEFAULT_COMMIT_MESSAGE,
+            delete_patterns=STALE_PATTERNS,
         )
     except _transport_errors() as err:  # no answer at all (the Hub's own answers are HfHubHTTPError, an OSError)
         raise ConnectionError(f"cannot reach the Hub at {api.endpoint}: {err}") from err
