@@ -5,6 +5,7 @@ message that names it.
 """
 from __future__ import annotations
 
+import hashlib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,7 +58,10 @@ def load_parent(
     """Load one parent with the class named in its config, plus its processor."""
     if isinstance(source, PreTrainedModel):
         name = getattr(source, "name_or_path", "") or f"in-memory {type(source).__name__}"  # never a Hub id
-        return Parent(str(name), source.eval(), unit_map_of(source), None)
+        # the processor saved where the model came from, as transformers.pipeline finds it for a model object
+        hub = dict(revision=revision, token=token, trust_remote_code=trust_remote_code)
+        processor = _load_processor(str(name), source, hub) if could_be_hub_id(str(name)) or Path(name).is_dir() else None
+        return Parent(str(name), source.eval(), unit_map_of(source), processor)
     name = str(source)
     _check_local(name)
     if not allow_pickle:
@@ -87,6 +91,20 @@ def load_parent(
     _check_in_memory(name, model)
     _check_finite(name, model)
     return Parent(name, model, unit_map_of(model), _load_processor(name, model, hub))
+
+
+def weights_digest(model: torch.nn.Module) -> str | None:
+    """sha256 of a model's parameters (names, dtypes, shapes and bytes, in name order), which the recipe
+    keeps so that a re-apply can tell whether it has the parents that were merged; ``None`` for a model
+    whose parameters are not all in memory (offloaded to disk by a device map)."""
+    digest = hashlib.sha256()
+    for name, param in sorted(model.named_parameters()):
+        if param.device.type == "meta":
+            return None
+        tensor = param.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}:{tensor.dtype}:{tuple(param.shape)};".encode())
+        digest.update(tensor.view(torch.uint8).numpy())
+    return digest.hexdigest()
 
 
 def _check_local(name: str) -> None:

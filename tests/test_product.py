@@ -263,6 +263,26 @@ def test_reapply_gives_byte_identical_weights(parents, merged, tmp_path, modalit
     assert tensors((folder / transforms).read_bytes()) == tensors((out / transforms).read_bytes())
 
 
+def test_in_memory_parents_bring_their_processor_and_reapply_refuses_other_weights(parents, tmp_path):
+    """Parents loaded in Python carry the tokenizer saved where they came from (a dataset was refused:
+    "the parents have no tokenizer"); a merge of parents changed in memory is not re-applied to the
+    folders' weights (it was, silently: other weights than the saved merge), and one of unchanged
+    parents is."""
+    from transformers import AutoModelForSequenceClassification
+
+    models = [AutoModelForSequenceClassification.from_pretrained(p) for p in parents["text"]]
+    merger = MuDSCMerger.from_pretrained(models, "zipit")
+    assert all(p.processor is not None for p in merger.parents)
+    first = merger.merge(make_data("text"), num_samples=N, batch_size=BS, progress=False)
+    assert result_bytes(reapply(first.save_pretrained(tmp_path / "kept"))) == result_bytes(first)
+    with torch.no_grad():
+        models[1].classifier.weight.add_(1.0)  # e.g. trained further in this session
+    changed = MuDSCMerger.from_pretrained(models, "zipit").merge(make_data("text"), num_samples=N, batch_size=BS,
+                                                                 progress=False).save_pretrained(tmp_path / "changed")
+    with pytest.raises(ValueError, match=r"parent 1 \('.*'\) is not the model that was merged"):
+        reapply(changed)
+
+
 # --------------------------------------------------------------------------- refusals
 def test_saving_over_a_non_empty_folder_is_refused_and_leaves_it_untouched(merged, tmp_path):
     result, _ = merged["text"]
