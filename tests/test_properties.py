@@ -260,15 +260,15 @@ def identical(models: int, units: int, seed: int) -> np.ndarray:
        decay=DECAYS, seed=st.integers(0, 2**32 - 1))
 def test_merging_identical_parents_is_the_identity(models: int, heads: int, head_dim: int, budget: float,
                                                    decay: float, seed: int) -> None:
-    """Permute always; zip for two parents, or several without same-model merges (with a budget, three
-    copies of a unit may lose to a same-model pair: the greedy rule allows that, by design)."""
+    """Permute and zip, any number of parents, budget and decay: the copies of a unit complete one
+    cluster (with three parents or more, a pair of copies was decayed, and frozen at decay 0, so that
+    the third copy could pair with another unit's leftover or lose to a same-model pair)."""
     d = heads * head_dim
     sim = identical(models, d, seed)
     sizes = [d] * models
-    zip_budget = budget if models == 2 else 0.0
-    solutions = [solve_permute(sim, sizes), solve_zip(sim, sizes, budget=zip_budget, decay=decay),
+    solutions = [solve_permute(sim, sizes), solve_zip(sim, sizes, budget=budget, decay=decay),
                  *solve_heads([sim, sim], sizes, heads, head_dim, "permute"),
-                 *solve_heads([sim], sizes, heads, head_dim, "zip", zip_budget, decay)]
+                 *solve_heads([sim], sizes, heads, head_dim, "zip", budget, decay)]
     for sol in solutions:
         assert all(np.array_equal(a, np.arange(d)) for a in sol.assign)
 

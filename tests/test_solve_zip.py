@@ -137,15 +137,28 @@ def test_identical_models_give_identity(budget: float, decay: float) -> None:
     assert sol.objective == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("decay, groups", [(0.0, [0, 0, 1, 1]), (0.1, [0, 0, 1, 1]),
-                                           (1.0, [0, 0, 0, 1])])
-def test_decay_rule(decay: float, groups: list[int]) -> None:
-    # s(a,b)=.9 merges first; {a,b} to c is decay * min(.8, .7), against s(c,d)=.1.
+def _four_units() -> np.ndarray:
     sim = np.zeros((4, 4))
     for (u, v), s in {(0, 1): 0.9, (0, 2): 0.8, (1, 2): 0.7, (2, 3): 0.1}.items():
         sim[u, v] = sim[v, u] = s
-    sol = solve_zip(sim, [1, 1, 1, 1], k=2, decay=decay)
+    return sim
+
+
+@pytest.mark.parametrize("decay, groups", [(0.0, [0, 0, 1, 1]), (0.1, [0, 0, 1, 1]),
+                                           (1.0, [0, 0, 0, 1])])
+def test_decay_rule(decay: float, groups: list[int]) -> None:
+    # s(a,b)=.9 merges first; {a,b} to c (a same-model merge of model 1) is decay * min(.8, .7),
+    # against s(c,d)=.1; decay 0 freezes {a,b}.
+    sol = solve_zip(_four_units(), [1, 3], k=2, budget=1.0, decay=decay)
     assert list(sol.labels()) == groups
+
+
+@pytest.mark.parametrize("decay", [0.0, 0.1, 1.0])
+def test_a_pair_is_completed_by_a_third_model_without_the_decay(decay: float) -> None:
+    # four models of one unit: {a,b} to c is min(.8, .7) at any decay (c's model is in neither), so
+    # c joins a and b rather than d (s(c,d) = .1); with the decay c and d merged at decay 0 and 0.1.
+    sol = solve_zip(_four_units(), [1, 1, 1, 1], k=2, decay=decay)
+    assert list(sol.labels()) == [0, 0, 0, 1]
 
 
 @pytest.mark.parametrize("budget, groups", [(0.0, [0, 1, 0]), (0.5, [0, 0, 1])])

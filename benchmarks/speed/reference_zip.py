@@ -3,7 +3,9 @@
 Not part of the package: the tests check the fast solver against it and
 ``solvers.py`` times both. Every step masks the whole cluster similarity matrix and
 takes its first maximum in row-major order. Similarities are rounded to 9 decimals first,
-as the solver's ``tie_key`` does.
+as the solver's ``tie_key`` does. Two clusters that hold at most one unit of each model and
+no model in common *complete* each other: their similarity is not decayed, and they may
+merge at decay 0 (which freezes every other merged cluster).
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ def reference_zip(sim: np.ndarray, sizes: Sequence[int], k: int | None = None,
     k = max(sizes) if k is None else k
     has = np.zeros((n, n_models), dtype=bool)
     has[np.arange(n), np.repeat(np.arange(n_models), sizes)] = True
+    counts = has.astype(np.int64)
     caps = np.floor(budget * np.asarray(sizes, dtype=np.float64) + 1e-9)
     used = np.zeros(n_models)
     members = [[u] for u in range(n)]
@@ -29,6 +32,8 @@ def reference_zip(sim: np.ndarray, sizes: Sequence[int], k: int | None = None,
     scores, phase = sym.copy(), 1
     while alive.sum() > k:
         allowed = _allowed(alive, fresh if phase == 1 and decay == 0 else alive, has, used >= caps)
+        if phase == 1 and decay == 0:
+            allowed |= _completing(counts, has) & alive[:, None] & alive[None, :]
         if not allowed.any():
             if phase == 2:
                 _fill_slots(sym, sizes, members, alive, has, k)
@@ -39,9 +44,12 @@ def reference_zip(sim: np.ndarray, sizes: Sequence[int], k: int | None = None,
         a, b = divmod(int(np.where(allowed, scores, -np.inf).argmax()), n)
         used += has[a] & has[b]
         has[a] |= has[b]
+        counts[a] += counts[b]
         members[a] += members[b]
         alive[b], fresh[a] = False, False
-        new = (decay if phase == 1 else 1.0) * np.minimum(scores[a], scores[b])
+        new = np.minimum(scores[a], scores[b])
+        if phase == 1:
+            new = np.where(_completing(counts, has)[a], new, decay * new)
         scores[a], scores[:, a] = new, new
     labels = np.empty(n, dtype=np.int64)
     for rep in np.flatnonzero(alive):
@@ -56,6 +64,14 @@ def _allowed(alive: np.ndarray, mergeable: np.ndarray, has: np.ndarray,
     np.fill_diagonal(ok, False)
     for m in np.flatnonzero(exhausted):
         ok &= ~(has[:, m][:, None] & has[:, m][None, :])
+    return ok
+
+
+def _completing(counts: np.ndarray, has: np.ndarray) -> np.ndarray:
+    """Pairs of clusters that complete each other: at most one unit of each model in both, no model shared."""
+    proper = counts.max(axis=1) <= 1
+    ok = proper[:, None] & proper[None, :] & ~(has.astype(np.int64) @ has.T.astype(np.int64) > 0)
+    np.fill_diagonal(ok, False)
     return ok
 
 

@@ -29,7 +29,11 @@ def solve_zip(sim: Any, sizes: Sequence[int], k: int | None = None, budget: floa
     index) until ``k`` clusters remain. Similarity of two units: ``(sim + sim.T) / 2``.
     After merging A and B, the similarity of the new cluster to any C is
     ``decay * min(s(A, C), s(B, C))``; ``decay = 0`` means a merged cluster is never merged
-    again. A merge of two clusters that both hold units of model m is a same-model merge
+    again. With three models or more, a cluster that holds at most one unit of each model
+    is *completed* by another such cluster of other models without the decay (at
+    ``min(s(A, C), s(B, C))``, decay 0 included): the third copy of a unit joins the pair
+    its two copies formed, rather than another unit's leftover (two models never complete
+    a cluster: every cluster meets a model it holds). A merge of two clusters that both hold units of model m is a same-model merge
     of m; model m may make at most ``floor(budget * sizes[m])`` of them (so that
     ``sizes[m] - #merged units reached by m`` never exceeds it); pairs over a budget are
     not allowed.
@@ -94,16 +98,25 @@ class _Clusters:
         self.alive = np.ones(n, dtype=bool)
         self.has = np.zeros((n, len(sizes)), dtype=bool)
         self.has[np.arange(n), model] = True
+        self.repeated = np.zeros(n, dtype=bool)  # a cluster holding two units of one model
         self.used = np.zeros(len(sizes), dtype=np.int64)
         self.caps = np.floor(budget * np.asarray(sizes, dtype=np.float64) + 1e-9)
 
     def count(self) -> int:
         return int(self.alive.sum())
 
+    def completion(self, a: int, b: int) -> np.ndarray:
+        """Which clusters complete ``a`` merged with ``b`` (before :meth:`merge`): both hold at most
+        one unit of each model, and no model in common."""
+        if (self.has[a] & self.has[b]).any() or self.repeated[a] or self.repeated[b]:
+            return np.zeros(len(self.alive), dtype=bool)
+        return ~(self.has & (self.has[a] | self.has[b])).any(axis=1) & ~self.repeated
+
     def merge(self, a: int, b: int) -> np.ndarray:
         """Merge cluster ``b`` into ``a`` (``a < b``); return the models whose budget this
         merge used up."""
         cost = self.has[a] & self.has[b]
+        self.repeated[a] |= self.repeated[b] | cost.any()
         self.used += cost
         self.has[a] |= self.has[b]
         self.members[a] += self.members[b]
@@ -146,6 +159,7 @@ def _greedy(work: np.ndarray, clusters: _Clusters, decay: float, k: int) -> bool
     """
     live = clusters.alive.copy()
     dead = np.where(live, 0.0, NEG)
+    completes = len(clusters.sizes) > 2
     best_idx = work.argmax(axis=1)
     best_val = work[np.arange(len(work)), best_idx]
     for _ in range(clusters.count() - k):  # one merge each
@@ -154,7 +168,15 @@ def _greedy(work: np.ndarray, clusters: _Clusters, decay: float, k: int) -> bool
             return False
         b = int(best_idx[a])
         live[b], dead[b] = False, NEG
-        if decay > 0:
+        if completes:
+            row = np.minimum(work[a], work[b])
+            other = ~clusters.completion(a, b)  # clusters that would not complete a + b: decayed
+            row[other] = decay * row[other] if decay > 0 else NEG
+            row += dead
+            work[a], work[:, a] = row, row
+            if not np.isfinite(row).any():
+                live[a], dead[a] = False, NEG
+        elif decay > 0:
             row = decay * np.minimum(work[a], work[b])
             row += dead
             work[a], work[:, a] = row, row
