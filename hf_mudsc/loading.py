@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -34,6 +34,14 @@ class Parent:
     model: PreTrainedModel
     unit_map: UnitMap
     processor: Any = None
+    digest: str | None = field(default=None, repr=False)  # of the weights as loaded (see sha256)
+
+    def sha256(self) -> str | None:
+        """:func:`weights_digest` of the parent as loaded (computed once; a parent expanded to another
+        depth keeps the digest of the model it was expanded from)."""
+        if self.digest is None:
+            self.digest = weights_digest(self.model)
+        return self.digest
 
     @property
     def local_path(self) -> Path | None:

@@ -20,7 +20,7 @@ from .data import Calibration, calibration, text_length
 from .hetero import depth as hetero_depth
 from .hetero.width import differ_in_width, merged_config, widen_heads
 from .io.writer import atomic_output_dir
-from .loading import Parent, check_compatible, load_parent, weights_digest
+from .loading import Parent, check_compatible, load_parent
 from .output import card_name, write_merge_folder
 from .repair import apply_repairs
 from .select import choose
@@ -497,7 +497,7 @@ class MergeResult:
         return {
             "hf_mudsc_version": _version(),
             "parents": [p.name if p.local_path is None else str(p.local_path) for p in self.parents],
-            "parents_sha256": [weights_digest(p.model) for p in self.parents],  # what reapply checks
+            "parents_sha256": [p.sha256() for p in self.parents],  # what reapply checks
             "config": self.config.to_dict(),
             "calibration": self.calibration,
             "report": self.report,
@@ -541,7 +541,7 @@ def reapply(folder: str | Path, **load: Any) -> MergeResult:
                          "which reapply cannot repeat: load the saved model itself, or merge again with data")
     merger = MuDSCMerger.from_pretrained(recipe["parents"], **load, **_config_kwargs(config))
     for i, (parent, digest) in enumerate(zip(merger.parents, recipe.get("parents_sha256") or ())):
-        if digest is not None and weights_digest(parent.model) not in (None, digest):
+        if digest is not None and parent.sha256() not in (None, digest):
             raise ValueError(f"parent {i} ('{parent.name}') is not the model that was merged: its weights differ from "
                              f"those the recipe records (changed since, changed in memory before the merge, or loaded "
                              "in another dtype); re-apply needs the same parents")
