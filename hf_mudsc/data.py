@@ -2,6 +2,7 @@
 prepared by the parents' own tokenizer or image processor) or ready batches of model inputs."""
 from __future__ import annotations
 
+import copy
 import io
 from dataclasses import dataclass, field, replace
 from itertools import islice
@@ -267,6 +268,9 @@ def calibration(
     indices = None
     if size is not None and hasattr(data, "__getitem__"):  # map-style: a seeded draw of row indices
         indices = np.random.default_rng(seed).choice(size, num_samples, replace=False)
+    # a copy: a fast tokenizer keeps the truncation and padding of its last call, which the parent's saved
+    # tokenizer.json (and the merged folder's) would then carry
+    processor = copy.deepcopy(processor)
     return Calibration(data, processor, modality, cols, num_samples, batch_size, name, seed=seed, indices=indices,
                        max_length=max_length, channels=channels)
 

@@ -318,3 +318,20 @@ def test_a_source_shorter_than_the_draw_reports_the_samples_it_held(form):
     described = calib.describe()
     assert described["num_samples"] == 40 and "first 40" in described["sampling"]
     assert calib.head(30).describe()["num_samples"] == 30
+
+
+def test_the_parents_tokenizer_is_left_as_it_was(tmp_path):
+    """Calibration tokenizes with a copy: a fast tokenizer kept the truncation (128 tokens) and padding
+    of the calibration's calls, and the merged folder's tokenizer.json then cut every input at 128
+    tokens for readers of the file itself (the tokenizers library, TEI)."""
+    import json
+
+    from parents_on_disk import tokenizer
+
+    tok = tokenizer()
+    list(calibration(Dataset.from_dict({"text": ["a b c", "d e"] * 4}), tok, "text", num_samples=8, batch_size=4,
+                     max_length=16))
+    assert tok.backend_tokenizer.truncation is None and tok.backend_tokenizer.padding is None
+    tok.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "tokenizer.json").read_text())
+    assert saved["truncation"] is None and saved["padding"] is None
