@@ -85,8 +85,9 @@ def load_parent(
         raise ParentError(f"cannot load parent '{name}': {_first_line(err)}") from err
     cls = _model_class(config)
     try:
-        model = cls.from_pretrained(name, config=config, device_map=device_map, dtype=torch_dtype,
-                                    use_safetensors=None if allow_pickle else True, **hub)
+        model, info = cls.from_pretrained(name, config=config, device_map=device_map, dtype=torch_dtype,
+                                          use_safetensors=None if allow_pickle else True, output_loading_info=True,
+                                          **hub)
     except (OSError, ValueError, SafetensorError) as err:  # missing or unreadable files, bad configs
         if isinstance(err, SafetensorError):
             hint = " (the safetensors file is truncated or corrupt)"
@@ -95,6 +96,10 @@ def load_parent(
         else:
             hint = ""
         raise ParentError(f"cannot load the weights of parent '{name}': {_first_line(err)}{hint}") from err
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:  # transformers fills them with random values and goes on
+        raise ParentError(f"parent '{name}' lacks {len(missing)} of its model's weights in its checkpoint (e.g. "
+                          f"{', '.join(missing[:3])}): the checkpoint is incomplete or of another model class")
     model.eval()
     _check_in_memory(name, model)
     _check_finite(name, model)

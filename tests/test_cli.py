@@ -63,6 +63,13 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
     shutil.copytree(p["vit1"], p["corrupt"])
     weights = p["corrupt"] / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    p["incomplete"] = root / "incomplete"  # one tensor left out of the checkpoint
+    shutil.copytree(p["vit1"], p["incomplete"])
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(p["incomplete"] / "model.safetensors")
+    tensors.pop("vit.encoder.layer.1.intermediate.dense.weight")
+    save_file(tensors, p["incomplete"] / "model.safetensors", metadata={"format": "pt"})
     other_vocab = VOCAB[:5] + [w + "x" for w in VOCAB[5:]]
     p["bert_vocab"] = save_bert(root / "bert_vocab", 1, list(BERT_LABELS[1]), words=other_vocab)
     p["gpt2"] = save_gpt2(root / "gpt2")
@@ -309,6 +316,8 @@ ERRORS = {
                               ["no config.json"]),
     "truncated weights": (lambda p, o: merge(p["vit0"], p["corrupt"], "--dataset", p["image_disk"], "--out", o),
                           ["cannot load the weights of parent", "corrupt", "truncated or corrupt"]),
+    "incomplete weights": (lambda p, o: merge(p["vit0"], p["incomplete"], "--dataset", p["image_disk"], "--out", o),
+                           ["parent", "incomplete", "lacks 1 of its model's weights", "layer", "checkpoint is incomplete"]),
     "different families": (lambda p, o: merge(p["vit0"], p["bert1"], "--dataset", p["image_disk"], "--out", o),
                            ["different families", "vit", "bert"]),
     "different tokenizers": (lambda p, o: merge(p["bert0"], p["bert_vocab"], "--dataset", p["text_disk"], "--out", o),
