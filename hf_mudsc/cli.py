@@ -145,10 +145,12 @@ def _convert(kind: Any, value: Any, *, text: bool) -> Any:
     if origin is typing.Literal or kind is str:  # the config validates the choice
         if isinstance(value, str):
             return value
-    elif origin is tuple:
-        items = [v.strip() for v in value.split(",") if v.strip()] if text else value
-        if isinstance(items, (list, tuple)):
-            return tuple(_convert(args[0], v, text=text) for v in items)
+    elif origin is tuple:  # "a,b" on the command line or in YAML, a YAML list, or one YAML value
+        split = isinstance(value, str)
+        items = [v.strip() for v in value.split(",") if v.strip()] if split else value
+        if not isinstance(items, (list, tuple)):
+            items = [items]
+        return tuple(_convert(args[0], v, text=text or split) for v in items)
     elif kind is bool:
         if isinstance(value, bool):
             return value
@@ -349,6 +351,7 @@ def load_recipe(path: str) -> dict[str, Any]:
         raise CLIError(f"recipe '{path}' is not valid YAML: {' '.join(str(err).split())}") from None
     if not isinstance(data, dict):
         raise CLIError(f"recipe '{path}' must be a mapping of fields")
+    data = {k.replace("-", "_") if isinstance(k, str) else k: v for k, v in data.items()}  # merge-layers as on the command line
     known = recipe_keys()
     unknown = sorted(set(data) - known - {"token"}, key=str)
     if unknown:
@@ -356,7 +359,6 @@ def load_recipe(path: str) -> dict[str, Any]:
                        f"(known: {', '.join(sorted(known))})")
     if "token" in data:
         raise CLIError(f"recipe '{path}' holds a token: keep secrets out of recipes (use --token or HF_TOKEN)")
-    data = {k.replace("-", "_"): v for k, v in data.items()}
     _check_types(path, data)
     return data
 

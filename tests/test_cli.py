@@ -532,9 +532,24 @@ def test_a_new_config_field_reaches_the_command_line_and_yaml_without_a_cli_edit
     recipe.write_text("models: [a, b]\nrepair: [heads]\nbudget: null\n")
     got = captured_config(monkeypatch, ["merge", "--config", str(recipe), "--out", str(tmp_path / "m")])
     assert (got["repair"], got["budget"]) == (("heads",), None)
-    recipe.write_text("models: [a, b]\nrepair: heads\n")
+    for text, want in (("heads", ("heads",)), ("heads,norms", ("heads", "norms"))):  # as --repair takes it
+        recipe.write_text(f"models: [a, b]\nrepair: {text}\n")  # (was refused: "must be a comma-separated list")
+        got = captured_config(monkeypatch, ["merge", "--config", str(recipe), "--out", str(tmp_path / "m")])
+        assert got["repair"] == want
+    recipe.write_text("models: [a, b]\nrepair: {heads: 1}\n")
     assert main(["merge", "--config", str(recipe), "--out", str(tmp_path / "m")]) == 2
-    assert "field 'repair' must be a comma-separated list of strings, got 'heads'" in capsys.readouterr().err
+    assert "field 'repair' must be a comma-separated list of strings" in capsys.readouterr().err
+
+
+def test_recipe_fields_take_the_command_lines_spelling_and_forms(monkeypatch, tmp_path):
+    """merge-layers as --merge-layers spells it (was refused as unknown), one layer or "0,2" for a list."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("models: [a, b]\nmerge-layers: 1\nresidual_layers: 2\n")
+    got = captured_config(monkeypatch, ["merge", "--config", str(recipe), "--out", str(tmp_path / "m")])
+    assert (got["merge_layers"], got["residual_layers"]) == (1, (2,))
+    recipe.write_text("models: [a, b]\nresidual_layers: '0,2'\n")
+    assert captured_config(monkeypatch, ["merge", "--config", str(recipe), "--out", str(tmp_path / "m")])[
+        "residual_layers"] == (0, 2)
 
 
 def test_a_yaml_recipe_with_residual_layers_merges(inputs, tmp_path, capsys):
