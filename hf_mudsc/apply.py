@@ -65,21 +65,26 @@ def apply_transforms(
 
     shared: dict[str, torch.Tensor] = {}
     private: list[dict[str, torch.Tensor]] = [{} for _ in state_dicts]
-    for i, (umap, sd) in enumerate(zip(unit_maps, state_dicts)):
-        by_param = umap.param_members()
-        for name, tensor in sd.items():
-            pairs = by_param.get(name, [])
+    by_param = [umap.param_members() for umap in unit_maps]
+    # parameter by parameter, each cast to its dtype once summed: one float64 tensor at a time (all of
+    # them at once were twice the model's size in memory, which the allocator then kept)
+    for name in dict.fromkeys(n for sd in state_dicts for n in sd):
+        total = None
+        for i, (umap, sd) in enumerate(zip(unit_maps, state_dicts)):
+            if name not in sd:
+                continue
             owner = umap.param_layer(name)
             share = name not in umap.task_heads and is_merged(owner, depth, n_layers)
-            active = [(s, m) for s, m in pairs if is_merged(s.layer, depth, n_layers)]
+            active = [(s, m) for s, m in by_param[i].get(name, []) if is_merged(s.layer, depth, n_layers)]
             solo = alone is not None and name in alone[i]
-            out = _transform(tensor, i, active, transforms, share and not solo)
+            out = _transform(sd[name], i, active, transforms, share and not solo)
             if share:
-                shared[name] = out if name not in shared else shared[name] + out
+                total = out if total is None else total + out
             else:
-                private[i][name] = out
-    cast = {name: t.to(next(sd[name].dtype for sd in state_dicts if name in sd)) for name, t in shared.items()}
-    return MergedWeights(cast, [{n: t.to(state_dicts[i][n].dtype) for n, t in p.items()} for i, p in enumerate(private)])
+                private[i][name] = out.to(sd[name].dtype)
+        if total is not None:
+            shared[name] = total.to(next(sd[name].dtype for sd in state_dicts if name in sd))
+    return MergedWeights(shared, [{n: p[n] for n in sd if n in p} for sd, p in zip(state_dicts, private)])
 
 
 def _transform(
