@@ -212,6 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument("--out", required=True, help="output folder")
     apply.add_argument("--overwrite", action="store_true", help=FLAGS["overwrite"])
     apply.add_argument("--token", help="Hub token")
+    for name in ("allow_pickle", "trust_remote_code"):
+        apply.add_argument("--" + name.replace("_", "-"), dest=name, action="store_true", help=FLAGS[name])
+    apply.add_argument("--device-map", help=LOAD_FIELDS["device_map"][1])
+    apply.add_argument("--max-shard-size", default="5GB", help=OUTPUT_FIELDS["max_shard_size"][1])
 
     push = sub.add_parser("push", help="upload a merged folder to the Hub in one commit")
     push.add_argument("folder")
@@ -454,10 +458,14 @@ def _launched_accelerator():
 
 
 def _apply(args: argparse.Namespace) -> int:
+    from .io.writer import check_output_dir
     from .merger import reapply
 
-    result = reapply(args.merged, token=args.token)
-    out = result.save_pretrained(args.out, overwrite=args.overwrite)
+    shard_size = shard_size_of(args.max_shard_size)
+    check_output_dir(args.out, overwrite=args.overwrite)
+    result = reapply(args.merged, token=args.token, allow_pickle=args.allow_pickle,
+                     trust_remote_code=args.trust_remote_code, device_map=args.device_map)
+    out = result.save_pretrained(args.out, overwrite=args.overwrite, max_shard_size=shard_size)
     print(f"re-applied the merge of {Path(args.merged)} into {out}")
     return 0
 

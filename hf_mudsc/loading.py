@@ -35,6 +35,7 @@ class Parent:
     unit_map: UnitMap
     processor: Any = None
     digest: str | None = field(default=None, repr=False)  # of the weights as loaded (see sha256)
+    revision: str | None = None  # the Hub revision it was loaded at
 
     def sha256(self) -> str | None:
         """:func:`weights_digest` of the parent as loaded (computed once; a parent expanded to another
@@ -103,7 +104,7 @@ def load_parent(
     model.eval()
     _check_in_memory(name, model)
     _check_finite(name, model)
-    return Parent(name, model, unit_map_of(model), _load_processor(name, model, hub))
+    return Parent(name, model, unit_map_of(model), _load_processor(name, model, hub), revision=revision)
 
 
 def weights_digest(model: torch.nn.Module) -> str | None:

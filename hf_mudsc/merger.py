@@ -498,6 +498,9 @@ class MergeResult:
             "hf_mudsc_version": _version(),
             "parents": [p.name if p.local_path is None else str(p.local_path) for p in self.parents],
             "parents_sha256": [p.sha256() for p in self.parents],  # what reapply checks
+            # how reapply loads them again: the revisions and the dtype they were merged at
+            "parents_revision": [p.revision for p in self.parents],
+            "parents_dtype": str(self.parents[0].model.dtype).removeprefix("torch."),
             "config": self.config.to_dict(),
             "calibration": self.calibration,
             "report": self.report,
@@ -529,7 +532,9 @@ class MergeResult:
 
 
 def reapply(folder: str | Path, **load: Any) -> MergeResult:
-    """Re-apply a saved merge (recipe + transforms) to its parents, without any data."""
+    """Re-apply a saved merge (recipe + transforms) to its parents, without any data: loaded at the
+    revisions and in the dtype they were merged at, unless ``load`` (``from_pretrained``'s loading
+    arguments) says otherwise."""
     path = Path(folder, RECIPE_NAME)
     if not path.is_file() or not Path(folder, TRANSFORMS_NAME).is_file():
         raise ValueError(f"'{folder}' is not a merge folder: it needs {RECIPE_NAME} and {TRANSFORMS_NAME}")
@@ -539,6 +544,8 @@ def reapply(folder: str | Path, **load: Any) -> MergeResult:
         raise ValueError(f"'{folder}' was repaired after the merge ({', '.join(config.resolved_repair)}) on "
                          "calibration data, "
                          "which reapply cannot repeat: load the saved model itself, or merge again with data")
+    recorded = {"revision": recipe.get("parents_revision"), "torch_dtype": recipe.get("parents_dtype")}
+    load = {**{k: v for k, v in recorded.items() if v is not None}, **load}
     merger = MuDSCMerger.from_pretrained(recipe["parents"], **load, **_config_kwargs(config))
     for i, (parent, digest) in enumerate(zip(merger.parents, recipe.get("parents_sha256") or ())):
         if digest is not None and parent.sha256() not in (None, digest):

@@ -227,6 +227,24 @@ def test_apply_gives_byte_identical_weights(text_merge, tmp_path, capsys):
     assert (tmp_path / "again" / "README.md").read_text() == (text_merge / "README.md").read_text()
 
 
+def test_apply_loads_the_parents_as_the_merge_did(inputs, tmp_path, capsys):
+    """float16 parents merged with --torch-dtype float32: apply loads them in float32 again (the recipe
+    keeps the dtype; apply loaded float16 and wrote another merge), and takes the merge's loading and
+    writing options (--max-shard-size: a sharded merge came back as one file)."""
+    from parents_on_disk import save_bert
+
+    half = [save_bert(tmp_path / f"half{i}", i, list(BERT_LABELS[i]), dtype=torch.float16) for i in (0, 1)]
+    out = tmp_path / "merged"
+    code, _, stderr = run(capsys, "merge", *half, "--method", "weight-matching", "--torch-dtype", "float32",
+                          "--max-shard-size", "100KB", "--out", out)
+    assert code == 0, stderr
+    assert json.loads((out / "merge_recipe.json").read_text())["parents_dtype"] == "float32"
+    code, _, stderr = run(capsys, "apply", out, "--max-shard-size", "100KB", "--out", tmp_path / "again")
+    assert code == 0, stderr
+    assert all_weight_bytes(tmp_path / "again") == all_weight_bytes(out)
+    assert len(list((tmp_path / "again").glob("model-*.safetensors"))) > 1
+
+
 def test_a_merge_of_relative_folders_is_reapplied_from_anywhere(inputs, tmp_path, capsys, monkeypatch):
     """The recipe keeps local parents by absolute path: `apply` run from another folder finds them (a
     relative path would have been looked up on the Hub); a file's builder ("csv") is no dataset name."""

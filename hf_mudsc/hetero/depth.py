@@ -162,7 +162,7 @@ def expand_parent(parent: Parent, plan: DepthPlan) -> Parent:
     holder, _, attr = owner.rpartition(".")
     setattr(model.get_submodule(holder) if holder else model, attr, expanded)
     model.config.num_hidden_layers = plan.depth
-    return Parent(parent.name, model, unit_map_of(model), parent.processor, parent.sha256())
+    return Parent(parent.name, model, unit_map_of(model), parent.processor, parent.sha256(), parent.revision)
 
 
 def unpaired_spaces(umap: UnitMap, plan: DepthPlan) -> list[str]:
