@@ -98,14 +98,15 @@ def test_push_to_existing_repo_and_branch(hub: FakeHub, folder: Path) -> None:
 def test_a_push_over_an_earlier_merge_replaces_its_weights_and_task_folders(hub: FakeHub, folder: Path) -> None:
     """A second push to the same repo deletes the earlier merge's weights and task folders that the new
     folder does not hold (sharded weights beside a new single file, a third task: a loader read the
-    stale file), and keeps the repo's other files (a user's notes) and .gitattributes."""
+    stale file), and keeps the repo's other files (a user's notes and checkpoints) and .gitattributes."""
     import shutil
 
     from huggingface_hub import HfApi
 
     push_folder(folder, "me/merged", token=TOKEN, endpoint=hub.url)
-    HfApi(endpoint=hub.url, token=TOKEN).upload_file(path_or_fileobj=b"mine", path_in_repo="notes.md",
-                                                     repo_id="me/merged")
+    for name in ("notes.md", "checkpoints/step-1/model.safetensors"):  # the user's own files
+        HfApi(endpoint=hub.url, token=TOKEN).upload_file(path_or_fileobj=b"mine", path_in_repo=name,
+                                                         repo_id="me/merged")
     hub.repos["me/merged"].branches["main"][".gitattributes"] = b"*.safetensors filter=lfs"
     for shard in folder.glob("model-*.safetensors"):
         shard.unlink()
@@ -114,8 +115,8 @@ def test_a_push_over_an_earlier_merge_replaces_its_weights_and_task_folders(hub:
     shutil.rmtree(folder / "tasks")
     push_folder(folder, "me/merged", token=TOKEN, endpoint=hub.url)
     files = hub.repos["me/merged"].branches["main"]
-    assert files.keys() == {*_local_files(folder), "notes.md", ".gitattributes"}
-    assert len(hub.commits) == 3 and "tasks/0/model.safetensors" in hub.commits[-1].deleted
+    assert files.keys() == {*_local_files(folder), "notes.md", "checkpoints/step-1/model.safetensors", ".gitattributes"}
+    assert len(hub.commits) == 4 and "tasks/0/model.safetensors" in hub.commits[-1].deleted
 
 
 def test_hf_endpoint_constant_is_the_default(hub: FakeHub, folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import re
 from pathlib import Path
 
 from huggingface_hub import HfApi
@@ -20,9 +21,9 @@ from .writer import OutputError, assert_no_pickle
 logger = logging.getLogger(__name__)
 
 DEFAULT_COMMIT_MESSAGE = "Upload merged model (hf-mudsc)"
-# a push replaces these files of the repo (what a merge folder's models are loaded from); others stay
-STALE_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "*.bin", "*.bin.index.json", "*.pt", "*.pth",
-                  "tasks/*"]
+# a push replaces the repo's top-level weights and its task folders (what a merge folder's models are
+# loaded from); other files stay
+WEIGHT_SUFFIXES = (".safetensors", ".safetensors.index.json", ".bin", ".bin.index.json", ".pt", ".pth")
 
 
 def _check_folder(folder: Path) -> None:
@@ -45,8 +46,9 @@ def push_folder(
     exist_ok: bool = True,
 ) -> str:
     """Create ``repo_id`` if needed and upload ``folder`` (README.md included) in one commit, which
-    also deletes the repo's files of :data:`STALE_PATTERNS` that the folder does not hold (an earlier
-    merge's weights, configs or task folders, which a loader would otherwise read beside the new ones).
+    also deletes the repo's top-level weights (:data:`WEIGHT_SUFFIXES`) and ``tasks/`` files that the
+    folder does not hold (an earlier merge's shards or task folders, which a loader would otherwise
+    read beside the new ones).
 
     ``revision``: a branch, created from the default branch if missing. Returns the commit URL.
     """
@@ -64,11 +66,20 @@ def push_folder(
             repo_type="model",
             revision=revision,
             commit_message=commit_message or DEFAULT_COMMIT_MESSAGE,
-            delete_patterns=STALE_PATTERNS,
+            delete_patterns=_stale(api, repo_id, revision, folder) or None,
         )
     except _transport_errors() as err:  # no answer at all (the Hub's own answers are HfHubHTTPError, an OSError)
         raise ConnectionError(f"cannot reach the Hub at {api.endpoint}: {err}") from err
     return info.commit_url
+
+
+def _stale(api: HfApi, repo_id: str, revision: str | None, folder: Path) -> list[str]:
+    """The repo's top-level weight files and task-folder files that ``folder`` does not hold, as
+    patterns that match each path alone."""
+    ours = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+    stale = [f for f in api.list_repo_files(repo_id, revision=revision)
+             if f not in ours and (f.startswith("tasks/") or ("/" not in f and f.endswith(WEIGHT_SUFFIXES)))]
+    return [re.sub(r"([*?\[])", r"[\1]", f) for f in stale]  # fnmatch: a bracketed character is itself
 
 
 def _transport_errors() -> tuple[type[BaseException], ...]:
