@@ -226,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="merge two small ViTs trained on digits with every preset")
     demo.add_argument("--out", default="mudsc-demo", help="where to write the merged folder (default mudsc-demo)")
     demo.add_argument("--cache-dir", help="where the trained parents are cached")
+    demo.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder (an earlier "
+                                                                "demo's is replaced without it)")
     return parser
 
 
@@ -480,7 +482,7 @@ def _push(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(out=args.out, cache_dir=args.cache_dir)
+    run_demo(out=args.out, cache_dir=args.cache_dir, overwrite=args.overwrite)
     return 0
 
 

@@ -580,3 +580,25 @@ def test_a_yaml_recipe_with_residual_layers_merges(inputs, tmp_path, capsys):
     code, _, stderr = run(capsys, "merge", "--config", recipe)
     assert (code, not_warnings(stderr)) == (0, "")
     assert json.loads((tmp_path / "merged" / "merge_recipe.json").read_text())["config"]["residual_layers"] == [0, 2]
+
+
+def test_demo_replaces_only_an_earlier_demo_and_refuses_other_folders_first(tmp_path, capsys, monkeypatch):
+    """`hf-mudsc demo --out F` replaced any merge folder (a user's own merge) and failed on any other
+    non-empty folder only after all its work; now: an earlier demo's folder is replaced, any other is
+    refused at once unless --overwrite."""
+    from hf_mudsc.demo import run as demo
+
+    parents = [tmp_path / "cache" / "a", tmp_path / "cache" / "b"]
+    monkeypatch.setattr(demo, "digit_parents", lambda cache_dir: (parents, None))
+    monkeypatch.setattr(demo.MuDSCMerger, "from_pretrained", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("ran")))
+    mine = tmp_path / "my-merge"
+    mine.mkdir()
+    (mine / "merge_recipe.json").write_text(json.dumps({"parents": ["/models/bert-a", "/models/bert-b"]}))
+    code, _, stderr = run(capsys, "demo", "--out", mine)
+    assert code == 2 and "not empty" in stderr and "ran" not in stderr and len(stderr.strip().splitlines()) == 1
+    (mine / "merge_recipe.json").write_text(json.dumps({"parents": [str(p.resolve()) for p in parents]}))
+    with pytest.raises(RuntimeError, match="ran"):  # an earlier demo's folder: the demo goes on
+        main(["demo", "--out", str(mine)])
+    (mine / "merge_recipe.json").write_text("{}")
+    with pytest.raises(RuntimeError, match="ran"):
+        main(["demo", "--out", str(mine), "--overwrite"])

@@ -4,6 +4,7 @@ statistics pass, scored under ZipIt's protocol, and the default merge (MuDSC zip
 written with its card."""
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -13,6 +14,7 @@ import transformers
 
 from .. import __version__
 from ..evaluation import DEFAULT_RUN, PRESET_RUNS, evaluate_models, format_table, image_batches
+from ..io.writer import check_output_dir
 from ..merger import MuDSCMerger
 from .parents import digit_parents, load_digits_dataset
 
@@ -24,11 +26,15 @@ COLUMNS = ["model", "joint", "per_task", "task 0-4", "task 5-9", "seconds"]
 
 
 def run_demo(out: str | Path = "mudsc-demo", cache_dir: str | Path | None = None, num_samples: int = 256,
-             echo: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Run the demo; return the table rows."""
+             echo: Callable[[str], None] = print, overwrite: bool = False) -> list[dict[str, Any]]:
+    """Run the demo; return the table rows. ``out`` is written over when it holds an earlier demo's
+    merge (of these parents), or with ``overwrite``; any other non-empty folder is refused at once."""
     start = time.perf_counter()
     echo("training or loading the two digit parents (cached after the first run) ...")
     paths, tests = digit_parents(cache_dir)
+    target = Path(out)
+    overwrite = overwrite or _earlier_demo(target, paths)
+    check_output_dir(target, overwrite=overwrite)
     merger = MuDSCMerger.from_pretrained([str(p) for p in paths], "mudsc")
     scoring = image_batches(tests, merger.parents[0].processor)
     calibration = load_digits_dataset()["train"].shuffle(seed=0).select(range(num_samples))
@@ -49,12 +55,20 @@ def run_demo(out: str | Path = "mudsc-demo", cache_dir: str | Path | None = None
     echo(format_table(rows, COLUMNS))
     echo(f"({_versions()})")
 
-    target = Path(out)
-    overwrite = (target / "merge_recipe.json").exists()  # a previous demo's folder
     results[SAVED].save_pretrained(target, overwrite=overwrite, evaluation=_card_rows(rows))
     echo(f"\nwrote the MuDSC merge to {target}/ (model card: {target}/README.md) "
          f"in {time.perf_counter() - start:.0f} s")
     return rows
+
+
+def _earlier_demo(target: Path, paths: list[Path]) -> bool:
+    """Whether ``target`` holds a merge of these parents (an earlier run's output; a merge of other
+    parents, say a user's own, is not the demo's to replace)."""
+    try:
+        parents = json.loads((target / "merge_recipe.json").read_text()).get("parents")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return parents == [str(Path(p).resolve()) for p in paths]
 
 
 def _versions() -> str:
