@@ -524,6 +524,9 @@ def load_calibration_dataset(source: str, split: str | None = None, token: str |
         # another split name would otherwise be ignored
         raise CLIError(f"dataset '{source}' is a single table (split '{getattr(data, 'split', None) or 'train'}'), "
                        f"it has no split '{split}'; drop --split")
+    # the card's metadata names a Hub dataset as given (datasets keeps a snake-cased last part of the
+    # name or of a local folder's path) and a local one not at all
+    data.info.dataset_name = None if path.exists() else source
     return data
 
 

@@ -602,3 +602,14 @@ def test_demo_replaces_only_an_earlier_demo_and_refuses_other_folders_first(tmp_
     (mine / "merge_recipe.json").write_text("{}")
     with pytest.raises(RuntimeError, match="ran"):
         main(["demo", "--out", str(mine), "--overwrite"])
+
+
+def test_a_local_dataset_folder_is_no_dataset_name(tmp_path):
+    """A folder of data files is read by its files' builder, and datasets names it after the folder
+    (snake-cased: "my_calib_data"), which the card's metadata then gave as a Hub dataset."""
+    from hf_mudsc.cli import load_calibration_dataset
+
+    folder = tmp_path / "MyCalibData"
+    folder.mkdir()
+    (folder / "part.csv").write_text("text\nthe good game\na bad law\n")
+    assert load_calibration_dataset(str(folder)).info.dataset_name is None
