@@ -357,7 +357,8 @@ def load_recipe(path: str) -> dict[str, Any]:
         raise CLIError(f"recipe '{path}' is not valid YAML: {' '.join(str(err).split())}") from None
     if not isinstance(data, dict):
         raise CLIError(f"recipe '{path}' must be a mapping of fields")
-    data = {k.replace("-", "_") if isinstance(k, str) else k: v for k, v in data.items()}  # merge-layers as on the command line
+    # merge-layers as the command line spells it
+    data = {k.replace("-", "_") if isinstance(k, str) else k: v for k, v in data.items()}
     known = recipe_keys()
     unknown = sorted(set(data) - known - {"token"}, key=str)
     if unknown:

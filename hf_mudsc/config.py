@@ -187,7 +187,8 @@ class MergeConfig:
             layers = self.residual_layers
             if isinstance(layers, (str, bytes)) or not isinstance(layers, Iterable) \
                     or not (layers := list(layers)) or not all(_integer(i) for i in layers):
-                raise ConfigError(f"residual_layers must be a non-empty list of layer indices, got {self.residual_layers!r}")
+                raise ConfigError("residual_layers must be a non-empty list of layer indices, "
+                                  f"got {self.residual_layers!r}")
             object.__setattr__(self, "residual_layers", tuple(int(i) for i in layers))
         if self.unpaired_layers not in ("keep", "average"):
             raise ConfigError(f"unpaired_layers must be 'keep' or 'average', got '{self.unpaired_layers}'")

@@ -69,7 +69,8 @@ def load_parent(
         name = getattr(source, "name_or_path", "") or f"in-memory {type(source).__name__}"  # never a Hub id
         # the processor saved where the model came from, as transformers.pipeline finds it for a model object
         hub = dict(revision=revision, token=token, trust_remote_code=trust_remote_code)
-        processor = _load_processor(str(name), source, hub) if could_be_hub_id(str(name)) or Path(name).is_dir() else None
+        found = could_be_hub_id(str(name)) or Path(name).is_dir()
+        processor = _load_processor(str(name), source, hub) if found else None
         return Parent(str(name), source.eval(), unit_map_of(source), processor)
     name = str(source)
     _check_local(name)

@@ -32,14 +32,15 @@ def solve_zip(sim: Any, sizes: Sequence[int], k: int | None = None, budget: floa
     again. With three models or more, a cluster that holds at most one unit of each model
     is *completed* by another such cluster of other models without the decay (at
     ``min(s(A, C), s(B, C))``, decay 0 included): the third copy of a unit joins the pair
-    its two copies formed, rather than another unit's leftover (two models never complete
-    a cluster: every cluster meets a model it holds). A merge of two clusters that both hold units of model m is a same-model merge
+    its two copies formed, rather than another unit's leftover (with two models no merged
+    cluster is ever completed: every other cluster holds one of its models). A merge of two
+    clusters that both hold units of model m is a same-model merge
     of m; model m may make at most ``floor(budget * sizes[m])`` of them (so that
     ``sizes[m] - #merged units reached by m`` never exceeds it); pairs over a budget are
     not allowed.
 
-    When no allowed pair is left before ``k`` is reached (with decay 0 and three models or
-    more, merged pairs are frozen), the merging goes on with the same greedy rule ignoring
+    When no allowed pair is left before ``k`` is reached (with decay 0, merged clusters that
+    no cluster completes are frozen), the merging goes on with the same greedy rule ignoring
     the decay (cluster similarity = the minimum over member pairs, decay 1), still within
     budgets: this is how a cluster grows past two members. If that is stuck too (greedy
     choices can leave clusters that overlap in models), :func:`_complete` finishes around
