@@ -186,6 +186,9 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="hf-mudsc", description="Merge models trained from different "
                      "initialisations, without training (MuDSC, ZipIt!, Git Re-Basin).")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"hf-mudsc {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     merge = sub.add_parser("merge", help="merge two or more models")

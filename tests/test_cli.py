@@ -613,3 +613,10 @@ def test_a_local_dataset_folder_is_no_dataset_name(tmp_path):
     folder.mkdir()
     (folder / "part.csv").write_text("text\nthe good game\na bad law\n")
     assert load_calibration_dataset(str(folder)).info.dataset_name is None
+
+
+def test_the_version_is_one_flag_away(capsys):
+    from hf_mudsc import __version__
+
+    code, stdout, _ = run(capsys, "--version")
+    assert (code, stdout.strip()) == (0, f"hf-mudsc {__version__}")
