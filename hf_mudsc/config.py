@@ -176,13 +176,6 @@ class MergeConfig:
             value = getattr(self, name)
             if value is not None and (not _integer(value) or value < 1):
                 raise ConfigError(f"{name} must be a positive integer or None, got {value!r}")
-        for name in ("merge_layers", "max_sweeps", "patience", "max_tokens_per_batch", "statistics_samples",
-                     "repair_samples"):  # numpy numbers as Python ones (the recipe is JSON)
-            if getattr(self, name) is not None:
-                object.__setattr__(self, name, int(getattr(self, name)))
-        for name in ("alpha", "zip_budget", "zip_decay", "holdout", "tol"):
-            if type(getattr(self, name)) not in (int, float, type(None)):
-                object.__setattr__(self, name, float(getattr(self, name)))
         if self.residual_layers is not None:
             layers = self.residual_layers
             if isinstance(layers, (str, bytes)) or not isinstance(layers, Iterable) \
@@ -195,7 +188,13 @@ class MergeConfig:
         # torch's generators take seeds below 2**64 only (a larger one would fail at the statistics pass)
         if not _integer(self.seed) or not 0 <= self.seed < 2**64:
             raise ConfigError(f"seed must be an integer in [0, 2**64), got {self.seed}")
-        object.__setattr__(self, "seed", int(self.seed))
+        for name in ("merge_layers", "max_sweeps", "patience", "max_tokens_per_batch", "statistics_samples",
+                     "repair_samples", "seed"):  # numpy numbers as Python ones (the recipe is JSON)
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, int(getattr(self, name)))
+        for name in ("alpha", "zip_budget", "zip_decay", "holdout", "tol"):
+            if type(getattr(self, name)) not in (int, float, type(None)):
+                object.__setattr__(self, name, float(getattr(self, name)))
         if self.repair is not None:
             object.__setattr__(self, "repair", _repairs(self.repair))
 

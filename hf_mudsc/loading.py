@@ -65,18 +65,17 @@ def load_parent(
     allow_pickle: bool = False,
 ) -> Parent:
     """Load one parent with the class named in its config, plus its processor."""
+    hub = dict(revision=revision, token=token, trust_remote_code=trust_remote_code)
     if isinstance(source, PreTrainedModel):
-        name = getattr(source, "name_or_path", "") or f"in-memory {type(source).__name__}"  # never a Hub id
+        name = str(getattr(source, "name_or_path", "") or f"in-memory {type(source).__name__}")  # never a Hub id
         # the processor saved where the model came from, as transformers.pipeline finds it for a model object
-        hub = dict(revision=revision, token=token, trust_remote_code=trust_remote_code)
-        found = could_be_hub_id(str(name)) or Path(name).is_dir()
-        processor = _load_processor(str(name), source, hub) if found else None
-        return Parent(str(name), source.eval(), unit_map_of(source), processor)
+        found = could_be_hub_id(name) or Path(name).is_dir()
+        processor = _load_processor(name, source, hub) if found else None
+        return Parent(name, source.eval(), unit_map_of(source), processor)
     name = str(source)
     _check_local(name)
     if not allow_pickle:
         _refuse_pickle_only(name)
-    hub = dict(revision=revision, token=token, trust_remote_code=trust_remote_code)
     try:
         if not trust_remote_code:
             _refuse_custom_code(name, revision=revision, token=token)

@@ -59,11 +59,13 @@ class RepairContext:
             config = merged_config(parent.config, self.transforms, self.unit_maps[0].num_layers)
             other = next((m for m in self._models.values()
                           if next(m.parameters()).device == device and m.dtype == parent.dtype), None)
-            if other is None:  # the merged weights' own tensors, where they fit: one copy, written in place
+            if other is not None:
+                reuse = {name: p.detach() for name, p in other.named_parameters() if name in self.weights.shared}
+            elif not self._aliased:  # the merged weights' own tensors, where they fit: one copy, written in place
                 reuse = self._own_shared(device, parent.dtype)
                 self._aliased = set(reuse)
-            else:
-                reuse = {name: p.detach() for name, p in other.named_parameters() if name in self.weights.shared}
+            else:  # another device or dtype than the model that holds them
+                reuse = {}
             self._models[i] = build_task_model(parent, self.weights.task_state_dict(i), config, reuse).to(device)
         return self._models[i]
 
@@ -71,8 +73,6 @@ class RepairContext:
         """The shared merged tensors that a task model on ``device`` in ``dtype`` can hold as they are:
         those of that device and dtype that are no parent's parameter (a float64 parent's tensor that
         no transform touches comes through the merge unchanged)."""
-        if self._aliased:  # the weights' tensors are one model's parameters already
-            return {}
         theirs = {p.untyped_storage().data_ptr() for parent in self.parents for p in parent.parameters()}
         return {name: t for name, t in self.weights.shared.items()
                 if t.device == device and t.dtype == dtype and t.untyped_storage().data_ptr() not in theirs}
