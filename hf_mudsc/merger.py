@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from accelerate.utils import broadcast_object_list
 from tqdm.auto import tqdm
 
 from .apply import MergedWeights, apply_transforms, build_task_model, is_merged
@@ -115,17 +116,30 @@ class MuDSCMerger:
         plan = hetero_depth.plan_depth(self.parents, cka, layer_map)
         hetero_depth.check_plan(self.parents[0].unit_map.family, plan, self.config.merge_layers,
                                 self.config.unpaired_layers)
+        if self.depth is not None and (plan.deep, plan.layer_map) == (self.depth.deep, self.depth.layer_map):
+            return  # the alignment the parents have: their statistics still fit
+        if self._activation is not None:
+            warnings.warn("align() changed the layer alignment that the statistics were collected with: they are "
+                          "dropped; pass the calibration data again (merge(data) or collect(data))", stacklevel=2)
         self.depth = plan
         self._merging = [hetero_depth.expand_parent(p, plan) if i == plan.shallow else p
                          for i, p in enumerate(self.parents)]
-        self._activation = None  # statistics of the unexpanded parents do not fit
+        self._activation = None  # statistics of the parents otherwise aligned do not fit
 
-    def _align_on(self, calib: Calibration, config: MergeConfig, progress: bool) -> None:
-        """Align the layers of parents of different depths on ``calib`` (layer CKA), unless aligned."""
-        if self.differ_in_depth and self.depth is None:
-            self.align(cka=hetero_depth.collect_layer_cka(
+    def _align_on(self, calib: Calibration, config: MergeConfig, progress: bool, accelerator: Any = None) -> None:
+        """Align the layers of parents of different depths on all of ``calib`` (layer CKA), unless
+        aligned; with several processes, the main one measures and every rank takes its alignment."""
+        if not self.differ_in_depth or self.depth is not None:
+            return
+        several = accelerator is not None and accelerator.num_processes > 1
+        cka = None
+        if not several or accelerator.is_main_process:
+            cka = hetero_depth.collect_layer_cka(
                 [p.model for p in self.parents], [p.unit_map for p in self.parents], calib,
-                max_tokens_per_batch=config.max_tokens_per_batch, seed=config.seed, progress=progress))
+                max_tokens_per_batch=config.max_tokens_per_batch, seed=config.seed, progress=progress)
+        if several:
+            cka = broadcast_object_list([cka])[0]
+        self.align(cka=cka)
 
     def _require_alignment(self) -> None:
         if self.differ_in_depth and self.depth is None:
@@ -187,12 +201,9 @@ class MuDSCMerger:
         self._calibration_source = calib  # every row, in every process: the repairs run alike in each
         # the statistics read the first statistics_samples drawn rows only
         stats = calib if config.statistics_samples is None else calib.head(config.statistics_samples)
+        self._align_on(stats, config, progress, accelerator)  # on every row, before they are shared out
         if accelerator is not None and accelerator.num_processes > 1:
-            if self.differ_in_depth and self.depth is None:
-                raise ValueError("aligning the layers of parents of different depths runs in one process: "
-                                 "call align() (or collect without Accelerate) first")
             stats = dataclasses.replace(stats, rank=accelerator.process_index, world_size=accelerator.num_processes)
-        self._align_on(stats, config, progress)
         maps = [_residual_sites(m, config.residual_layers) for m in self.unit_maps]
         merged = self.merged_spaces(config)
         groups = [merged]
@@ -361,10 +372,10 @@ class MuDSCMerger:
             self._calibration_source = self.prepare_calibration(data, num_samples=num_samples, batch_size=batch_size,
                                                                 column=column, seed=config.seed)
             self.calibration = self._calibration_source.describe()
-            self._align_on(self._calibration_source, config, progress)
+            self._align_on(self._calibration_source, config, progress, accelerator)
         elif data is not None:  # a data-free method: the data aligns parents of different depths
             self._align_on(self.prepare_calibration(data, num_samples=num_samples, batch_size=batch_size,
-                                                    column=column, seed=config.seed), config, progress)
+                                                    column=column, seed=config.seed), config, progress, accelerator)
         elif config.resolved_repair and self._calibration_source.column is not None \
                 and self._calibration_source.seed != config.seed:  # drawn rows, not ready batches
             raise ValueError(f"seed={config.seed} would draw other calibration rows than the collected ones (seed "

@@ -3,6 +3,7 @@ calibration data by rank, reduces the moments exactly and gives the single-proce
 loaded with a ``device_map`` merge like plain ones."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -165,6 +166,24 @@ def test_cli_under_two_processes_writes_once_the_single_process_merge(parents, t
     run_fresh("cli", *argv, "--out", str(tmp_path / "two"))
     assert main([*argv, "--out", str(tmp_path / "one")]) == 0
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
+    assert_weights_close(all_weights(tmp_path / "two"), all_weights(tmp_path / "one"), WEIGHT_TOL)
+
+
+def test_cli_under_two_processes_aligns_parents_of_different_depths_as_one_process(parents, tmp_path):
+    """The layers of parents of different depths are aligned on every calibration row, by the main
+    process, and every rank takes that alignment (was refused: 'call align()', which the command
+    line cannot)."""
+    from hf_mudsc.cli import main
+
+    deep = save_bert(tmp_path / "deep", 2, list(BERT_LABELS[1]), dtype=torch.float64, num_hidden_layers=3)
+    data = tmp_path / "calib"
+    text_dataset(N).save_to_disk(str(data))
+    argv = ["merge", parents[0], str(deep), "--dataset", str(data), "--num-samples", str(N), "--batch-size",
+            str(BS), "--max-sweeps", "1"]
+    run_fresh("cli", *argv, "--out", str(tmp_path / "two"))
+    assert main([*argv, "--out", str(tmp_path / "one")]) == 0
+    recipes = [json.loads((tmp_path / f / "merge_recipe.json").read_text()) for f in ("two", "one")]
+    assert recipes[0]["layer_alignment"] == recipes[1]["layer_alignment"] is not None
     assert_weights_close(all_weights(tmp_path / "two"), all_weights(tmp_path / "one"), WEIGHT_TOL)
 
 

@@ -232,6 +232,25 @@ def test_post_ln_parents_refuse_what_has_no_identity_layer():
         merger.align(layer_map=[0, 1])
 
 
+def test_aligning_again_keeps_the_statistics_of_the_same_alignment_and_says_when_it_drops_them():
+    deep, shallow = tiny_model("vit-cls", seed=0, num_hidden_layers=3), tiny_model("vit-cls", seed=1)
+    merger = MuDSCMerger.from_pretrained([deep, shallow], "zipit")
+    merger.collect(calibration(shallow), progress=False)
+    found = list(merger.depth.layer_map)
+    expected = merger.merge(progress=False)
+    merger.align(layer_map=found)  # the map it has: nothing to collect again (was dropped silently)
+    again = merger.merge(progress=False)
+    assert again.recipe()["layer_alignment"] == expected.recipe()["layer_alignment"]
+    assert all(torch.equal(again.transforms[n].assign[i], t.assign[i])
+               for n, t in expected.transforms.items() for i in range(2))
+    other = [0, 1] if found != [0, 1] else [1, 2]
+    with pytest.warns(UserWarning, match="changed the layer alignment .* pass the calibration data again"):
+        merger.align(layer_map=other)
+    with pytest.raises(ValueError, match="needs calibration data"):
+        merger.merge(progress=False)
+    assert merger.merge(calibration(shallow), progress=False).recipe()["layer_alignment"]["layer_map"] == other
+
+
 def test_data_free_merges_of_different_depths_need_an_alignment():
     deep, shallow = tiny_model("vit-cls", seed=0, num_hidden_layers=3), tiny_model("vit-cls", seed=1)
     merger = MuDSCMerger.from_pretrained([deep, shallow], "weight-matching")
