@@ -39,6 +39,8 @@ from .loading import config_differences
 # The IOB tag of a token outside every entity: it means the same in every task, and token-classification
 # pipelines drop it by name, so it is never prefixed.
 OUTSIDE = "O"
+# The tags in front of an entity's name (IOB, IOBES, BILOU): a task prefix goes after them.
+IOB_TAGS = ("B", "I", "E", "S", "L", "U")
 
 
 # The heads whose outputs are one set of class logits: what the joint model serves (not extractive QA,
@@ -220,18 +222,21 @@ class MuDSCJointModel(PreTrainedModel):
         self, *args: Any, labels: torch.Tensor | None = None, return_dict: bool | None = None, **kwargs: Any
     ) -> SequenceClassifierOutput | ImageClassifierOutput | TokenClassifierOutput | tuple:
         """Joint logits: each task's ``log_softmax`` concatenated on the last axis (the union of labels).
-        Token classification where every task has the tag :data:`OUTSIDE`: each task's "O" column holds
-        the sum of all of them (the log-probability that no task sees an entity there), so that one
-        task's confident entity is not tied with another task's confident "O".
+        Token classification where every task has the tag :data:`OUTSIDE`: the tasks are read as
+        independent taggers of which at most one sees an entity. Each task's "O" column holds the sum
+        of all their "O" log-probabilities (no task sees an entity there), and its entity columns add
+        the other tasks' "O" (this task sees it, the others see nothing), so a token is tagged with a
+        task's entity exactly where that task prefers it to "O" (a self-merge tags as its parent), and
+        two tasks' entities compete by their log-odds against "O".
 
         ``labels`` (union indices, -100 ignored) give ``loss``: the cross-entropy over the union.
         """
         parts = [F.log_softmax(t, dim=-1) for t in self.task_logits(*args, **kwargs)]
         outside = self._outside_columns() if parts[0].dim() == 3 else None
-        if outside is not None:
-            nobody = sum(part[..., o] for part, o in zip(parts, outside))
-            for part, o in zip(parts, outside):
-                part[..., o] = nobody
+        if outside is not None:  # out of place: the log-softmax outputs are kept for the gradient
+            nobody = sum(part[..., o] for part, o in zip(parts, outside)).unsqueeze(-1)
+            parts = [torch.where(torch.arange(part.shape[-1], device=part.device) == o, nobody,
+                                 part + (nobody - part[..., o:o + 1])) for part, o in zip(parts, outside)]
         logits = torch.cat(parts, dim=-1)
         loss = None
         if labels is not None:
@@ -287,20 +292,32 @@ def _check_tasks(task_models: Sequence[PreTrainedModel], shared: set[str], task_
 
 
 def _union_labels(id2label_per_task: Sequence[Sequence[str]], task_names: Sequence[str]) -> tuple[list[str], list[int]]:
-    """Union label names in task order (a name found in several tasks is prefixed ``"{task}/"``, but
-    :data:`OUTSIDE`) and offsets."""
+    """Union label names in task order, and offsets. A name found in several tasks is prefixed
+    ``"{task}/"``, but :data:`OUTSIDE`; an IOB tag is named by its entity (``B-PER`` and ``I-PER``
+    are the entity ``PER``: when several tasks tag ``PER``, all their tags of it are prefixed) and keeps
+    its tag in front, ``"B-{task}/PER"``, as a token-classification pipeline reads it to group entities."""
     seen: dict[str, int] = {}
     for labels in id2label_per_task:
-        for label in set(labels):
-            seen[label] = seen.get(label, 0) + 1
+        for name in {_iob(label)[1] for label in labels}:
+            seen[name] = seen.get(name, 0) + 1
     names, offsets = [], [0]
     for task, labels in zip(task_names, id2label_per_task):
-        names += [f"{task}/{label}" if seen[label] > 1 and label != OUTSIDE else label for label in labels]
+        for label in labels:
+            tag, name = _iob(label)
+            if seen[name] > 1 and label != OUTSIDE:
+                label = f"{tag}-{task}/{name}" if tag else f"{task}/{name}"
+            names.append(label)
         offsets.append(len(names))
     named = [n for n in names if n != OUTSIDE]
     if len(set(named)) != len(named):
         raise ValueError(f"union label names are not unique: {names}")
     return names, offsets
+
+
+def _iob(label: str) -> tuple[str, str]:
+    """``(tag, entity)`` of an IOB tag such as ``"B-PER"``; ``("", label)`` for any other label."""
+    tag, dash, entity = label.partition("-")
+    return (tag, entity) if dash and tag in IOB_TAGS and entity else ("", label)
 
 
 def register_auto_classes() -> None:

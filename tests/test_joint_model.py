@@ -113,12 +113,14 @@ def test_colliding_labels_get_task_prefixes() -> None:
 
 def test_the_outside_tag_keeps_its_name_in_every_task(tmp_path) -> None:
     """Token classification: "O" of either task stays "O" (a pipeline drops it by name; prefixed, it was
-    taken for an entity), other shared tags are prefixed; every "O" column scores "no task sees an
-    entity", so one task's sure entity is not tied with the other's sure "O"."""
+    taken for an entity), an entity that several tasks tag is prefixed after its IOB tag in all its tags
+    (a pipeline groups entities by the tag in front: "people/B-PER" was read as a continuation, and
+    "I-PER" as another entity); every "O" column scores "no task sees an entity", so one task's sure
+    entity is not tied with the other's sure "O"."""
     labels = ({0: "O", 1: "B-PER", 2: "I-PER"}, {0: "O", 1: "B-PER"})
     models, shared = task_pair("bert-token", labels=labels)
     joint = MuDSCJointModel.from_task_models(models, shared, ["people", "more"])
-    assert joint.config.id2label == {0: "O", 1: "people/B-PER", 2: "I-PER", 3: "O", 4: "more/B-PER"}
+    assert joint.config.id2label == {0: "O", 1: "B-people/PER", 2: "I-people/PER", 3: "O", 4: "B-more/PER"}
     assert joint.config.label2id["O"] == 0
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(94)]
     (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
@@ -130,7 +132,10 @@ def test_the_outside_tag_keeps_its_name_in_every_task(tmp_path) -> None:
         joint.save_pretrained(tmp_path)
         tag = tf.pipeline("token-classification", model=str(tmp_path), tokenizer=str(tmp_path))
         found = tag("w1 w2 w3")
-        assert len(found) == entities and all(e["entity"] == "people/B-PER" for e in found), found
+        assert len(found) == entities and all(e["entity"] == "B-people/PER" for e in found), found
+        grouped = tf.pipeline("token-classification", model=str(tmp_path), tokenizer=str(tmp_path),
+                              aggregation_strategy="simple")("w1 w2 w3")
+        assert [g["entity_group"] for g in grouped] == ["people/PER"] * entities, grouped
 
 
 def test_labels_give_union_cross_entropy_and_gradients() -> None:
@@ -144,6 +149,47 @@ def test_labels_give_union_cross_entropy_and_gradients() -> None:
     assert all(p.grad is not None for p in joint.private["1"].values())
     loss, logits = joint(**inputs, labels=labels, return_dict=False)
     torch.testing.assert_close(logits, out.logits)
+
+
+def tags(joint: MuDSCJointModel, inputs: dict[str, torch.Tensor]) -> list[str]:
+    """The joint model's tag of every token, without task prefixes."""
+    with torch.no_grad():
+        found = joint(**inputs).logits.argmax(-1).reshape(-1)
+    return [re.sub(r"^(\w-)?[^/]*/", r"\1", joint.config.id2label[int(j)]) for j in found]
+
+
+def parent_tags(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> list[str]:
+    with torch.no_grad():
+        return [model.config.id2label[int(j)] for j in model(**inputs).logits.argmax(-1).reshape(-1)]
+
+
+def test_a_joint_token_tagger_tags_as_each_task_where_the_others_see_nothing() -> None:
+    """A token gets a task's entity exactly where that task prefers it to "O": a self-merge tags as its
+    parent (the "O" column summed over tasks, compared with one task's entity, tagged entities no
+    parent saw), and a task with nothing to tag leaves the other's tags as they are."""
+    labels = ({0: "O", 1: "B-PER", 2: "I-PER"}, {0: "O", 1: "B-LOC"})
+    models, shared = task_pair("bert-token", labels=labels)
+    inputs = tiny_inputs(models[0], batch=8)
+    own = parent_tags(models[0], inputs)
+    assert len(set(own)) == 3  # the parent tags entities and "O": the comparison means something
+    twin = tiny_model("bert-token", seed=0, num_labels=3, dtype=torch.float32, id2label=labels[0])
+    self_merge = MuDSCJointModel.from_task_models([models[0], twin], {n for n, _ in twin.named_parameters()},
+                                                  ["a", "b"])
+    assert tags(self_merge, inputs) == own
+    with torch.no_grad():
+        models[1].classifier.bias.copy_(torch.tensor([30.0, 0.0]))  # task 1 sees no location anywhere
+    assert tags(MuDSCJointModel.from_task_models(models, shared, ["a", "b"]), inputs) == own
+
+
+def test_a_joint_token_tagger_trains() -> None:
+    """Its loss has gradients (the "O" columns were written into the log-softmax output in place)."""
+    models, shared = task_pair("bert-token", labels=({0: "O", 1: "B-PER", 2: "I-PER"}, {0: "O", 1: "B-LOC"}))
+    joint = MuDSCJointModel.from_task_models(models, shared, ["a", "b"]).train()
+    inputs = tiny_inputs(models[0])
+    labels = torch.randint(0, 5, inputs["input_ids"].shape, generator=torch.Generator().manual_seed(0))
+    joint(**inputs, labels=labels).loss.backward()
+    grads = [p.grad for p in joint.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads) and any(g.abs().sum() > 0 for g in grads)
 
 
 def test_refuses_incompatible_tasks() -> None:
