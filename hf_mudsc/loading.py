@@ -6,6 +6,7 @@ message that names it.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from transformers import AutoConfig, PreTrainedModel
 
 from .paths import could_be_hub_id
 from .quality import MergeQualityWarning
-from .unitmaps import UnitMap, unit_map_of
+from .unitmaps import UnitMap, UnitMapError, unit_map_of
 
 
 class ParentError(ValueError):
@@ -71,7 +72,7 @@ def load_parent(
         # the processor saved where the model came from, as transformers.pipeline finds it for a model object
         found = could_be_hub_id(name) or Path(name).is_dir()
         processor = _load_processor(name, source, hub) if found else None
-        return Parent(name, source.eval(), unit_map_of(source), processor)
+        return Parent(name, *_mergeable(name, source.eval()), processor)
     name = str(source)
     _check_local(name)
     if not allow_pickle:
@@ -85,10 +86,15 @@ def load_parent(
             raise
         raise ParentError(f"cannot load parent '{name}': {_first_line(err)}") from err
     cls = _model_class(config)
+    load = dict(config=config, device_map=device_map, dtype=torch_dtype, use_safetensors=None if allow_pickle else True,
+                output_loading_info=True, **hub)
     try:
-        model, info = cls.from_pretrained(name, config=config, device_map=device_map, dtype=torch_dtype,
-                                          use_safetensors=None if allow_pickle else True, output_loading_info=True,
-                                          **hub)
+        model, info = cls.from_pretrained(name, **load)
+        missing = sorted(info.get("missing_keys") or ())
+        if missing and all(k.startswith("pooler.") for k in missing) \
+                and "add_pooling_layer" in inspect.signature(cls.__init__).parameters:
+            # a base model saved without its pooler (add_pooling_layer=False, as sentence encoders are)
+            model, info = cls.from_pretrained(name, add_pooling_layer=False, **load)
     except (OSError, ValueError, SafetensorError) as err:  # missing or unreadable files, bad configs
         if isinstance(err, SafetensorError):
             hint = " (the safetensors file is truncated or corrupt)"
@@ -101,10 +107,37 @@ def load_parent(
     if missing:  # transformers fills them with random values and goes on
         raise ParentError(f"parent '{name}' lacks {len(missing)} of its model's weights in its checkpoint (e.g. "
                           f"{', '.join(missing[:3])}): the checkpoint is incomplete or of another model class")
+    unused = sorted(info.get("unexpected_keys") or ())
+    if unused and not config.architectures:  # a head the guessed class lacks: transformers drops it and goes on
+        raise ParentError(f"parent '{name}' has weights that {type(model).__name__} does not use (e.g. {', '.join(unused[:3])}) "
+                          "and its config.json names no architecture: add its class, e.g. "
+                          "\"architectures\": [\"BertForSequenceClassification\"]")
     model.eval()
     _check_in_memory(name, model)
     _check_finite(name, model)
-    return Parent(name, model, unit_map_of(model), _load_processor(name, model, hub), revision=revision)
+    return Parent(name, *_mergeable(name, model), _load_processor(name, model, hub), revision=revision)
+
+
+def _mergeable(name: str, model: PreTrainedModel) -> tuple[PreTrainedModel, UnitMap]:
+    """The model and its unit map; a model whose head no unit map covers (masked or causal LM,
+    pretraining heads) gives its base model, with a warning that the head is not merged."""
+    try:
+        return model, unit_map_of(model)
+    except UnitMapError as err:
+        base = model.base_model
+        if base is model:
+            raise
+        try:
+            umap = unit_map_of(base)
+        except UnitMapError:
+            raise err from None
+        with torch.device("meta"):  # a base model the merge rebuilds from its config (ViT's mask token: not)
+            rebuilt = {n for n, _ in type(base)(base.config).named_parameters()}
+        if not {n for n, _ in base.named_parameters()} <= rebuilt:
+            raise err from None
+    warnings.warn(f"parent '{name}' is a {type(model).__name__}, whose head is not merged: its base model "
+                  f"({type(base).__name__}) is merged", MergeQualityWarning, stacklevel=3)
+    return base, umap
 
 
 def weights_digest(model: torch.nn.Module) -> str | None:

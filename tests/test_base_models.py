@@ -66,3 +66,53 @@ def test_cards_say_how_to_load_what_the_folder_holds(folders, tmp_path):
     assert "joint" not in (full / "README.md").read_text().split("## How to load")[1]
     assert "AutoModel" not in (partial / "README.md").read_text().split("## How to load")[1]
     assert "joint" not in (partial / "tasks" / "0" / "README.md").read_text().split("## How to load")[1]
+
+
+def _saved(model: torch.nn.Module, folder) -> str:
+    model.save_pretrained(folder)
+    return str(folder)
+
+
+def test_pretraining_checkpoints_merge_as_their_base_models(tmp_path):
+    """A masked-LM or pretraining checkpoint (as bert-base-uncased, roberta-base and MultiBERTs are
+    saved) is merged as its base model, with a warning that its head is not (was refused: 'not covered
+    by the unit map, register a unit map'); a self-merge gives back the encoder's outputs."""
+    config = tf.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                           vocab_size=99)
+    for cls in (tf.BertForMaskedLM, tf.BertForPreTraining):
+        torch.manual_seed(0)
+        folder = _saved(cls(config).eval(), tmp_path / cls.__name__)
+        with pytest.warns(UserWarning, match=f"is a {cls.__name__}, whose head is not merged: its base model"):
+            merger = MuDSCMerger.from_pretrained([folder, folder], "zipit")
+        assert all(type(p.model) is tf.BertModel for p in merger.parents)
+        result = merger.merge(_batches([folder]), progress=False)
+        inputs = tiny_inputs(result.model)
+        with torch.no_grad():
+            expected = cls.from_pretrained(folder).eval().bert(**inputs).last_hidden_state
+            torch.testing.assert_close(result.model.eval()(**inputs).last_hidden_state, expected, atol=1e-5, rtol=0)
+        out = result.save_pretrained(tmp_path / f"merged-{cls.__name__}")
+        assert json.loads((out / "config.json").read_text())["architectures"] == ["BertModel"]
+
+
+def test_a_base_model_saved_without_its_pooler_is_a_parent(tmp_path):
+    """BertModel(add_pooling_layer=False), as sentence encoders are saved: was refused as a checkpoint
+    lacking the pooler's weights."""
+    torch.manual_seed(0)
+    folder = _saved(tf.BertModel(tiny_model("bert-base").config, add_pooling_layer=False), tmp_path / "nopool")
+    merger = MuDSCMerger.from_pretrained([folder, folder], "zipit")
+    assert merger.parents[0].model.pooler is None
+    result = merger.merge(_batches([folder]), progress=False)
+    assert result.model.pooler is None
+
+
+def test_a_classifier_whose_config_names_no_architecture_is_refused(tmp_path):
+    """transformers would load it as a bare BertModel and drop its classifier (the merge went on)."""
+    from hf_mudsc.loading import ParentError
+
+    folder = _saved(tiny_model("bert-seq", dtype=torch.float32), tmp_path / "noarch")
+    config = json.loads((tmp_path / "noarch" / "config.json").read_text())
+    del config["architectures"]
+    (tmp_path / "noarch" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ParentError, match=r"weights that BertModel does not use \(e.g. classifier.bias.*names no "
+                                          r"architecture: add its class"):
+        MuDSCMerger.from_pretrained([folder, folder], "zipit")
