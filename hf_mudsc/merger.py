@@ -222,8 +222,12 @@ class MuDSCMerger:
         if not samples or min(samples.values()) == 0:
             raise ValueError("the calibration data gave no samples (all padding, or empty batches)")
         # one space at a time, so that the sums and the correlations are never all in memory at once;
-        # float32 correlations (half the memory; far below the sampling noise), their upper blocks only
-        self._activation = {name: moments.pop(name).correlation(torch.float32) for name in list(moments)}
+        # float32 correlations (half the memory; far below the sampling noise), their upper blocks only,
+        # kept on disk: the solves map them in, and the apply and the repairs run without them
+        self._activation = {}
+        for name in list(moments):
+            self._activation[name] = moments.pop(name).correlation(torch.float32)
+            self._activation[name].to_disk()
         self._statistics_config = config
         self.calibration = {**calib.describe(), "samples_per_space": samples}
         read = stats.describe()["num_samples"]
@@ -267,7 +271,14 @@ class MuDSCMerger:
         ``overrides`` change the recipe for this solve only (e.g. ``alpha``, ``zip_decay``), or
         ``config`` replaces it: a re-solve reuses the collected statistics.
         """
-        config = config or self.config
+        try:
+            return self._solve(progress, config or self.config, overrides)
+        finally:  # the kept correlations' pages leave the process until the next solve reads them
+            for correlation in (self._activation or {}).values():
+                correlation.release()
+
+    def _solve(self, progress: bool, config: MergeConfig,
+               overrides: dict[str, Any]) -> tuple[Transforms, list[dict[str, Any]]]:
         if overrides:
             config = config.with_updates(**overrides)
         if config.method == "auto":

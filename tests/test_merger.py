@@ -164,16 +164,20 @@ def test_memory_budget_splits_the_statistics_into_passes_with_the_same_result():
 @pytest.mark.parametrize("settings", [{"alpha": 0.0}, {"mode": "zip", "alpha": 0.5}, {"mode": "permute", "alpha": 0.5}])
 def test_kept_correlations_in_blocks_solve_as_whole_matrices(monkeypatch, settings):
     """The merger keeps each space's correlation as its upper blocks (here forced to several per
-    space); a solve reading them gives the transforms and report of one reading whole matrices."""
+    space), on disk; a solve reading them gives the transforms and report of one reading whole
+    matrices in memory."""
     import hf_mudsc.statistics.moments as moments
+    from hf_mudsc.statistics import SymmetricBlocks
 
     monkeypatch.setattr(moments, "BLOCK", 7)
     a, b = tiny_model("bert-seq", seed=0), tiny_model("bert-seq", seed=1)
     merger = MuDSCMerger.from_pretrained([a, b], "mudsc", seed=2, **settings)
     merger.collect(calibration(a), num_samples=32, progress=False)
     assert all(len(c.edges) > 3 for c in merger._activation.values())
+    assert all(isinstance(block, np.memmap) for c in merger._activation.values() for block in c._blocks.values())
     blocked, blocked_report = merger.solve(progress=False)
-    merger._activation = {name: np.asarray(c) for name, c in merger._activation.items()}
+    merger._activation = {name: SymmetricBlocks({(0, 0): np.asarray(c)}, [0, len(c)])
+                          for name, c in merger._activation.items()}
     whole, whole_report = merger.solve(progress=False)
     assert same_transforms(blocked, whole) and blocked_report == whole_report
 

@@ -48,6 +48,43 @@ def test_blend_reads_kept_correlations_as_the_whole_matrix():
     assert blend(0.0, None, kept) is kept
 
 
+def test_on_disk_the_blocks_read_the_same_and_leave_the_process(monkeypatch):
+    """to_disk moves the blocks into a file read through a read-only map (the in-memory blocks are
+    freed), release maps them anew; every read gives the same values; a file that cannot be written
+    leaves them in memory."""
+    import weakref
+
+    full = random_symmetric(12, seed=4)
+    m = packed(full, EDGES)
+    first = weakref.ref(m._blocks[0, 0])
+    assert m.to_disk() and first() is None  # the memory the blocks held is given back
+    for _ in range(2):
+        assert all(isinstance(b, np.memmap) for b in m._blocks.values())
+        assert np.array_equal(np.asarray(m), full) and np.array_equal(m[2:9], full[2:9])
+        assert np.array_equal(m[[0, 11, 5], [11, 0, 5]], full[[0, 11, 5], [11, 0, 5]])
+        with pytest.raises(ValueError, match="read-only"):
+            m._blocks[0, 1][0, 0] = 1.0
+        m.release()
+    assert m.to_disk()  # once on disk, again is nothing
+
+    class FullDisk:
+        def __init__(self, **_):
+            self.closed = False
+
+        def write(self, data):
+            raise OSError(28, "No space left on device")
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setattr("tempfile.TemporaryFile", FullDisk)
+    kept = packed(full, EDGES)
+    assert not kept.to_disk()
+    assert not any(isinstance(b, np.memmap) for b in kept._blocks.values())
+    kept.release()
+    assert np.array_equal(np.asarray(kept), full)
+
+
 def test_moments_correlation_keeps_the_values_of_corr(monkeypatch):
     """Upper blocks of Moments.corr, the same bits, a constant unit's row and diagonal 0; about half
     the memory once there are several blocks."""

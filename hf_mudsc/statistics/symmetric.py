@@ -1,9 +1,11 @@
 """A symmetric matrix kept as its upper-triangular blocks: the activation correlations a merger holds
 between its statistics pass and its solves, in a little over half the memory of whole matrices (at
-BERT-base, 12 FFN spaces of 6144 units: 1.0 instead of 1.8 GB float32)."""
+BERT-base, 12 FFN spaces of 6144 units: 1.0 instead of 1.8 GB float32), and out of the process's
+memory between solves (:meth:`SymmetricBlocks.to_disk`)."""
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+import tempfile
+from typing import IO, Any, Mapping, Sequence
 
 import numpy as np
 
@@ -15,7 +17,7 @@ class SymmetricBlocks:
     Read as numpy reads a matrix, each read a new array of the blocks' dtype: ``m[i:j]`` (whole rows),
     ``m[rows, cols]`` (entries at index arrays), :meth:`diagonal`, and ``np.asarray(m)`` (the whole
     matrix, for small ones and tests); :meth:`copy_to` writes the whole matrix into a given one. Every
-    read returns exactly the stored values.
+    read returns exactly the stored values, in memory or on disk.
     """
 
     def __init__(self, blocks: Mapping[tuple[int, int], np.ndarray], edges: Sequence[int]) -> None:
@@ -29,8 +31,38 @@ class SymmetricBlocks:
             if block.shape != (self.edges[p + 1] - self.edges[p], self.edges[q + 1] - self.edges[q]):
                 raise ValueError(f"block {(p, q)} has shape {block.shape}, not that of the edges")
         self._blocks = dict(blocks)
+        self._file: IO[bytes] | None = None
         self.dtype = self._blocks[0, 0].dtype
         self.shape = (self.edges[-1], self.edges[-1])
+
+    def to_disk(self) -> bool:
+        """Move the blocks into an unlinked temporary file (in ``tempfile``'s folder, ``TMPDIR``), read
+        through a read-only memory map: a read maps their pages in, :meth:`release` maps them out, and
+        the system may drop them from memory in between (they are on disk). Returns whether they are
+        on disk: they stay in memory when the file cannot be written (a full disk)."""
+        if self._file is not None:
+            return True
+        file = tempfile.TemporaryFile(prefix="hf_mudsc-correlation-")
+        try:
+            for block in self._blocks.values():
+                file.write(np.ascontiguousarray(block).data)
+            file.flush()
+        except OSError:
+            file.close()
+            return False
+        self._file = file
+        self.release()
+        return True
+
+    def release(self) -> None:
+        """Map the blocks anew from their file, so that the pages earlier reads mapped leave the
+        process's memory (stay in the system's file cache, which may drop them); in memory: nothing."""
+        if self._file is None:
+            return
+        mapped, start = np.memmap(self._file, dtype=self.dtype, mode="r"), 0
+        for key, block in self._blocks.items():
+            self._blocks[key] = mapped[start:start + block.size].reshape(block.shape)
+            start += block.size
 
     def __len__(self) -> int:
         return self.shape[0]
