@@ -16,7 +16,7 @@ import torch
 TEXT_COLUMNS = ("text", "sentence", "content", "review", "question", "document", "tokens")
 # Sentence-pair tasks: both columns go to the tokenizer as a pair (looked for before single columns).
 TEXT_PAIRS = (("sentence1", "sentence2"), ("premise", "hypothesis"), ("question1", "question2"),
-              ("question", "sentence"), ("sentence_A", "sentence_B"))
+              ("question", "context"), ("question", "sentence"), ("sentence_A", "sentence_B"))
 IMAGE_COLUMNS = ("image", "img", "picture", "pixel_values")
 # ``datasets``' builders of local files: a dataset read by one of them is named after it ("csv"), not after the data
 FILE_BUILDERS = frozenset({"csv", "json", "parquet", "text", "arrow", "pandas", "sql", "generator", "imagefolder",

@@ -13,7 +13,6 @@ from .hetero.depth import describe_plan
 from .hetero.width import differ_in_width, widths
 from .io.card import build_model_card, hub_ids
 from .loading import Parent
-from .paths import could_be_hub_id
 from .transforms import TRANSFORMS_NAME, Transforms, save_transforms
 
 
@@ -107,16 +106,9 @@ def _card(result: MergeOutputs, names: list[str], model: Any, *, notes: list[str
 
 
 def card_name(parent: Any) -> str:
-    """How cards name a parent: a Hub id as given; a local folder by the Hub id its config records
-    (``_name_or_path``, written by older transformers) or else by its folder name, never by a path."""
-    path = parent.local_path
-    if path is None:
-        return parent.name
-    try:
-        recorded = json.loads((path / "config.json").read_text()).get("_name_or_path")
-    except (OSError, ValueError):
-        recorded = None
-    return recorded if isinstance(recorded, str) and recorded and could_be_hub_id(recorded) else path.name
+    """How cards name a parent: a Hub id as given, a local folder by its folder name, never by a path
+    (nor by the ``_name_or_path`` its config may record: for a fine-tune, the model it started from)."""
+    return parent.name if parent.local_path is None else parent.local_path.name
 
 
 def _hub_ids(parents: list[Any]) -> list[str]:

@@ -215,6 +215,15 @@ def test_missing_texts_are_empty_and_word_lists_are_one_text_each():
                        batch_size=2).column == ("tokens",)
 
 
+def test_question_answering_rows_are_read_as_question_and_context_pairs():
+    """SQuAD-style rows: the question with its context, as a QA model reads them (was the question alone)."""
+    from parents_on_disk import tokenizer
+
+    data = Dataset.from_dict({"id": ["1", "2"], "title": ["t", "t"], "question": ["who won", "what law"],
+                              "context": ["good game", "bad law court"], "answers": [{}, {}]})
+    assert calibration(data, tokenizer(), "text", num_samples=2, batch_size=2).column == ("question", "context")
+
+
 def test_images_take_the_parents_channels_and_paths_are_opened(tmp_path):
     import numpy as np
     from PIL import Image

@@ -147,8 +147,10 @@ def test_each_card_says_what_its_folder_holds() -> None:
         _card(top="everything")
 
 
-def test_local_parents_are_named_by_folder_or_recorded_hub_id(tmp_path) -> None:
-    """Through the writer: no absolute path in any card, and no local folder in base_model metadata."""
+def test_local_parents_are_named_by_their_folders(tmp_path) -> None:
+    """Through the writer: no absolute path in any card, and no local folder in base_model metadata; a
+    config's recorded ``_name_or_path`` (older transformers wrote the model a fine-tune started from:
+    two fine-tunes of one model were both named after it) is not the parent's name."""
     import json
 
     from hf_mudsc import MuDSCMerger
@@ -165,6 +167,6 @@ def test_local_parents_are_named_by_folder_or_recorded_hub_id(tmp_path) -> None:
         assert str(tmp_path) not in text, path
         assert ModelCard(text).data.base_model is None  # local parents are no Hub base models
     top = cards[0].read_text()
-    assert f"- `{a.name}` -> `tasks/0/`" in top and "- `org/bert-b` -> `tasks/1/`" in top
+    assert f"- `{a.name}` -> `tasks/0/`" in top and f"- `{b.name}` -> `tasks/1/`" in top and "org/bert-b" not in top
     assert "embeddings and first 1 of 2 layers shared" in top
-    assert "This folder holds the model of `org/bert-b`" in cards[2].read_text()
+    assert f"This folder holds the model of `{b.name}`" in cards[2].read_text()

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from hf_mudsc.io.writer import OutputError, assert_no_pickle, atomic_output_dir
+from hf_mudsc.io.writer import OutputError, assert_no_pickle, atomic_output_dir, check_output_dir
 
 
 def _entries(folder: Path) -> list[str]:
@@ -57,6 +57,14 @@ def test_refuses_file_at_path_even_with_overwrite(tmp_path: Path) -> None:
         with atomic_output_dir(out, overwrite=True):
             pass
     assert out.read_text() == "not a folder"
+
+
+def test_refuses_a_path_below_a_file_before_the_work(tmp_path: Path) -> None:
+    """Checked with the others before a merge (was a bare 'File exists' after it)."""
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(OutputError, match=r"cannot make .*merged: .*notes.txt is a file, not a folder"):
+        check_output_dir(tmp_path / "notes.txt" / "sub" / "merged")
+    assert (tmp_path / "notes.txt").read_text() == "x"
 
 
 @pytest.mark.parametrize("relation", ["same", "inside", "containing"])

@@ -49,6 +49,9 @@ def check_output_dir(out: str | Path, *, overwrite: bool = False, protected: Seq
             )
     if target.exists() and not target.is_dir():
         raise OutputError(f"{target} exists and is not a folder; choose another output path")
+    above = next(p for p in target.parents if p.exists())  # the folders it needs are made inside this one
+    if not target.exists() and not above.is_dir():
+        raise OutputError(f"cannot make {target}: {above} is a file, not a folder; choose another output path")
     cwd = Path.cwd().resolve()
     if target.parent == target or (target.exists() and (target == cwd or target in cwd.parents)):
         raise OutputError(
