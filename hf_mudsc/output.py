@@ -7,12 +7,15 @@ import json
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
+from transformers.utils import cached_file
+
 from .apply import MergedWeights
 from .config import PRESETS, RECIPE_NAME, ZIPIT_BUDGET, ZIPIT_DECAY, MergeConfig
 from .hetero.depth import describe_plan
 from .hetero.width import differ_in_width, widths
 from .io.card import build_model_card, hub_ids
 from .loading import Parent
+from .paths import could_be_hub_id
 from .transforms import TRANSFORMS_NAME, Transforms, save_transforms
 
 
@@ -64,13 +67,19 @@ def write_merge_folder(result: MergeOutputs, folder: Path, *, max_shard_size: st
         top = "joint" if result.forms_joint else "tasks"
     else:
         top = "none" if any(result.weights.private) else "standard"
+    # sentence encoders: the merged base model serves each parent's pooling as the parent did
+    pooling = [None if result.has_heads else sentence_transformers_files(p) for p in result.parents]
     if top not in ("none", "tasks"):  # one model per parent, no single model
         result.model.save_pretrained(folder, max_shard_size=max_shard_size)
         _save_processor(result.parents[0].processor, folder)
+        if pooling[0] is not None and all(files == pooling[0] for files in pooling):
+            _write_files(folder, pooling[0])
     for i, (parent, task) in enumerate(zip(result.parents, result.task_models)):
         sub = folder / "tasks" / str(i)
         task.save_pretrained(sub, max_shard_size=max_shard_size)
         _save_processor(parent.processor, sub)
+        if pooling[i] is not None:
+            _write_files(sub, pooling[i])
         _card(result, [names[i]], task, notes=[f"Task {i} of a merge of: {', '.join(names)}."],
               task_folders=["."], top="task", ids=_hub_ids([parent])).save(sub / "README.md")
     save_transforms(result.transforms, str(folder / TRANSFORMS_NAME))
@@ -126,6 +135,60 @@ def hetero_notes(result: MergeOutputs) -> list[str]:
         shown = "; ".join(f"{kind} {max(d)} (parents {', '.join(map(str, d))})" for kind, d in kinds.items())
         notes.append(f"Parents of different widths, zipped to the widest: {shown}.")
     return notes
+
+
+# sentence-transformers: the files of a saved model, and the modules (by class name: their module paths
+# moved between versions) that a merged encoder serves as they are: the encoder itself, at the top of the
+# folder, and the modules without weights, each with its folder's config.json (Pooling's is required)
+_ST_CONFIGS = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
+_ST_MODULES = {"Transformer": False, "Pooling": True, "Normalize": False}  # class -> its config is required
+
+
+def sentence_transformers_files(parent: Parent) -> dict[str, bytes] | None:
+    """The sentence-transformers files saved with a parent (``modules.json``, its settings and the
+    configs of its modules), when its modules are the encoder itself at the folder's top, pooling and
+    normalisation, which have no weights; ``None`` otherwise (none saved, or a module with weights in
+    the parent's frame, such as a Dense layer)."""
+    modules = _saved_file(parent, "modules.json")
+    try:
+        entries = json.loads(modules) if modules is not None else None
+    except ValueError:
+        return None
+    if not isinstance(entries, list):
+        return None
+    files = {}
+    for entry in entries:
+        kind, path = str(entry.get("type", "")).rsplit(".", 1)[-1], entry.get("path", "")
+        if kind not in _ST_MODULES or (kind == "Transformer") != (path == ""):
+            return None
+        if kind != "Transformer":
+            files[f"{path}/config.json"] = _saved_file(parent, f"{path}/config.json")
+            if files[f"{path}/config.json"] is None and _ST_MODULES[kind]:
+                return None
+    for name in _ST_CONFIGS:
+        files[name] = _saved_file(parent, name)
+    return {name: data for name, data in files.items() if data is not None}
+
+
+def _saved_file(parent: Parent, name: str) -> bytes | None:
+    """A file saved with a parent (its folder, or its Hub repo at its revision); ``None`` when none is."""
+    if parent.local_path is not None or Path(parent.name).is_dir():
+        path = (parent.local_path or Path(parent.name)) / name
+        return path.read_bytes() if path.is_file() else None
+    if not could_be_hub_id(parent.name):
+        return None
+    try:
+        found = cached_file(parent.name, name, revision=parent.revision, _raise_exceptions_for_missing_entries=False,
+                            _raise_exceptions_for_connection_errors=False)
+    except OSError:
+        return None
+    return Path(found).read_bytes() if found else None
+
+
+def _write_files(folder: Path, files: dict[str, bytes]) -> None:
+    for name, data in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
 
 
 def _save_processor(processor: Any, folder: Path) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -116,3 +117,54 @@ def test_a_classifier_whose_config_names_no_architecture_is_refused(tmp_path):
     with pytest.raises(ParentError, match=r"weights that BertModel does not use \(e.g. classifier.bias.*names no "
                                           r"architecture: add its class"):
         MuDSCMerger.from_pretrained([folder, folder], "zipit")
+
+
+def _sentence_encoder(folder, seed: int, pooling: str = "mean", dense: bool = False):
+    """A tiny sentence-transformers model saved as the library saves it (encoder at the top,
+    1_Pooling/, Normalize), from a random BERT and a WordPiece tokenizer."""
+    st = pytest.importorskip("sentence_transformers")
+    from parents_on_disk import tokenizer
+    from sentence_transformers import models  # moved in sentence-transformers 6, still importable
+
+    bert = tiny_model("bert-base", seed=seed, dtype=torch.float32)
+    bert.save_pretrained(folder / "bert")
+    tokenizer().save_pretrained(folder / "bert")
+    modules = [models.Transformer(str(folder / "bert")), models.Pooling(32, pooling)]
+    if dense:
+        modules.append(models.Dense(32, 8))
+    st.SentenceTransformer(modules=[*modules, models.Normalize()], device="cpu").save(str(folder / "st"))
+    return str(folder / "st")
+
+
+def test_sentence_encoders_keep_their_pooling_and_normalisation(tmp_path):
+    """A merge of sentence-transformers models carries their modules.json, pooling config and
+    settings (without them SentenceTransformer read the folder with mean pooling and no Normalize:
+    embeddings of norm ~6 from all-MiniLM-L6-v2); a self-merge embeds as its parent does."""
+    import sentence_transformers as st
+
+    a = _sentence_encoder(tmp_path / "a", seed=0, pooling="cls")
+    texts = ["w1 w2 w3", "w4 w5", "w6 w7 w8 w9"]
+    result = MuDSCMerger.from_pretrained([a, a], "zipit").merge(texts * 8, progress=False)
+    out = result.save_pretrained(tmp_path / "merged")
+    for folder in (out, out / "tasks" / "0", out / "tasks" / "1"):
+        assert (folder / "1_Pooling" / "config.json").read_bytes() == Path(a, "1_Pooling", "config.json").read_bytes()
+        merged = st.SentenceTransformer(str(folder), device="cpu").encode(texts, convert_to_tensor=True)
+        expected = st.SentenceTransformer(a, device="cpu").encode(texts, convert_to_tensor=True)
+        torch.testing.assert_close(merged, expected, atol=1e-5, rtol=0)
+        assert torch.allclose(merged.norm(dim=1), torch.ones(3))
+
+
+def test_sentence_encoders_with_weights_in_a_module_or_other_pooling_are_not_given_it(tmp_path):
+    """A Dense module's weights are in its parent's frame: no module files (the encoder alone); parents
+    pooling differently: each task folder its own parent's, the merged model none."""
+    dense = _sentence_encoder(tmp_path / "dense", seed=0, dense=True)
+    out = MuDSCMerger.from_pretrained([dense, dense], "weight-matching").merge(progress=False).save_pretrained(
+        tmp_path / "dense-merged")
+    assert not any((f / "modules.json").exists() for f in (out, out / "tasks" / "0"))
+    mean, cls = _sentence_encoder(tmp_path / "m", seed=0), _sentence_encoder(tmp_path / "c", seed=1, pooling="cls")
+    out = MuDSCMerger.from_pretrained([mean, cls], "weight-matching").merge(progress=False).save_pretrained(
+        tmp_path / "mixed")
+    assert not (out / "modules.json").exists()
+    for i, parent in enumerate((mean, cls)):
+        assert (out / "tasks" / str(i) / "1_Pooling" / "config.json").read_bytes() == Path(
+            parent, "1_Pooling", "config.json").read_bytes()
