@@ -41,6 +41,8 @@ LOAD_FIELDS: dict[str, tuple[Any, str]] = {
     "device_map": (str, "Accelerate device map for the parents, e.g. auto"),
     "torch_dtype": (str, "dtype to load the parents in, e.g. float32"),
     "revision": (str, "Hub revision of the parents"),
+    "model_class": (str, "transformers class to load the parents as (default: the one their config names), "
+                         "e.g. BertModel to merge classifiers' encoders"),
 }
 OUTPUT_FIELDS: dict[str, tuple[Any, str]] = {
     "out": (str, "output folder"),

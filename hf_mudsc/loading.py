@@ -64,11 +64,17 @@ def load_parent(
     torch_dtype: Any = None,
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
+    model_class: str | type | None = None,
 ) -> Parent:
-    """Load one parent with the class named in its config, plus its processor."""
+    """Load one parent with the class named in its config (or ``model_class``, a transformers class or
+    its name: e.g. ``"BertModel"`` merges a classifier's encoder), plus its processor."""
     hub = dict(revision=revision, token=token, trust_remote_code=trust_remote_code)
+    wanted = None if model_class is None else _named_class(model_class)
     if isinstance(source, PreTrainedModel):
         name = str(getattr(source, "name_or_path", "") or f"in-memory {type(source).__name__}")  # never a Hub id
+        if wanted is not None and type(source) is not wanted:
+            raise ParentError(f"parent '{name}' is a loaded {type(source).__name__}, not the model class "
+                              f"{wanted.__name__} asked for: load it as that class")
         # the processor saved where the model came from, as transformers.pipeline finds it for a model object
         found = could_be_hub_id(name) or Path(name).is_dir()
         processor = _load_processor(name, source, hub) if found else None
@@ -85,7 +91,7 @@ def load_parent(
         if isinstance(err, ParentError):
             raise
         raise ParentError(f"cannot load parent '{name}': {_first_line(err)}") from err
-    cls = _model_class(config)
+    cls = _model_class(config) if wanted is None else wanted
     load = dict(config=config, device_map=device_map, dtype=torch_dtype, use_safetensors=None if allow_pickle else True,
                 output_loading_info=True, **hub)
     try:
@@ -295,6 +301,15 @@ def _check_processors(a: Parent, b: Parent) -> None:
     if diff:
         raise ParentError(f"parents use different image processors: '{a.name}' and '{b.name}' differ in {diff[0]} "
                           f"({da.get(diff[0])} vs {db.get(diff[0])})")
+
+
+def _named_class(model_class: str | type) -> type[PreTrainedModel]:
+    """A transformers model class given as itself or by name."""
+    cls = getattr(transformers, model_class, None) if isinstance(model_class, str) else model_class
+    if not (isinstance(cls, type) and issubclass(cls, PreTrainedModel)):
+        raise ParentError(f"model class {model_class!r} is not a transformers model class (e.g. 'BertModel', "
+                          "'BertForSequenceClassification')")
+    return cls
 
 
 def _model_class(config) -> type[PreTrainedModel]:

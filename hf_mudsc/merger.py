@@ -74,18 +74,26 @@ class MuDSCMerger:
         torch_dtype: Any = None,
         trust_remote_code: bool = False,
         allow_pickle: bool = False,
+        model_class: str | type | Sequence[str | type | None] | None = None,
         **config: Any,
     ) -> "MuDSCMerger":
         """Load the parents (Hub ids, local folders or loaded models) and validate the recipe.
 
         ``config`` takes every :class:`MergeConfig` field (``mode``, ``alpha``, ``merge_layers``,
         ``zip_budget``, ``zip_decay``, ``seed``, ...). The recipe is validated before anything loads.
+        ``revision`` and ``model_class`` (the transformers class to load a parent as, default the
+        one its config names; ``"BertModel"`` merges classifiers' encoders) take one value for all
+        parents or one per parent.
         """
         merge_config = MergeConfig(method=method, **config)
-        revisions = list(revision) if isinstance(revision, (list, tuple)) else [revision] * len(models)
+        revisions, classes = (list(v) if isinstance(v, (list, tuple)) else [v] * len(models)
+                              for v in (revision, model_class))
+        for what, values in (("revision", revisions), ("model_class", classes)):
+            if len(values) != len(models):
+                raise ValueError(f"{what} gives {len(values)} values for {len(models)} parents: give one, or one per parent")
         parents = [load_parent(m, revision=r, token=token, device_map=device_map, torch_dtype=torch_dtype,
-                               trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
-                   for m, r in zip(_copies_for_repeats(models), revisions)]
+                               trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, model_class=c)
+                   for m, r, c in zip(_copies_for_repeats(models), revisions, classes)]
         return cls(parents, merge_config)
 
     @property
@@ -523,6 +531,7 @@ class MergeResult:
             # how reapply loads them again: the revisions and the dtype they were merged at
             "parents_revision": [p.revision for p in self.parents],
             "parents_dtype": str(self.parents[0].model.dtype).removeprefix("torch."),
+            "parents_class": [type(p.model).__name__ for p in self.parents],  # as merged (a head may be left out)
             "config": self.config.to_dict(),
             "calibration": self.calibration,
             "report": self.report,
@@ -555,8 +564,8 @@ class MergeResult:
 
 def reapply(folder: str | Path, **load: Any) -> MergeResult:
     """Re-apply a saved merge (recipe + transforms) to its parents, without any data: loaded at the
-    revisions and in the dtype they were merged at, unless ``load`` (``from_pretrained``'s loading
-    arguments) says otherwise."""
+    revisions, in the dtype and as the classes they were merged at, unless ``load``
+    (``from_pretrained``'s loading arguments) says otherwise."""
     path = Path(folder, RECIPE_NAME)
     if not path.is_file() or not Path(folder, TRANSFORMS_NAME).is_file():
         raise ValueError(f"'{folder}' is not a merge folder: it needs {RECIPE_NAME} and {TRANSFORMS_NAME}")
@@ -566,7 +575,8 @@ def reapply(folder: str | Path, **load: Any) -> MergeResult:
         raise ValueError(f"'{folder}' was repaired after the merge ({', '.join(config.resolved_repair)}) on "
                          "calibration data, "
                          "which reapply cannot repeat: load the saved model itself, or merge again with data")
-    recorded = {"revision": recipe.get("parents_revision"), "torch_dtype": recipe.get("parents_dtype")}
+    recorded = {"revision": recipe.get("parents_revision"), "torch_dtype": recipe.get("parents_dtype"),
+                "model_class": recipe.get("parents_class")}
     load = {**{k: v for k, v in recorded.items() if v is not None}, **load}
     merger = MuDSCMerger.from_pretrained(recipe["parents"], **load, **_config_kwargs(config))
     for i, (parent, digest) in enumerate(zip(merger.parents, recipe.get("parents_sha256") or ())):

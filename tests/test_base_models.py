@@ -168,3 +168,36 @@ def test_sentence_encoders_with_weights_in_a_module_or_other_pooling_are_not_giv
     for i, parent in enumerate((mean, cls)):
         assert (out / "tasks" / str(i) / "1_Pooling" / "config.json").read_bytes() == Path(
             parent, "1_Pooling", "config.json").read_bytes()
+
+
+def test_classifiers_encoders_merge_as_the_class_asked_for_and_reapply_alike(tmp_path):
+    """model_class loads each parent as that class (the encoder of a classifier; a masked-LM checkpoint
+    without its pooler); the recipe records the classes as merged and reapply loads them so (a merge
+    of classifiers' encoders loaded in Python was refused at reapply: 'its weights differ')."""
+    from hf_mudsc.cli import main
+    from hf_mudsc.loading import ParentError
+
+    folders = [_saved(tiny_model("bert-seq", seed=s, dtype=torch.float32), tmp_path / f"cls{s}") for s in (0, 1)]
+    torch.manual_seed(0)
+    mlm = _saved(tf.BertForMaskedLM(tiny_model("bert-seq").config).eval(), tmp_path / "mlm")
+    for parents in (folders, [mlm, mlm]):
+        merger = MuDSCMerger.from_pretrained(parents, "weight-matching", model_class="BertModel")
+        assert all(type(p.model) is tf.BertModel for p in merger.parents)
+        out = merger.merge(progress=False).save_pretrained(tmp_path / f"merged-{len(list(tmp_path.iterdir()))}")
+        assert json.loads((out / "merge_recipe.json").read_text())["parents_class"] == ["BertModel", "BertModel"]
+        again = reapply(out)
+        assert all(type(p.model) is tf.BertModel for p in again.parents)
+        assert all(torch.equal(a, b) for a, b in zip(again.model.state_dict().values(),
+                                                     tf.AutoModel.from_pretrained(out).state_dict().values()))
+    loaded = [tf.BertModel.from_pretrained(f) for f in folders]  # in Python, then re-applied from the folders
+    out = MuDSCMerger.from_pretrained(loaded, "weight-matching").merge(progress=False).save_pretrained(tmp_path / "api")
+    assert main(["apply", str(out), "--out", str(tmp_path / "api-again")]) == 0
+    with pytest.raises(ParentError, match="'Bert' is not a transformers model class"):
+        MuDSCMerger.from_pretrained(folders, "weight-matching", model_class="Bert")
+    with pytest.raises(ParentError, match="is a loaded BertModel, not the model class BertForSequenceClassification"):
+        MuDSCMerger.from_pretrained(loaded, "weight-matching", model_class="BertForSequenceClassification")
+    with pytest.raises(ValueError, match="model_class gives 3 values for 2 parents"):
+        MuDSCMerger.from_pretrained(folders, "weight-matching", model_class=["BertModel"] * 3)
+    assert main(["merge", *folders, "--method", "weight-matching", "--model-class", "BertModel",
+                 "--out", str(tmp_path / "cli")]) == 0
+    assert json.loads((tmp_path / "cli" / "config.json").read_text())["architectures"] == ["BertModel"]
