@@ -115,8 +115,8 @@ def load_parent(
                           f"{', '.join(missing[:3])}): the checkpoint is incomplete or of another model class")
     unused = sorted(info.get("unexpected_keys") or ())
     if unused and not config.architectures:  # a head the guessed class lacks: transformers drops it and goes on
-        raise ParentError(f"parent '{name}' has weights that {type(model).__name__} does not use (e.g. {', '.join(unused[:3])}) "
-                          "and its config.json names no architecture: add its class, e.g. "
+        raise ParentError(f"parent '{name}' has weights that {type(model).__name__} does not use (e.g. "
+                          f"{', '.join(unused[:3])}) and its config.json names no architecture: add its class, e.g. "
                           "\"architectures\": [\"BertForSequenceClassification\"]")
     model.eval()
     _check_in_memory(name, model)

@@ -90,7 +90,8 @@ class MuDSCMerger:
                               for v in (revision, model_class))
         for what, values in (("revision", revisions), ("model_class", classes)):
             if len(values) != len(models):
-                raise ValueError(f"{what} gives {len(values)} values for {len(models)} parents: give one, or one per parent")
+                raise ValueError(f"{what} gives {len(values)} values for {len(models)} parents: give one, or one "
+                                 "per parent")
         parents = [load_parent(m, revision=r, token=token, device_map=device_map, torch_dtype=torch_dtype,
                                trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, model_class=c)
                    for m, r, c in zip(_copies_for_repeats(models), revisions, classes)]
@@ -528,7 +529,7 @@ class MergeResult:
             "hf_mudsc_version": _version(),
             "parents": [p.name if p.local_path is None else str(p.local_path) for p in self.parents],
             "parents_sha256": [p.sha256() for p in self.parents],  # what reapply checks
-            # how reapply loads them again: the revisions and the dtype they were merged at
+            # how reapply loads them again: the revisions, the dtype and the classes they were merged at
             "parents_revision": [p.revision for p in self.parents],
             "parents_dtype": str(self.parents[0].model.dtype).removeprefix("torch."),
             "parents_class": [type(p.model).__name__ for p in self.parents],  # as merged (a head may be left out)
