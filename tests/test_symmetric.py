@@ -66,6 +66,11 @@ def test_on_disk_the_blocks_read_the_same_and_leave_the_process(monkeypatch):
             m._blocks[0, 1][0, 0] = 1.0
         m.release()
     assert m.to_disk()  # once on disk, again is nothing
+    import copy
+    import pickle
+
+    for other in (copy.deepcopy(m), pickle.loads(pickle.dumps(m))):  # a merger copied by a user's experiment
+        assert other._file is not None and other._file is not m._file and np.array_equal(np.asarray(other), full)
 
     class FullDisk:
         def __init__(self, **_):

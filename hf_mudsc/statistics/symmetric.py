@@ -64,6 +64,16 @@ class SymmetricBlocks:
             self._blocks[key] = mapped[start:start + block.size].reshape(block.shape)
             start += block.size
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Copies and pickles hold the blocks themselves (a file is not copied); on disk again when loaded."""
+        return {"blocks": {key: np.array(block) for key, block in self._blocks.items()}, "edges": self.edges,
+                "on_disk": self._file is not None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["blocks"], state["edges"])
+        if state["on_disk"]:
+            self.to_disk()
+
     def __len__(self) -> int:
         return self.shape[0]
 
