@@ -15,6 +15,7 @@ classes.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Collection, Sequence
 
 import torch
@@ -68,7 +69,9 @@ class MuDSCJointConfig(PretrainedConfig):
     ``task_configs[i]``: task ``i``'s config as a dict (with ``architectures``); ``private_shapes[i]``:
     name -> shape of task ``i``'s private parameters (task 0's live in ``model``, the others in
     ``private``); ``task_names``; ``label_offsets``: task ``i``'s logits are the union indices
-    ``label_offsets[i]:label_offsets[i + 1]``. ``id2label``/``label2id`` describe the union.
+    ``label_offsets[i]:label_offsets[i + 1]``; or, for tasks that all have one set of label names,
+    ``label_columns[i]``: the column of each of task ``i``'s labels among them (``label_offsets`` is
+    then ``None``). ``id2label``/``label2id`` describe the union (the one set).
     """
 
     model_type = "mudsc-joint"
@@ -77,6 +80,7 @@ class MuDSCJointConfig(PretrainedConfig):
     private_shapes: list[dict[str, list[int]]] | None = None
     task_names: list[str] | None = None
     label_offsets: list[int] | None = None
+    label_columns: list[list[int]] | None = None
 
     def task_config(self, i: int) -> PretrainedConfig:
         """Task ``i``'s own config object."""
@@ -149,7 +153,11 @@ class MuDSCJointModel(PreTrainedModel):
             d["dtype"] = str(m.dtype).removeprefix("torch.")
             task_configs.append(d)
             id2label_per_task.append([m.config.id2label[k] for k in sorted(m.config.id2label)])
-        labels, offsets = _union_labels(id2label_per_task, task_names)
+        columns = _one_label_set(id2label_per_task)
+        if columns is None:
+            labels, offsets = _union_labels(id2label_per_task, task_names)
+        else:  # parents of one task (their labels in any order): one set of labels
+            labels, offsets = id2label_per_task[0], None
         private_shapes = [
             {n: list(p.shape) for n, p in m.named_parameters() if n not in shared} for m in task_models
         ]
@@ -158,6 +166,7 @@ class MuDSCJointModel(PreTrainedModel):
             private_shapes=private_shapes,
             task_names=list(task_names),
             label_offsets=offsets,
+            label_columns=columns,
             id2label=dict(enumerate(labels)),
             label2id={label: j for j, label in reversed(list(enumerate(labels)))},  # "O": its first
         )
@@ -198,18 +207,43 @@ class MuDSCJointModel(PreTrainedModel):
             return self.model(*args, **kwargs)
         return torch.func.functional_call(self.model, self.private_tensors(i), args, kwargs, strict=False)
 
+    def _heads_only(self) -> bool:
+        """Whether every private tensor lies outside the base model (a full merge: only the heads are
+        the tasks' own), so that the shared trunk runs once for all tasks."""
+        prefix = f"{self.model.base_model_prefix}."
+        return self.model.base_model is not self.model and not any(
+            name.startswith(prefix) for shapes in self.config.private_shapes for name in shapes)
+
     def task_logits(self, *args: Any, **kwargs: Any) -> list[torch.Tensor]:
-        """Each task's raw logits, in task order (``labels`` and ``return_dict`` are ignored)."""
+        """Each task's raw logits, in task order (``labels`` and ``return_dict`` are ignored). When
+        the tasks share the whole trunk, it runs once: the other tasks' heads read its output."""
         kwargs.pop("labels", None)
         kwargs["return_dict"] = True
-        outs = [self._task_output(i, args, kwargs) for i in range(self.num_tasks)]
+        if self.num_tasks > 1 and self._heads_only():
+            trunk = self.model.base_model
+            seen: list[Any] = []
+            hook = trunk.register_forward_hook(lambda module, inputs, output: seen.append(output))
+            try:
+                outs = [self._task_output(0, args, kwargs)]
+            finally:
+                hook.remove()
+            trunk.forward = lambda *a, **k: seen[0]  # the same shared weights and inputs: the same output
+            try:
+                outs += [self._task_output(i, args, kwargs) for i in range(1, self.num_tasks)]
+            finally:
+                del trunk.forward
+        else:
+            outs = [self._task_output(i, args, kwargs) for i in range(self.num_tasks)]
         if not all(hasattr(o, "logits") for o in outs):
             raise TypeError(f"{type(self.model).__name__} returns no logits")
         return [o.logits for o in outs]
 
     def _outside_columns(self) -> list[int] | None:
-        """Each task's column of :data:`OUTSIDE` among its own labels, or ``None`` when a task has none."""
+        """Each task's column of :data:`OUTSIDE` among its own labels, or ``None`` when a task has none
+        (or all tasks have one set of labels)."""
         offsets, names = self.config.label_offsets, self.config.id2label
+        if offsets is None:
+            return None
         columns = []
         for i in range(self.num_tasks):
             own = [names[j] for j in range(offsets[i], offsets[i + 1])]
@@ -221,7 +255,9 @@ class MuDSCJointModel(PreTrainedModel):
     def forward(
         self, *args: Any, labels: torch.Tensor | None = None, return_dict: bool | None = None, **kwargs: Any
     ) -> SequenceClassifierOutput | ImageClassifierOutput | TokenClassifierOutput | tuple:
-        """Joint logits: each task's ``log_softmax`` concatenated on the last axis (the union of labels).
+        """Joint logits: each task's ``log_softmax`` concatenated on the last axis (the union of labels);
+        for tasks with one set of labels (parents of one task), the log of the mean of their
+        probabilities over that set (the ensemble of their heads: a self-merge gives its parent's).
         Token classification where every task has the tag :data:`OUTSIDE`: the tasks are read as
         independent taggers of which at most one sees an entity. Each task's "O" column holds the sum
         of all their "O" log-probabilities (no task sees an entity there), and its entity columns add
@@ -232,6 +268,10 @@ class MuDSCJointModel(PreTrainedModel):
         ``labels`` (union indices, -100 ignored) give ``loss``: the cross-entropy over the union.
         """
         parts = [F.log_softmax(t, dim=-1) for t in self.task_logits(*args, **kwargs)]
+        if self.config.label_columns is not None:  # each task's labels in the common order, then their mean
+            parts = [part[..., torch.argsort(torch.tensor(c, device=part.device))]
+                     for part, c in zip(parts, self.config.label_columns)]
+            parts = [torch.logsumexp(torch.stack(parts), dim=0) - math.log(len(parts))]
         outside = self._outside_columns() if parts[0].dim() == 3 else None
         if outside is not None:  # out of place: the log-softmax outputs are kept for the gradient
             nobody = sum(part[..., o] for part, o in zip(parts, outside)).unsqueeze(-1)
@@ -289,6 +329,16 @@ def _check_tasks(task_models: Sequence[PreTrainedModel], shared: set[str], task_
         for name, buf in m.named_buffers():
             if not torch.equal(buffers[name], buf.to(buffers[name].device)):
                 raise ValueError(f"buffer {name!r} differs between task 0 and task {i} ({task_names[i]})")
+
+
+def _one_label_set(id2label_per_task: Sequence[Sequence[str]]) -> list[list[int]] | None:
+    """When every task has the same label names (in any order, each once): the column of each task's
+    labels among the first task's; else ``None``."""
+    first = list(id2label_per_task[0])
+    if len(id2label_per_task) < 2 or len(set(first)) != len(first) \
+            or any(sorted(labels) != sorted(first) for labels in id2label_per_task):
+        return None
+    return [[first.index(label) for label in labels] for labels in id2label_per_task]
 
 
 def _union_labels(id2label_per_task: Sequence[Sequence[str]], task_names: Sequence[str]) -> tuple[list[str], list[int]]:

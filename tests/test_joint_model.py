@@ -192,6 +192,46 @@ def test_a_joint_token_tagger_trains() -> None:
     assert all(g is not None and torch.isfinite(g).all() for g in grads) and any(g.abs().sum() > 0 for g in grads)
 
 
+@pytest.mark.parametrize("partial", [False, True], ids=["full", "partial"])
+def test_a_shared_trunk_runs_once_for_all_tasks(partial: bool) -> None:
+    """A full merge shares the whole trunk: it runs once and every head reads it (the joint model cost
+    as much as the two parents); a partial merge runs each task's own tail."""
+    models, shared = task_pair("bert-seq", partial)
+    joint = MuDSCJointModel.from_task_models(models, shared, ["a", "b"]).eval()
+    calls = []
+    joint.model.base_model.embeddings.register_forward_hook(lambda *_: calls.append(1))
+    inputs = tiny_inputs(models[0])
+    with torch.no_grad():
+        torch.testing.assert_close(joint(**inputs).logits, joint_reference(models, inputs), atol=1e-6, rtol=0)
+    assert len(calls) == (2 if partial else 1)
+    assert "forward" not in vars(joint.model.base_model)  # the trunk runs as itself again
+
+
+@pytest.mark.parametrize("kind", ["vit-cls", "bert-token"])
+def test_parents_of_one_task_give_one_set_of_labels_and_their_mean_probability(kind: str, tmp_path) -> None:
+    """Tasks with the same label names (in any order) are one task: the labels once, in task 0's order,
+    scored by the mean of the tasks' probabilities (were listed once per task, each probability halved,
+    answered by the more confident head); a self-merge gives its parent's probabilities."""
+    names = {0: "cat", 1: "dog", 2: "bird"}
+    models = [tiny_model(kind, seed=s, num_labels=3, dtype=torch.float32, id2label=labels)
+              for s, labels in ((0, names), (1, {0: "dog", 1: "bird", 2: "cat"}))]
+    shared = {n for n, _ in models[0].named_parameters() if is_shared(n, partial=False)}
+    with torch.no_grad():
+        for n in shared:
+            models[1].get_parameter(n).copy_(models[0].get_parameter(n))
+    joint = MuDSCJointModel.from_task_models(models, shared, ["a", "b"]).eval()
+    assert joint.config.id2label == names and joint.config.label_columns == [[0, 1, 2], [1, 2, 0]]
+    inputs = tiny_inputs(models[0])
+    with torch.no_grad():
+        probs = [m(**inputs).logits.softmax(-1) for m in models]
+        expected = (probs[0] + probs[1][..., [2, 0, 1]]) / 2
+        torch.testing.assert_close(joint(**inputs).logits.exp(), expected, atol=1e-6, rtol=0)
+        twin = MuDSCJointModel.from_task_models([models[0], models[0]], shared | {
+            n for n, _ in models[0].named_parameters()}, ["a", "b"]).eval()
+        torch.testing.assert_close(twin(**inputs).logits, models[0](**inputs).logits.log_softmax(-1), atol=1e-6,
+                                   rtol=0)
+
+
 def test_refuses_incompatible_tasks() -> None:
     models, shared = task_pair("vit-cls")
     other = tiny_model("deit-cls", num_labels=2, dtype=torch.float32)

@@ -251,7 +251,8 @@ def _usage_section(
         imported, line = _loader(task, f'"{model_id}"')
         parts = [f"This folder is a standard `{library_name}` checkpoint:", f"```python\n{imported}\n\n{line}\n```"]
     elif top == "joint":
-        parts += ["The joint model predicts over the union of the parents' labels:",
+        parts += ["The joint model predicts over the union of the parents' labels (parents with the same labels: "
+                  "over those, by the mean of their heads' probabilities):",
                   ("```python\nimport hf_mudsc  # registers the joint model with the Auto classes\n"
                    f"from transformers import AutoModel\n\njoint = AutoModel.from_pretrained(\"{model_id}\")\n```")]
     elif top == "standard":
