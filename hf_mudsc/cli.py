@@ -430,7 +430,10 @@ def _merge(args: argparse.Namespace) -> int:
             return 0
     out = result.save_pretrained(recipe["out"], overwrite=bool(recipe.get("overwrite")),
                                  max_shard_size=shard_size)
-    print(f"merged {len(models)} models with {merger.config.method} into {out}")
+    chosen = next((row for row in result.selection or () if row.get("chosen")), None)
+    how = merger.config.method if chosen is None else f"auto (chose {chosen['candidate']} of " \
+        f"{len(result.selection)} candidates; the card's table scores them)"
+    print(f"merged {len(models)} models with {how} into {out}")
     if recipe.get("push_to_hub"):
         from .io.hub import push_folder
 

@@ -518,8 +518,8 @@ class MergeResult:
             else:
                 from .joint_model import MuDSCJointModel
 
-                self._model = MuDSCJointModel.from_task_models(self.task_models, set(self.weights.shared),
-                                                               _distinct([card_name(p) for p in self.parents]))
+                names = _distinct([card_name(p, self.parents) for p in self.parents])
+                self._model = MuDSCJointModel.from_task_models(self.task_models, set(self.weights.shared), names)
         return self._model
 
     def recipe(self) -> dict[str, Any]:

@@ -62,7 +62,7 @@ def pipeline_tag(model: Any) -> str:
 def write_merge_folder(result: MergeOutputs, folder: Path, *, max_shard_size: str | int,
                        evaluation: list[dict[str, Any]] | None = None) -> None:
     """Write everything of ``result`` into ``folder`` (an empty temporary folder)."""
-    names = [card_name(p) for p in result.parents]
+    names = [card_name(p, result.parents) for p in result.parents]
     if result.has_heads:  # extractive QA, regression, multi-label heads form no joint model: task folders only
         top = "joint" if result.forms_joint else "tasks"
     else:
@@ -114,10 +114,15 @@ def _card(result: MergeOutputs, names: list[str], model: Any, *, notes: list[str
     )
 
 
-def card_name(parent: Any) -> str:
+def card_name(parent: Any, others: Sequence[Any] = ()) -> str:
     """How cards name a parent: a Hub id as given, a local folder by its folder name, never by a path
-    (nor by the ``_name_or_path`` its config may record: for a fine-tune, the model it started from)."""
-    return parent.name if parent.local_path is None else parent.local_path.name
+    (nor by the ``_name_or_path`` its config may record: for a fine-tune, the model it started from);
+    by its last two folders when another of ``others`` has its folder name (``seed0/checkpoint-500``)."""
+    if parent.local_path is None:
+        return parent.name
+    path = parent.local_path
+    clash = any(o.local_path is not None and o.local_path.name == path.name and o.local_path != path for o in others)
+    return f"{path.parent.name}/{path.name}" if clash and path.parent.name else path.name
 
 
 def _hub_ids(parents: list[Any]) -> list[str]:

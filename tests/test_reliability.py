@@ -563,6 +563,32 @@ def test_one_folder_merged_with_itself_is_the_folder(inputs, tmp_path, capsys):
     assert names == [f"{inputs['vit0'].name}#0", f"{inputs['vit0'].name}#1"]
 
 
+def test_folders_of_one_name_are_named_by_their_last_two_folders(inputs, tmp_path, capsys):
+    """Checkpoints of two runs (seed0/checkpoint-500, seed1/checkpoint-500) were both named
+    checkpoint-500 in the cards and the joint model (checkpoint-500#0, #1)."""
+    import shutil
+
+    folders = [tmp_path / run / "checkpoint-500" for run in ("seed0", "seed1")]
+    for folder, parent in zip(folders, (inputs["vit0"], inputs["vit1"])):
+        shutil.copytree(parent, folder)
+    out = tmp_path / "merged"
+    code, _, _ = run(capsys, "merge", *folders, "--method", "weight-matching", "--out", out)
+    assert code == 0
+    assert json.loads((out / "config.json").read_text())["task_names"] == ["seed0/checkpoint-500",
+                                                                          "seed1/checkpoint-500"]
+    assert "`seed1/checkpoint-500` -> `tasks/1/`" in (out / "README.md").read_text()
+
+
+def test_the_command_line_says_what_auto_chose(inputs, tmp_path, capsys):
+    """It printed 'merged 2 models with auto' (the recipe then names the chosen method)."""
+    out = tmp_path / "merged"
+    code, stdout, _ = run(capsys, "merge", inputs["vit0"], inputs["vit1"], "--method", "auto", "--dataset",
+                          inputs["image_disk"], "--max-sweeps", "1", "--repair", "none", "--out", out)
+    chosen = next(r["candidate"] for r in json.loads((out / "merge_recipe.json").read_text())["selection"]
+                  if r.get("chosen"))
+    assert code == 0 and f"with auto (chose {chosen} of " in stdout
+
+
 def test_an_interrupted_statistics_pass_leaves_the_parents_as_they_were(monkeypatch):
     """No hook stays behind and the training flags come back, so the same merger can collect again."""
     from hf_mudsc.statistics import _Collector

@@ -190,7 +190,7 @@ def _method_section(method_title: str, papers: Sequence[Paper], recipe: Mapping[
         f"**{method_title}**, made with `hf-mudsc`: the units of the parents are aligned, then merged,"
         " without any gradient step.",
         cites,
-        "Recipe (also in `merge_recipe.json`):",
+        "Recipe (also in the merge folder's `merge_recipe.json`):",
         f"```yaml\n{recipe_yaml}\n```",
     )
 
