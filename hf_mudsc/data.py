@@ -437,12 +437,16 @@ def _prepared_by_accelerate(source: Any) -> bool:
 
 
 def _text(value: Any) -> str:
-    """A text cell as the tokenizer takes it: a missing one (``None``) is empty, a list of words is joined."""
+    """A text cell as the tokenizer takes it: a missing one (``None``) is empty, a list of words is
+    joined; anything else (numbers, images, arrays: a column chosen by mistake) is refused."""
     if value is None:
         return ""
     if isinstance(value, (list, tuple)):
         return " ".join(_text(v) for v in value)
-    return str(value)
+    if not isinstance(value, str):
+        raise DataError(f"the text column holds {type(value).__name__} values, not texts (e.g. {repr(value)[:60]}): "
+                        "choose a column of texts (--column / column=)")
+    return value
 
 
 _MODES = {1: "L", 3: "RGB"}  # channels -> the PIL mode an image is converted to
@@ -466,7 +470,7 @@ def _as_image(value: Any, channels: int | None = None) -> Any:
     if not isinstance(value, Image.Image):
         try:
             value = Image.fromarray(_image_array(np.asarray(value)))
-        except (TypeError, ValueError) as err:
+        except (TypeError, ValueError, IndexError) as err:
             raise DataError(f"cannot read an image from the calibration data: {err}") from None
     mode = _MODES.get(channels or 0)
     return value.convert(mode) if mode is not None and value.mode != mode else value
@@ -475,7 +479,11 @@ def _as_image(value: Any, channels: int | None = None) -> Any:
 def _image_array(array: np.ndarray) -> np.ndarray:
     """An array image as PIL reads it: height x width [x channels], uint8. Channels first (C x H x W,
     as torch keeps them) are moved last; floats in [0, 1] are scaled to [0, 255]; other values are
-    rounded and clipped to [0, 255] (a datasets column of arrays comes back as int64)."""
+    rounded and clipped to [0, 255] (a datasets column of arrays comes back as int64). Refuses arrays
+    that are no image (numbers, lists of a few values: a column chosen by mistake)."""
+    if array.ndim not in (2, 3) or min(array.shape[:2]) < 2:
+        raise ValueError(f"the image column holds values of shape {array.shape}, not images (choose a column of "
+                         "images: --column / column=)")
     if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
         array = array.transpose(1, 2, 0)
     if array.ndim == 3 and array.shape[-1] == 1:

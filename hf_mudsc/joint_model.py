@@ -16,6 +16,7 @@ classes.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Collection, Sequence
 
 import torch
@@ -332,10 +333,12 @@ def _check_tasks(task_models: Sequence[PreTrainedModel], shared: set[str], task_
 
 
 def _one_label_set(id2label_per_task: Sequence[Sequence[str]]) -> list[list[int]] | None:
-    """When every task has the same label names (in any order, each once): the column of each task's
-    labels among the first task's; else ``None``."""
+    """When every task has the same label names (in any order, each once), and names that say what
+    they are (not transformers' defaults ``LABEL_0``, ...: tasks that kept them may be any tasks): the
+    column of each task's labels among the first task's; else ``None``."""
     first = list(id2label_per_task[0])
     if len(id2label_per_task) < 2 or len(set(first)) != len(first) \
+            or all(re.fullmatch(r"LABEL_\d+", str(label)) for label in first) \
             or any(sorted(labels) != sorted(first) for labels in id2label_per_task):
         return None
     return [[first.index(label) for label in labels] for labels in id2label_per_task]

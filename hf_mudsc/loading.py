@@ -78,6 +78,7 @@ def load_parent(
         # the processor saved where the model came from, as transformers.pipeline finds it for a model object
         found = could_be_hub_id(name) or Path(name).is_dir()
         processor = _load_processor(name, source, hub) if found else None
+        _check_finite(name, source)
         return Parent(name, *_mergeable(name, source.eval()), processor)
     name = str(source)
     _check_local(name)
@@ -370,7 +371,7 @@ def _check_in_memory(name: str, model: torch.nn.Module) -> None:
 
 def _check_finite(name: str, model: torch.nn.Module) -> None:
     for pname, p in model.named_parameters():
-        if p.is_floating_point() and not bool(torch.isfinite(p).all()):
+        if p.is_floating_point() and p.device.type != "meta" and not bool(torch.isfinite(p).all()):
             raise ParentError(f"parent '{name}' has NaN or infinite values in '{pname}'")
 
 

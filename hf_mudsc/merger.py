@@ -433,6 +433,7 @@ class MuDSCMerger:
                                     weights, self._repair_batches(config.repair_samples), seed=config.seed,
                                     max_tokens_per_batch=config.max_tokens_per_batch, alone=alone,
                                     progress=progress)
+        _check_finite_weights(weights, config)
         return MergeResult(self._merging, config, transforms, weights, report or [],
                            self.calibration if config.uses_data else None, repairs=repairs, depth=plan)
 
@@ -446,6 +447,17 @@ class MuDSCMerger:
         if self._fit_batches is None or self._fit_batches[0] is not source or self._fit_batches[1] != limit:
             self._fit_batches = (source, limit, list(source if limit is None else source.head(limit)))
         return self._fit_batches[2]
+
+
+def _check_finite_weights(weights: MergedWeights, config: MergeConfig) -> None:
+    """Refuse a merge whose weights hold NaN or infinite values (the parents' are checked when loaded:
+    degenerate calibration data can drive the repairs there, or a half-precision sum overflow)."""
+    for part in (weights.shared, *weights.private):
+        for name, tensor in part.items():
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                repaired = f" after the repairs ({', '.join(config.resolved_repair)}): give more varied " \
+                    "calibration data, or repair='none' (--repair none)" if config.resolved_repair else ""
+                raise ValueError(f"the merge gave NaN or infinite values in '{name}'{repaired}")
 
 
 def _copies_for_repeats(models: Sequence[Any]) -> list[Any]:

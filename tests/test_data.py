@@ -215,6 +215,28 @@ def test_missing_texts_are_empty_and_word_lists_are_one_text_each():
                        batch_size=2).column == ("tokens",)
 
 
+def test_a_column_of_other_values_is_refused_for_texts_and_images():
+    """A column chosen by mistake (labels, numbers, images for a text model, numbers or short lists for
+    an image model) was turned into text or tiny images and merged on."""
+    from PIL import Image
+
+    from parents_on_disk import tokenizer
+
+    data = Dataset.from_dict({"text": ["good game", "bad law"], "label": [0, 1], "score": [0.5, 1.5],
+                              "feats": [[1, 2, 3], [4, 5, 6]]})
+    for column, kind in (("label", "int"), ("score", "float")):
+        with pytest.raises(DataError, match=f"the text column holds {kind} values, not texts"):
+            list(calibration(data, tokenizer(), "text", num_samples=2, batch_size=2, column=column))
+    images = Dataset.from_dict({"image": [Image.new("RGB", (8, 8))] * 2})
+    with pytest.raises(DataError, match="holds PngImageFile values|holds Image values|values, not texts"):
+        list(calibration(images, tokenizer(), "text", num_samples=2, batch_size=2, column="image"))
+    from parents_on_disk import image_processor
+
+    for column in ("label", "feats"):
+        with pytest.raises(DataError, match="the image column holds values of shape"):
+            list(calibration(data, image_processor(), "image", num_samples=2, batch_size=2, column=column))
+
+
 def test_question_answering_rows_are_read_as_question_and_context_pairs():
     """SQuAD-style rows: the question with its context, as a QA model reads them (was the question alone)."""
     from parents_on_disk import tokenizer

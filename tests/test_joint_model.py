@@ -232,6 +232,16 @@ def test_parents_of_one_task_give_one_set_of_labels_and_their_mean_probability(k
                                    rtol=0)
 
 
+def test_default_label_names_say_nothing_of_the_task() -> None:
+    """Tasks that kept transformers' LABEL_0, LABEL_1 may be any tasks: their labels stay apart (they
+    were taken for one task and averaged)."""
+    labels = ({0: "LABEL_0", 1: "LABEL_1"}, {0: "LABEL_0", 1: "LABEL_1"})
+    models = [tiny_model("bert-seq", seed=s, num_labels=2, dtype=torch.float32, id2label=l)
+              for s, l in zip((0, 1), labels)]
+    joint = MuDSCJointModel.from_task_models(models, set(), ["a", "b"])
+    assert joint.config.label_columns is None and len(joint.config.id2label) == 4
+
+
 def test_refuses_incompatible_tasks() -> None:
     models, shared = task_pair("vit-cls")
     other = tiny_model("deit-cls", num_labels=2, dtype=torch.float32)

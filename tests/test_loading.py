@@ -82,3 +82,32 @@ def test_the_command_line_says_out_of_memory_and_lets_bugs_through(parents, monk
     with pytest.raises(AttributeError, match="no attribute 'shape'"):  # a traceback, not a one-line 'cannot load'
         main(argv)
     assert not (tmp_path / "m").exists()
+
+
+def test_loaded_models_with_nan_weights_are_refused_as_folders_are():
+    """A model given in memory skipped the check: an average merge wrote NaN, other methods failed
+    inside the solve naming no parent."""
+    from conftest import tiny_model
+
+    a, b = tiny_model("bert-seq", seed=0), tiny_model("bert-seq", seed=1)
+    with torch.no_grad():
+        b.classifier.weight[0, 0] = float("nan")
+    with pytest.raises(ParentError, match="has NaN or infinite values in 'classifier.weight'"):
+        MuDSCMerger.from_pretrained([a, b], "average")
+
+
+def test_a_merge_that_gives_non_finite_weights_is_refused(monkeypatch):
+    """Nothing checked the merged weights (degenerate calibration data drove the stats repair to
+    weights of 700 in float32, near overflow in float16)."""
+    import hf_mudsc.merger as merger_module
+    from conftest import tiny_inputs, tiny_model
+
+    def overflowing(names, parents, maps, transforms, weights, *args, **kwargs):
+        next(iter(weights.shared.values())).mul_(float("inf"))
+        return []
+
+    monkeypatch.setattr(merger_module, "apply_repairs", overflowing)
+    a, b = tiny_model("bert-seq", seed=0), tiny_model("bert-seq", seed=1)
+    merger = MuDSCMerger.from_pretrained([a, b], "average", repair="stats")
+    with pytest.raises(ValueError, match=r"the merge gave NaN or infinite values in '.*' after the repairs \(stats\)"):
+        merger.merge([tiny_inputs(a, batch=8)], progress=False)

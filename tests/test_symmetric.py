@@ -1,6 +1,9 @@
 """The correlations a merger keeps: a symmetric matrix as its upper blocks, read exactly."""
 from __future__ import annotations
 
+import gc
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -71,6 +74,13 @@ def test_on_disk_the_blocks_read_the_same_and_leave_the_process(monkeypatch):
 
     for other in (copy.deepcopy(m), pickle.loads(pickle.dumps(m))):  # a merger copied by a user's experiment
         assert other._file is not None and other._file is not m._file and np.array_equal(np.asarray(other), full)
+
+    with warnings.catch_warnings():  # the file is closed with its blocks (was an unclosed-file warning)
+        warnings.simplefilter("error", ResourceWarning)
+        other = packed(full, EDGES)
+        other.to_disk()
+        del other
+        gc.collect()
 
     class FullDisk:
         def __init__(self, **_):

@@ -5,6 +5,7 @@ memory between solves (:meth:`SymmetricBlocks.to_disk`)."""
 from __future__ import annotations
 
 import tempfile
+import weakref
 from typing import IO, Any, Mapping, Sequence
 
 import numpy as np
@@ -51,6 +52,7 @@ class SymmetricBlocks:
             file.close()
             return False
         self._file = file
+        weakref.finalize(self, file.close)  # closed with the blocks (the file is already unlinked)
         self.release()
         return True
 
