@@ -450,6 +450,8 @@ def _text(value: Any) -> str:
 
 
 _MODES = {1: "L", 3: "RGB"}  # channels -> the PIL mode an image is converted to
+# PIL modes of more than 8 bits per pixel (16-bit PNGs open as I;16): read as arrays, scaled to 8 bits
+_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 
 def _as_image(value: Any, channels: int | None = None) -> Any:
@@ -467,6 +469,8 @@ def _as_image(value: Any, channels: int | None = None) -> Any:
             value = Image.open(value)
         except OSError as err:
             raise DataError(f"cannot read an image from the calibration data: {err}") from None
+    if isinstance(value, Image.Image) and value.mode in _WIDE_MODES:  # PIL's convert() saturates them at 255
+        value = np.asarray(value) / 257.0 if value.mode.startswith("I;16") else np.asarray(value)
     if not isinstance(value, Image.Image):
         try:
             value = Image.fromarray(_image_array(np.asarray(value)))
@@ -478,9 +482,10 @@ def _as_image(value: Any, channels: int | None = None) -> Any:
 
 def _image_array(array: np.ndarray) -> np.ndarray:
     """An array image as PIL reads it: height x width [x channels], uint8. Channels first (C x H x W,
-    as torch keeps them) are moved last; floats in [0, 1] are scaled to [0, 255]; other values are
-    rounded and clipped to [0, 255] (a datasets column of arrays comes back as int64). Refuses arrays
-    that are no image (numbers, lists of a few values: a column chosen by mistake)."""
+    as torch keeps them) are moved last; floats in [0, 1] are scaled to [0, 255], integers beyond 255
+    from 16 bits (or their largest value) to 8; other values are rounded and clipped to [0, 255] (a
+    datasets column of arrays comes back as int64). Refuses arrays that are no image (numbers, lists
+    of a few values: a column chosen by mistake)."""
     if array.ndim not in (2, 3) or min(array.shape[:2]) < 2:
         raise ValueError(f"the image column holds values of shape {array.shape}, not images (choose a column of "
                          "images: --column / column=)")
@@ -491,5 +496,7 @@ def _image_array(array: np.ndarray) -> np.ndarray:
     if array.dtype != np.uint8:
         if array.dtype.kind == "f" and array.size and 0.0 <= array.min() and array.max() <= 1.0:
             array = array * 255.0
+        elif array.dtype.kind in "iu" and array.size and array.max() > 255:  # 16 bits (or wider) per pixel
+            array = array.astype(np.float64) * (255.0 / (65535.0 if array.max() <= 65535 else float(array.max())))
         array = np.clip(np.rint(array.astype(np.float64)), 0, 255).astype(np.uint8)
     return array

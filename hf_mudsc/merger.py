@@ -33,6 +33,7 @@ from .statistics import (
     SymmetricBlocks,
     calibration_issues,
     collect_statistics,
+    distinct_inputs,
     plan_space_groups,
 )
 from .transforms import TRANSFORMS_NAME, SpaceTransform, Transforms, identity_transforms, load_transforms
@@ -211,6 +212,7 @@ class MuDSCMerger:
         # the statistics read the first statistics_samples drawn rows only
         stats = calib if config.statistics_samples is None else calib.head(config.statistics_samples)
         self._align_on(stats, config, progress, accelerator)  # on every row, before they are shared out
+        distinct = distinct_inputs(stats)
         if accelerator is not None and accelerator.num_processes > 1:
             stats = dataclasses.replace(stats, rank=accelerator.process_index, world_size=accelerator.num_processes)
         maps = [_residual_sites(m, config.residual_layers) for m in self.unit_maps]
@@ -245,13 +247,20 @@ class MuDSCMerger:
         if self._heldout is not None:
             self.calibration["heldout"] = self._heldout.describe()["part"]
         if accelerator is None or accelerator.is_main_process:  # every rank holds the same totals
-            told = self._warn(calibration_issues(samples, self.unit_maps, self._activation))
+            told = self._warn(calibration_issues(samples, self.unit_maps, self._activation), distinct)
             if told:  # the model card and the recipe keep them
                 self.calibration["warnings"] = told
 
-    def _warn(self, issues: dict[str, list[dict[str, Any]]]) -> list[str]:
-        """One :class:`MergeQualityWarning` per kind of issue found in the statistics; returns the messages."""
+    def _warn(self, issues: dict[str, list[dict[str, Any]]], distinct: tuple[int, int]) -> list[str]:
+        """One :class:`MergeQualityWarning` per kind of issue found in the statistics, and one when
+        half the samples or more repeat others (``distinct``: distinct samples, samples); returns
+        the messages."""
         messages = []
+        if 2 * distinct[0] <= distinct[1]:
+            messages.append(f"the calibration data holds {distinct[0]} distinct input{'s' * (distinct[0] != 1)} "
+                            f"among its {distinct[1]} samples (repeated rows, empty texts, or images that came out "
+                            "alike, e.g. 16-bit images saturated to white): the statistics and the repairs see only "
+                            "those; give varied calibration data")
         few = [f"'{i['space']}' has {i['samples']} sample{'s' * (i['samples'] != 1)} for {i['units']} units"
                for i in sorted(issues["few_samples"], key=lambda i: i["samples"] / i["units"])]  # worst first
         if few:

@@ -366,3 +366,18 @@ def test_the_parents_tokenizer_is_left_as_it_was(tmp_path):
     tok.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "tokenizer.json").read_text())
     assert saved["truncation"] is None and saved["padding"] is None
+
+
+def test_sixteen_bit_images_keep_their_contrast():
+    """16-bit images (PNG 'I;16', uint16 arrays) are scaled to 8 bits, not saturated to white by PIL."""
+    import numpy as np
+    from PIL import Image
+
+    from hf_mudsc.data import _as_image
+
+    levels = np.linspace(0, 65535, 64, dtype=np.uint16).reshape(8, 8)
+    expected = np.rint(levels / 257.0).astype(np.uint8)
+    for value in (Image.fromarray(levels), levels, levels.astype(np.int64)):
+        pixels = np.asarray(_as_image(value, channels=1))
+        assert np.abs(pixels.astype(int) - expected).max() <= 1, type(value)
+        assert pixels.min() == 0 and pixels.max() == 255

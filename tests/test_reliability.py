@@ -477,6 +477,18 @@ def test_enough_calibration_data_gives_no_warning():
     assert messages == []
 
 
+def test_repeated_calibration_inputs_warn_with_the_counts():
+    """One text 40 times merged exactly as that text once with only a 'constant units' warning (empty
+    texts, saturated images alike): the repeats are counted and said."""
+    a, b = tiny_model("bert-seq", seed=0), tiny_model("bert-seq", seed=1)
+    (batch,) = text_batches(a, n=1, batch=1)
+    data = [{k: v.repeat(8, *[1] * (v.dim() - 1)) for k, v in batch.items()} for _ in range(5)]
+    _, messages = merge_with_warnings([a, b], data, 40, method="zipit")
+    assert any(m.startswith("the calibration data holds 1 distinct input among its 40 samples") for m in messages)
+    _, messages = merge_with_warnings([a, b], text_batches(a, n=5, batch=8), 40, method="zipit")
+    assert not any("distinct" in m for m in messages)
+
+
 def test_one_example_through_the_command_line(tmp_path, capsys):
     """One sentence: the pooler sees one sample (every unit constant), the other spaces a handful
     of tokens. The merge completes, says why it may be poor, and the result loads."""

@@ -6,7 +6,7 @@ budget; ``diagnostics``: what may make a merge poor; ``distributed``: the Accele
 """
 from .collect import _Collector, collect_statistics
 from ..quality import MergeQualityWarning
-from .diagnostics import calibration_issues
+from .diagnostics import calibration_issues, distinct_inputs
 from .distributed import reduce_moments
 from .moments import Moments
 from .planning import model_slices, plan_space_groups
@@ -17,6 +17,7 @@ __all__ = [
     "Moments",
     "SymmetricBlocks",
     "calibration_issues",
+    "distinct_inputs",
     "collect_statistics",
     "model_slices",
     "plan_space_groups",

@@ -1,7 +1,10 @@
-"""What in collected statistics may make a merge poor: few samples, constant units."""
+"""What in collected statistics may make a merge poor: few samples, constant units, repeated inputs."""
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+import hashlib
+from typing import Any, Iterable, Mapping, Sequence
+
+from torch import Tensor
 
 from ..unitmaps.spaces import UnitMap
 from .planning import model_slices
@@ -35,3 +38,27 @@ def calibration_issues(samples: Mapping[str, int], unit_maps: Sequence[UnitMap],
             constant.append({"space": name, "constant": dead, "units": units})
     return {"few_samples": few, "constant": constant}
 
+
+
+def distinct_inputs(batches: Iterable[Mapping[str, Any]]) -> tuple[int, int]:
+    """``(distinct, samples)``: how many of the calibration samples differ from every other, and how
+    many there are. A sample is its row of every input tensor (a text's real tokens only): repeated
+    rows, empty texts and images that came out alike (a saturated 16-bit image) count once."""
+    seen, samples = set(), 0
+    for batch in batches:
+        tensors = {k: v for k, v in sorted(batch.items()) if isinstance(v, Tensor) and v.dim() > 0}
+        if not tensors:
+            continue
+        n = len(next(iter(tensors.values())))
+        mask = tensors.get("attention_mask")
+        for i in range(n):
+            digest = hashlib.blake2b(digest_size=16)
+            for key, value in tensors.items():
+                row = value[i]
+                if mask is not None and key != "attention_mask" and row.shape[:1] == mask[i].shape:
+                    row = row[mask[i].bool()]
+                digest.update(key.encode())
+                digest.update(row.detach().cpu().contiguous().numpy().tobytes())
+            seen.add(digest.digest())
+        samples += n
+    return len(seen), samples
