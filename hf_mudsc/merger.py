@@ -438,7 +438,10 @@ class MuDSCMerger:
             widen_heads(weights, [p.model for p in self._merging], maps, transforms)
         repairs = []
         if config.resolved_repair:
-            repairs = apply_repairs(config.resolved_repair, [p.model for p in self._merging], maps, transforms,
+            models = [p.model for p in self._merging]
+            if models[0].dtype in (torch.float16, torch.bfloat16):  # their outputs' rounding would be fitted
+                models = [copy.deepcopy(m).float() for m in models]  # float32 copies: the fits are float32's
+            repairs = apply_repairs(config.resolved_repair, models, maps, transforms,
                                     weights, self._repair_batches(config.repair_samples), seed=config.seed,
                                     max_tokens_per_batch=config.max_tokens_per_batch, alone=alone,
                                     progress=progress)

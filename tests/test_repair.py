@@ -59,6 +59,23 @@ def hidden(model, x):
 # ---------------------------------------------------------------------------- identity on exact merges
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("kind", ["bert-seq", "vit-cls"])
+def test_half_precision_parents_are_repaired_in_float32(kind, dtype):
+    """A self-merge of half-precision parents keeps their weights: the repairs fit on float32 copies
+    (fitted on the parents' own half-precision outputs, they chased their rounding: a bf16 pooler bias
+    moved by 24%)."""
+    model = tiny_model(kind, dtype=torch.float32).to(dtype)
+    result = MuDSCMerger.from_pretrained([model, model], "mudsc", repair=ALL).merge(
+        [{k: v.to(dtype) if v.is_floating_point() else v for k, v in b.items()} for b in calibration(model)],
+        num_samples=48, progress=False)
+    for task in result.task_models:
+        assert task.dtype == dtype
+        for name, param in model.named_parameters():
+            ulp = torch.finfo(dtype).eps * float(param.detach().float().abs().max())
+            assert float((task.get_parameter(name).detach().float() - param.detach().float()).abs().max()) <= ulp, name
+
+
 @pytest.mark.parametrize("kind", ["bert-seq", "roberta-seq", "vit-cls", "bert-base"])
 def test_every_repair_keeps_a_self_merge_exact(kind):
     model = tiny_model(kind)
