@@ -70,6 +70,7 @@ def load_parent(
     its name: e.g. ``"BertModel"`` merges a classifier's encoder), plus its processor."""
     hub = dict(revision=revision, token=token, trust_remote_code=trust_remote_code)
     wanted = None if model_class is None else _named_class(model_class)
+    torch_dtype = _dtype(torch_dtype)
     if isinstance(source, PreTrainedModel):
         name = str(getattr(source, "name_or_path", "") or f"in-memory {type(source).__name__}")  # never a Hub id
         if wanted is not None and type(source) is not wanted:
@@ -302,6 +303,23 @@ def _check_processors(a: Parent, b: Parent) -> None:
     if diff:
         raise ParentError(f"parents use different image processors: '{a.name}' and '{b.name}' differ in {diff[0]} "
                           f"({da.get(diff[0])} vs {db.get(diff[0])})")
+
+
+# dtype names as users write them -> torch dtypes ("auto": the checkpoint's own)
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32, "float16": torch.float16,
+           "fp16": torch.float16, "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float64": torch.float64, "fp64": torch.float64, "double": torch.float64}
+
+
+def _dtype(value: Any) -> Any:
+    """``torch_dtype`` as transformers takes it: a torch dtype, ``"auto"`` or ``None``, from any of the
+    names in :data:`_DTYPES` (``torch.`` in front allowed)."""
+    if value is None or isinstance(value, torch.dtype) or value == "auto":
+        return value
+    name = str(value).removeprefix("torch.").lower()
+    if name not in _DTYPES:
+        raise ParentError(f"torch_dtype {value!r} is not a dtype: use one of auto, {', '.join(_DTYPES)}")
+    return _DTYPES[name]
 
 
 def _named_class(model_class: str | type) -> type[PreTrainedModel]:

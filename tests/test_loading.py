@@ -111,3 +111,13 @@ def test_a_merge_that_gives_non_finite_weights_is_refused(monkeypatch):
     merger = MuDSCMerger.from_pretrained([a, b], "average", repair="stats")
     with pytest.raises(ValueError, match=r"the merge gave NaN or infinite values in '.*' after the repairs \(stats\)"):
         merger.merge([tiny_inputs(a, batch=8)], progress=False)
+
+
+@pytest.mark.parametrize("name, dtype", [("torch.float16", torch.float16), ("fp16", torch.float16),
+                                         ("bf16", torch.bfloat16), ("float64", torch.float64)])
+def test_dtype_names_as_users_write_them(parents, name, dtype):
+    """transformers takes only some names (torch.float16 and fp16 were refused with its message, which
+    lists none of them); an unknown one is refused naming those that work."""
+    assert load_parent(str(parents["a"]), torch_dtype=name).model.dtype == dtype
+    with pytest.raises(ParentError, match="torch_dtype 'fp17' is not a dtype: use one of auto, float32"):
+        load_parent(str(parents["a"]), torch_dtype="fp17")
