@@ -227,6 +227,12 @@ def test_a_column_of_other_values_is_refused_for_texts_and_images():
     for column, kind in (("label", "int"), ("score", "float")):
         with pytest.raises(DataError, match=f"the text column holds {kind} values, not texts"):
             list(calibration(data, tokenizer(), "text", num_samples=2, batch_size=2, column=column))
+    import pandas as pd
+
+    with_gap = pd.DataFrame({"text": ["good game", float("nan")]})  # pandas' missing text: empty
+    lengths = sorted(int(b["attention_mask"].sum()) for b in calibration(with_gap, tokenizer(), "text", num_samples=2,
+                                                                          batch_size=2))
+    assert lengths == [2, 4]  # the missing text is [CLS] [SEP]
     images = Dataset.from_dict({"image": [Image.new("RGB", (8, 8))] * 2})
     with pytest.raises(DataError, match="holds PngImageFile values|holds Image values|values, not texts"):
         list(calibration(images, tokenizer(), "text", num_samples=2, batch_size=2, column="image"))
