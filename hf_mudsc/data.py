@@ -438,9 +438,9 @@ def _prepared_by_accelerate(source: Any) -> bool:
 
 def _text(value: Any) -> str:
     """A text cell as the tokenizer takes it: a missing one (``None``) is empty, a list of words is
-    joined; anything else (numbers, images, arrays: a column chosen by mistake) is refused, but NaN,
-    how pandas marks a missing text."""
-    if value is None or (isinstance(value, float) and value != value):
+    joined (a DataFrame's missing text, NaN, arrives as ``None``); anything else (numbers, images,
+    arrays: a column chosen by mistake) is refused."""
+    if value is None:
         return ""
     if isinstance(value, (list, tuple)):
         return " ".join(_text(v) for v in value)
