@@ -10,7 +10,7 @@ import inspect
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 import transformers
@@ -367,14 +367,22 @@ def _load_processor(name: str, model: PreTrainedModel, hub: dict) -> Any:
 
 def _has_any_file(name: str, files: Sequence[str], hub: dict) -> bool:
     """Whether the local folder or Hub repo ``name`` holds one of ``files``."""
+    return any(saved_file(name, f, revision=hub.get("revision"), token=hub.get("token")) for f in files)
+
+
+def saved_file(name: str, filename: str, *, revision: str | None = None, token: Any = None) -> Path | None:
+    """The file ``filename`` saved with the model ``name`` (a local folder, or a Hub repo at
+    ``revision``, fetched into the cache); ``None`` when it has none (or ``name`` is neither)."""
     path = Path(name).expanduser()
     if path.is_dir():
-        return any((path / f).is_file() for f in files)
+        return path / filename if (path / filename).is_file() else None
+    if not could_be_hub_id(name):
+        return None
     from transformers.utils import cached_file
 
-    return any(cached_file(name, f, revision=hub.get("revision"), token=hub.get("token"),
-                           _raise_exceptions_for_missing_entries=False,
-                           _raise_exceptions_for_connection_errors=False) for f in files)
+    found = cached_file(name, filename, revision=revision, token=token, _raise_exceptions_for_missing_entries=False,
+                        _raise_exceptions_for_connection_errors=False)
+    return Path(found) if found else None
 
 
 def _check_in_memory(name: str, model: torch.nn.Module) -> None:
@@ -388,9 +396,16 @@ def _check_in_memory(name: str, model: torch.nn.Module) -> None:
 
 
 def _check_finite(name: str, model: torch.nn.Module) -> None:
-    for pname, p in model.named_parameters():
-        if p.is_floating_point() and p.device.type != "meta" and not bool(torch.isfinite(p).all()):
-            raise ParentError(f"parent '{name}' has NaN or infinite values in '{pname}'")
+    bad = non_finite(model.named_parameters())
+    if bad is not None:
+        raise ParentError(f"parent '{name}' has NaN or infinite values in '{bad}'")
+
+
+def non_finite(tensors: Iterable[tuple[str, torch.Tensor]]) -> str | None:
+    """The name of the first floating-point tensor holding NaN or infinite values (tensors on the meta
+    device, not in memory, are not read); ``None`` when all are finite."""
+    return next((name for name, t in tensors if t.is_floating_point() and t.device.type != "meta"
+                 and not bool(torch.isfinite(t).all())), None)
 
 
 def _first_line(err: BaseException) -> str:

@@ -21,7 +21,7 @@ from .data import Calibration, calibration, text_length
 from .hetero import depth as hetero_depth
 from .hetero.width import differ_in_width, merged_config, widen_heads
 from .io.writer import atomic_output_dir
-from .loading import Parent, check_compatible, load_parent
+from .loading import Parent, check_compatible, load_parent, non_finite
 from .output import card_name, write_merge_folder
 from .repair import apply_repairs
 from .select import choose
@@ -464,12 +464,11 @@ class MuDSCMerger:
 def _check_finite_weights(weights: MergedWeights, config: MergeConfig) -> None:
     """Refuse a merge whose weights hold NaN or infinite values (the parents' are checked when loaded:
     degenerate calibration data can drive the repairs there, or a half-precision sum overflow)."""
-    for part in (weights.shared, *weights.private):
-        for name, tensor in part.items():
-            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-                repaired = f" after the repairs ({', '.join(config.resolved_repair)}): give more varied " \
-                    "calibration data, or repair='none' (--repair none)" if config.resolved_repair else ""
-                raise ValueError(f"the merge gave NaN or infinite values in '{name}'{repaired}")
+    bad = non_finite(item for part in (weights.shared, *weights.private) for item in part.items())
+    if bad is not None:
+        repaired = f" after the repairs ({', '.join(config.resolved_repair)}): give more varied calibration " \
+            "data, or repair='none' (--repair none)" if config.resolved_repair else ""
+        raise ValueError(f"the merge gave NaN or infinite values in '{bad}'{repaired}")
 
 
 def _copies_for_repeats(models: Sequence[Any]) -> list[Any]:

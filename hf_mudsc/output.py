@@ -7,15 +7,12 @@ import json
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
-from transformers.utils import cached_file
-
 from .apply import MergedWeights
 from .config import PRESETS, RECIPE_NAME, ZIPIT_BUDGET, ZIPIT_DECAY, MergeConfig
 from .hetero.depth import describe_plan
 from .hetero.width import differ_in_width, widths
 from .io.card import build_model_card, hub_ids
-from .loading import Parent
-from .paths import could_be_hub_id
+from .loading import Parent, saved_file
 from .transforms import TRANSFORMS_NAME, Transforms, save_transforms
 
 
@@ -176,18 +173,13 @@ def sentence_transformers_files(parent: Parent) -> dict[str, bytes] | None:
 
 
 def _saved_file(parent: Parent, name: str) -> bytes | None:
-    """A file saved with a parent (its folder, or its Hub repo at its revision); ``None`` when none is."""
-    if parent.local_path is not None or Path(parent.name).is_dir():
-        path = (parent.local_path or Path(parent.name)) / name
-        return path.read_bytes() if path.is_file() else None
-    if not could_be_hub_id(parent.name):
-        return None
+    """The bytes of a file saved with a parent (:func:`saved_file`); ``None`` when none is or it cannot
+    be fetched."""
     try:
-        found = cached_file(parent.name, name, revision=parent.revision, _raise_exceptions_for_missing_entries=False,
-                            _raise_exceptions_for_connection_errors=False)
+        found = saved_file(parent.name, name, revision=parent.revision)
     except OSError:
         return None
-    return Path(found).read_bytes() if found else None
+    return found.read_bytes() if found else None
 
 
 def _write_files(folder: Path, files: dict[str, bytes]) -> None:

@@ -40,7 +40,6 @@ def calibration_issues(samples: Mapping[str, int], unit_maps: Sequence[UnitMap],
     return {"few_samples": few, "constant": constant}
 
 
-
 def distinct_inputs(batches: Iterable[Mapping[str, Any]]) -> tuple[int, int]:
     """``(distinct, samples)``: how many of the calibration samples differ from every other, and how
     many there are. A sample is its row of every input tensor (a text's real tokens only): repeated
