@@ -254,7 +254,7 @@ def check_compatible(parents: Sequence[Parent]) -> None:
         if type(p.model).__name__ != type(first.model).__name__:
             raise ParentError(f"parents have different heads: '{first.name}' is {type(first.model).__name__}, "
                               f"'{p.name}' is {type(p.model).__name__}")
-        diff = config_differences(first.model.config, p.model.config, SHAPE_FIELDS)
+        diff = config_differences(first.model.config, p.model.config, _shape_fields(first))
         if diff:
             values = [getattr(x.model.config, diff[0], None) for x in (first, p)]
             raise ParentError(f"parents differ in config field '{diff[0]}' ({values[0]!r} in '{first.name}', "
@@ -274,6 +274,14 @@ def check_compatible(parents: Sequence[Parent]) -> None:
     depths = [p.unit_map.num_layers for p in parents]
     if len(set(depths)) > 1 and len(parents) > 2:
         raise ParentError(f"parents of different depths ({depths} layers) can be merged two at a time only")
+
+
+def _shape_fields(parent: Parent) -> frozenset[str]:
+    """The config fields that hold widths and depth, as the config stores them (DistilBERT: ``dim``,
+    ``n_layers``, ``hidden_dim``, ...)."""
+    config = parent.model.config
+    names = SHAPE_FIELDS | set(parent.unit_map.width_fields.values())
+    return frozenset(names | {config.attribute_map.get(n, n) for n in names})
 
 
 def _outside_layers(umap: UnitMap) -> list[str]:

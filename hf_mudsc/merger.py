@@ -504,9 +504,9 @@ class MergeResult:
     def task_models(self) -> list[torch.nn.Module]:
         """Parent i's task in the merged model, as a standard model of the parent's class."""
         if self._task_models is None:
-            depth = self.parents[0].unit_map.num_layers
+            umap = self.parents[0].unit_map  # every parent has the merged depth by now
             self._task_models = [build_task_model(p.model, self.weights.task_state_dict(i),
-                                                  merged_config(p.model.config, self.transforms, depth))
+                                                  merged_config(p.model.config, self.transforms, umap))
                                  for i, p in enumerate(self.parents)]
         return self._task_models
 

@@ -35,6 +35,8 @@ TINY = {
     "bert-base": ("BertConfig", "BertModel"),
     "bert-token": ("BertConfig", "BertForTokenClassification"),
     "roberta-seq": ("RobertaConfig", "RobertaForSequenceClassification"),
+    "distilbert-seq": ("DistilBertConfig", "DistilBertForSequenceClassification"),
+    "electra-small": ("ElectraConfig", "ElectraForSequenceClassification"),  # embeddings narrower, projected
     "vit-cls": ("ViTConfig", "ViTForImageClassification"),
     "vit-base": ("ViTConfig", "ViTModel"),
     "deit-teacher": ("DeiTConfig", "DeiTForImageClassificationWithTeacher"),
@@ -47,7 +49,12 @@ def tiny_model(kind: str, seed: int = 0, num_labels: int = 3, dtype=torch.float6
     default so that exactness tests see the transforms, not float32 summation order."""
     cfg_name, cls_name = TINY[kind]
     extra = VISION if cfg_name in ("ViTConfig", "DeiTConfig") else dict(vocab_size=99)
-    config = getattr(tf, cfg_name)(**{**KW, **extra, "num_labels": num_labels, **overrides})
+    if cfg_name == "ElectraConfig":
+        extra = {**extra, "embedding_size": 24}
+    kw = {**KW, **extra, "num_labels": num_labels, **overrides}
+    if cfg_name == "DistilBertConfig":  # its FFN width is hidden_dim
+        kw["hidden_dim"] = kw.pop("intermediate_size")
+    config = getattr(tf, cfg_name)(**kw)
     torch.manual_seed(seed)
     model = getattr(tf, cls_name)(config).to(dtype).eval()
     with torch.no_grad():  # non-trivial norms and biases, so a wrong transform shows

@@ -80,8 +80,9 @@ def save_vit(folder: Path, seed: int, labels: list[str], dtype=torch.float32, **
 
 
 def save_bert(folder: Path, seed: int, labels: list[str], dtype=torch.float32, words: list[str] = VOCAB,
-              **overrides) -> Path:
-    model = _labelled(tiny_model("bert-seq", seed=seed, num_labels=len(labels), dtype=dtype, **overrides), labels)
+              kind: str = "bert-seq", **overrides) -> Path:
+    """A text classifier of ``kind`` (a BERT-like key of ``conftest.TINY``) with a WordPiece tokenizer."""
+    model = _labelled(tiny_model(kind, seed=seed, num_labels=len(labels), dtype=dtype, **overrides), labels)
     model.save_pretrained(folder)
     tokenizer(words).save_pretrained(folder)
     return folder

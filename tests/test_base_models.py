@@ -74,25 +74,34 @@ def _saved(model: torch.nn.Module, folder) -> str:
     return str(folder)
 
 
-def test_pretraining_checkpoints_merge_as_their_base_models(tmp_path):
-    """A masked-LM or pretraining checkpoint (as bert-base-uncased, roberta-base and MultiBERTs are
-    saved) is merged as its base model, with a warning that its head is not (was refused: 'not covered
-    by the unit map, register a unit map'); a self-merge gives back the encoder's outputs."""
-    config = tf.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                           vocab_size=99)
-    for cls in (tf.BertForMaskedLM, tf.BertForPreTraining):
+SHAPE = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, vocab_size=99)
+
+
+@pytest.mark.parametrize("config,classes", [
+    (tf.BertConfig(**SHAPE, intermediate_size=64), ("BertForMaskedLM", "BertForPreTraining")),
+    (tf.ElectraConfig(**SHAPE, intermediate_size=64, embedding_size=16), ("ElectraForPreTraining", "ElectraForMaskedLM")),
+    (tf.DistilBertConfig(**SHAPE, hidden_dim=64), ("DistilBertForMaskedLM",)),
+], ids=["bert", "electra", "distilbert"])
+def test_pretraining_checkpoints_merge_as_their_base_models(config, classes, tmp_path):
+    """A masked-LM or pretraining checkpoint (as bert-base-uncased, roberta-base, the MultiBERTs and
+    ELECTRA's discriminators are saved) is merged as its base model, with a warning that its head is not
+    (was refused: 'not covered by the unit map, register a unit map'); a self-merge gives back the
+    encoder's outputs."""
+    for name in classes:
+        cls = getattr(tf, name)
         torch.manual_seed(0)
-        folder = _saved(cls(config).eval(), tmp_path / cls.__name__)
-        with pytest.warns(UserWarning, match=f"is a {cls.__name__}, whose head is not merged: its base model"):
+        folder = _saved(cls(config).eval(), tmp_path / name)
+        with pytest.warns(UserWarning, match=f"is a {name}, whose head is not merged: its base model"):
             merger = MuDSCMerger.from_pretrained([folder, folder], "zipit")
-        assert all(type(p.model) is tf.BertModel for p in merger.parents)
+        base = type(cls.from_pretrained(folder).base_model)
+        assert all(type(p.model) is base for p in merger.parents)
         result = merger.merge(_batches([folder]), progress=False)
         inputs = tiny_inputs(result.model)
         with torch.no_grad():
-            expected = cls.from_pretrained(folder).eval().bert(**inputs).last_hidden_state
+            expected = cls.from_pretrained(folder).eval().base_model(**inputs).last_hidden_state
             torch.testing.assert_close(result.model.eval()(**inputs).last_hidden_state, expected, atol=1e-5, rtol=0)
-        out = result.save_pretrained(tmp_path / f"merged-{cls.__name__}")
-        assert json.loads((out / "config.json").read_text())["architectures"] == ["BertModel"]
+        out = result.save_pretrained(tmp_path / f"merged-{name}")
+        assert json.loads((out / "config.json").read_text())["architectures"] == [base.__name__]
 
 
 def test_a_base_model_saved_without_its_pooler_is_a_parent(tmp_path):

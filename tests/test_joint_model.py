@@ -14,14 +14,14 @@ from transformers.modeling_outputs import ImageClassifierOutput, SequenceClassif
 
 from hf_mudsc.joint_model import MuDSCJointConfig, MuDSCJointModel, register_auto_classes
 
-KINDS = ["vit-cls", "bert-seq", "bert-token", "deit-teacher"]
+KINDS = ["vit-cls", "bert-seq", "bert-token", "deit-teacher", "distilbert-seq", "electra-small"]
 
 
 def is_shared(name: str, partial: bool) -> bool:
     """Full merge: the trunk is shared, heads are private; partial: only embeddings and layer 0 are shared."""
     if partial:
         return "embeddings" in name or re.search(r"\.layers?\.0\.", name) is not None
-    return name.split(".")[0] in ("vit", "bert", "deit")
+    return name.split(".")[0] in ("vit", "bert", "deit", "distilbert", "electra")
 
 
 def task_pair(
@@ -58,7 +58,8 @@ def test_joint_logits_are_concatenated_task_log_softmax(kind: str, partial: bool
             torch.testing.assert_close(logits, m(**inputs).logits, atol=1e-6, rtol=0)
     assert out.logits.shape[-1] == joint.config.num_labels == 5
     assert joint.config.label_offsets == [0, 3, 5]
-    expected = {"bert-token": TokenClassifierOutput, "bert-seq": SequenceClassifierOutput}.get(kind, ImageClassifierOutput)
+    expected = (TokenClassifierOutput if kind.endswith("-token") else ImageClassifierOutput
+                if kind.startswith(("vit", "deit")) else SequenceClassifierOutput)
     assert type(out) is expected
 
 

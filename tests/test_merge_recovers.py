@@ -17,7 +17,7 @@ def batches(model, n=6, size=8):
     return [tiny_inputs(model, batch=size, seed=100 + i) for i in range(n)]
 
 
-@pytest.mark.parametrize("kind", ["vit-cls", "bert-seq"])
+@pytest.mark.parametrize("kind", ["vit-cls", "bert-seq", "distilbert-seq", "electra-small"])
 @pytest.mark.parametrize("method,extra", DATA_PRESETS)
 def test_permuted_copy_merges_back(kind, method, extra):
     model = tiny_model(kind)

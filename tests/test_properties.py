@@ -36,7 +36,8 @@ from hf_mudsc.transforms import random_permutation
 from hf_mudsc.unitmaps import UnitMapError, unit_map_for, unit_map_of
 
 # ------------------------------------------------------------------------------ random encoders
-CONFIGS = {"bert": tf.BertConfig, "roberta": tf.RobertaConfig, "vit": tf.ViTConfig, "deit": tf.DeiTConfig}
+CONFIGS = {"bert": tf.BertConfig, "roberta": tf.RobertaConfig, "vit": tf.ViTConfig, "deit": tf.DeiTConfig,
+           "distilbert": tf.DistilBertConfig, "electra": tf.ElectraConfig}
 CLASSES = {
     "bert": ["BertModel", "BertForSequenceClassification", "BertForTokenClassification",
              "BertForQuestionAnswering", "BertForMultipleChoice"],
@@ -44,7 +45,12 @@ CLASSES = {
                 "RobertaForQuestionAnswering", "RobertaForMultipleChoice"],
     "vit": ["ViTModel", "ViTForImageClassification"],
     "deit": ["DeiTModel", "DeiTForImageClassification", "DeiTForImageClassificationWithTeacher"],
+    "distilbert": ["DistilBertModel", "DistilBertForSequenceClassification", "DistilBertForTokenClassification",
+                   "DistilBertForQuestionAnswering", "DistilBertForMultipleChoice"],
+    "electra": ["ElectraModel", "ElectraForSequenceClassification", "ElectraForTokenClassification",
+                "ElectraForQuestionAnswering"],
 }
+POOLED = ("bert", "roberta", "vit", "deit")  # base models with an optional pooler
 VISION = ("vit", "deit")
 SEQ_LEN = 7
 
@@ -71,10 +77,15 @@ class Encoder:
             kw.update(image_size=8, patch_size=4, num_channels=self.channels)
         else:
             kw.update(vocab_size=30, max_position_embeddings=SEQ_LEN + 4, type_vocab_size=2)
+        if self.family == "distilbert":
+            kw["hidden_dim"] = kw.pop("intermediate_size")
+        if self.family == "electra" and self.seed % 2:  # embeddings narrower than the layers, projected
+            kw["embedding_size"] = max(1, kw["hidden_size"] // 2)
         config = CONFIGS[self.family](**kw)
         torch.manual_seed(self.seed)
         cls = getattr(tf, self.cls)
-        model = cls(config, add_pooling_layer=self.pooler) if self.cls.endswith("Model") else cls(config)
+        pooled = self.cls.endswith("Model") and self.family in POOLED
+        model = cls(config, add_pooling_layer=self.pooler) if pooled else cls(config)
         model = model.to(torch.float64).eval()
         with torch.no_grad():  # non-trivial norms and biases, so a wrong transform shows
             for p in model.parameters():

@@ -76,7 +76,7 @@ def test_half_precision_parents_are_repaired_in_float32(kind, dtype):
             assert float((task.get_parameter(name).detach().float() - param.detach().float()).abs().max()) <= ulp, name
 
 
-@pytest.mark.parametrize("kind", ["bert-seq", "roberta-seq", "vit-cls", "bert-base"])
+@pytest.mark.parametrize("kind", ["bert-seq", "roberta-seq", "vit-cls", "bert-base", "distilbert-seq", "electra-small"])
 def test_every_repair_keeps_a_self_merge_exact(kind):
     model = tiny_model(kind)
     x = tiny_inputs(model, seed=99)
@@ -111,7 +111,8 @@ def test_parents_in_train_mode_are_run_without_dropout_and_left_in_train_mode(ki
         torch.testing.assert_close(outputs(task, x), expected, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("kind,zip_order", [("bert-seq", None), ("bert-seq", 11), ("vit-cls", 11), ("bert-token", None)])
+@pytest.mark.parametrize("kind,zip_order", [("bert-seq", None), ("bert-seq", 11), ("vit-cls", 11), ("bert-token", None),
+                                            ("distilbert-seq", 11), ("electra-small", 11)])
 def test_every_repair_keeps_a_merge_with_a_permuted_copy_exact(kind, zip_order):
     model = tiny_model(kind)
     x = tiny_inputs(model, seed=99)

@@ -216,6 +216,19 @@ OBSERVED = {
         "ffn": [("bert.encoder.layer.{i}.intermediate", "output")],  # after the activation
         "pooler": [("bert.pooler", "output")],
     },
+    "distilbert-seq": {
+        "qk": [("distilbert.transformer.layer.{i}.attention.q_lin", "output"),
+               ("distilbert.transformer.layer.{i}.attention.k_lin", "output")],
+        "vo": [("distilbert.transformer.layer.{i}.attention.out_lin", "input")],
+        "ffn": [("distilbert.transformer.layer.{i}.ffn.activation", "output")],
+    },
+    "electra-small": {
+        "embeddings": [("electra.embeddings", "output")],  # before the projection into the layers' width
+        "qk": [("electra.encoder.layer.{i}.attention.self.query", "output"),
+               ("electra.encoder.layer.{i}.attention.self.key", "output")],
+        "vo": [("electra.encoder.layer.{i}.attention.output.dense", "input")],
+        "ffn": [("electra.encoder.layer.{i}.intermediate", "output")],
+    },
     "vit-cls": {
         "qk": [("vit.layers.{i}.attention.q_proj", "output"), ("vit.layers.{i}.attention.k_proj", "output")],
         "vo": [("vit.layers.{i}.attention.o_proj", "input")],
@@ -228,7 +241,7 @@ def observed_features(models, kind: str, batches) -> dict[str, torch.Tensor]:
     """Each space's samples (rows; the models' features side by side) from plain forward hooks on
     the modules named in :data:`OBSERVED` and from ``output_hidden_states``; padding dropped."""
     layers = models[0].config.num_hidden_layers
-    sites = {"pooler": OBSERVED[kind]["pooler"]} if "pooler" in OBSERVED[kind] else {}
+    sites = {n: OBSERVED[kind][n] for n in ("embeddings", "pooler") if n in OBSERVED[kind]}
     for i in range(layers):
         for part in ("qk", "vo", "ffn"):
             sites[f"layer.{i}.{part}"] = [(m.format(i=i), k) for m, k in OBSERVED[kind][part]]

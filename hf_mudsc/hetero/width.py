@@ -49,13 +49,14 @@ def widths(umap: UnitMap) -> dict[str, int]:
     return out
 
 
-def merged_config(config: PretrainedConfig, transforms: Transforms, depth: int) -> PretrainedConfig:
-    """``config`` with the merged widths and ``depth`` layers (a copy): ``hidden_size`` from the
-    residual stream, ``num_attention_heads`` and ``intermediate_size`` from the first layer's
-    spaces, ``pooler_output_size`` (ViT) from the pooler, or the hidden size when it has none. A space not merged (a partial merge
-    of parents of one width) keeps the parent's value."""
+def merged_config(config: PretrainedConfig, transforms: Transforms, umap: UnitMap) -> PretrainedConfig:
+    """``config`` with the merged widths and ``umap``'s depth (a copy): ``hidden_size`` from the
+    residual stream, ``num_attention_heads`` from the first layer's spaces, the unit map's
+    ``width_fields`` (``intermediate_size``, ...) from their spaces, ``pooler_output_size`` (ViT)
+    from the pooler, or the hidden size when it has none. A space not merged (a partial merge of
+    parents of one width) keeps the parent's value."""
     out = copy.deepcopy(config)
-    out.num_hidden_layers = depth
+    out.num_hidden_layers = umap.num_layers
     if "residual" in transforms:
         out.hidden_size = transforms["residual"].k
     if "layer.0.qk" in transforms:
@@ -63,8 +64,9 @@ def merged_config(config: PretrainedConfig, transforms: Transforms, depth: int) 
         out.num_attention_heads = transforms["layer.0.qk"].k // head_dim
         if out.num_attention_heads * head_dim != out.hidden_size:  # ViT reads a config's head_dim
             out.head_dim = head_dim
-    if "layer.0.ffn" in transforms:
-        out.intermediate_size = transforms["layer.0.ffn"].k
+    for space, name in umap.width_fields.items():
+        if space in transforms:
+            setattr(out, name, transforms[space].k)
     pooled = getattr(config, "pooler_output_size", None)
     if pooled is not None:  # ViT: the pooler's width, the hidden size unless set apart
         out.pooler_output_size = transforms["pooler"].k if "pooler" in transforms \
@@ -78,10 +80,9 @@ def widen_heads(weights: MergedWeights, parents: Sequence[torch.nn.Module], unit
     the merged config: a head whose inner width is the hidden size (RoBERTa's ``classifier.dense``,
     then ``tanh``, then ``out_proj``) gains units with zero weights and bias, read through zero
     columns: the same function (its activation maps 0 to 0, and it has no norm)."""
-    depth = unit_maps[0].num_layers
     for i, (parent, umap) in enumerate(zip(parents, unit_maps)):
         with torch.device("meta"):
-            model = type(parent)(merged_config(parent.config, transforms, depth))
+            model = type(parent)(merged_config(parent.config, transforms, unit_maps[0]))
         shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
         for name in umap.task_heads:
             tensor = weights.private[i].get(name)

@@ -56,7 +56,7 @@ class RepairContext:
         if i not in self._models:
             parent = self.parents[i]
             device = next(parent.parameters()).device
-            config = merged_config(parent.config, self.transforms, self.unit_maps[0].num_layers)
+            config = merged_config(parent.config, self.transforms, self.unit_maps[0])
             other = next((m for m in self._models.values()
                           if next(m.parameters()).device == device and m.dtype == parent.dtype), None)
             if other is not None:

@@ -61,8 +61,12 @@ def walk(ctx: RepairContext, names: Collection[str], clock: Clock) -> dict[str, 
         groups = ctx.forward_groups(model, [m for m in shared if m in renorm | refit]) if renorm | refit else []
         per_layer = [[g for g in groups if g[0].startswith(block + ".")] for block in blocks]
         depth = max((l + 1 for l, gs in enumerate(per_layer) if gs), default=0)
-        # the maps after the encoder (BERT's pooler): lsq's groups outside every layer
-        tail = [g for g in groups if not any(g[0].startswith(b + ".") for b in blocks)] if refit else []
+        # the maps after the encoder (BERT's pooler): lsq's groups after the last layer's; a map before
+        # the first layer (ELECTRA-small's embedding projection) stays as merged: every layer's
+        # corrections were fitted on its outputs
+        inside = [j for j, g in enumerate(groups) if any(g[0].startswith(b + ".") for b in blocks)]
+        tail = groups[inside[-1] + 1:] if refit and inside else []
+        refit &= {m for g in [groups[j] for j in inside] + tail for m in g}
         merged = LayerInputs(ctx, model, blocks, reuse=True)  # its layers run once per group of maps
         parents = [LayerInputs(ctx, m, blocks) for m in ctx.parents]
     for l in range(depth):

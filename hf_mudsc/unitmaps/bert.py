@@ -1,4 +1,5 @@
-"""BERT and RoBERTa (post-LN encoders with token-type embeddings and a pooler)."""
+"""BERT, RoBERTa and ELECTRA (post-LN encoders with token-type embeddings; a pooler in BERT and
+RoBERTa, an embedding projection in ELECTRA models whose embeddings are narrower than the layers)."""
 from __future__ import annotations
 
 from .encoder import EncoderSpec, LayerSpec
@@ -36,3 +37,5 @@ _HEADS = {
 
 BERT = EncoderSpec("bert", "bert", _EMBEDDINGS, _LAYER, pooler="pooler", heads=_HEADS)
 ROBERTA = EncoderSpec("roberta", "roberta", _EMBEDDINGS, _LAYER, pooler="pooler", heads=_HEADS)
+ELECTRA = EncoderSpec("electra", "electra", _EMBEDDINGS, _LAYER, heads=_HEADS, embedding_projection="embeddings_project",
+                      width_fields={"layer.0.ffn": "intermediate_size", "embeddings": "embedding_size"})

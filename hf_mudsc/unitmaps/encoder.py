@@ -5,14 +5,15 @@ stream in the embeddings, the module paths of one layer (``{i}`` is the layer in
 comes after the last layer, and which task heads read the trunk. From that table and a
 config, :func:`build_encoder_map` lists the spaces: ``residual``, and per layer
 ``layer.{i}.qk`` / ``layer.{i}.vo`` (one head group) and ``layer.{i}.ffn``; ``pooler`` when
-the model has one.
+the model has one; ``embeddings`` when the embeddings are narrower than the residual stream and
+projected into it (ELECTRA-small).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Collection, Mapping
 
-from .spaces import EMBEDDINGS, Heads, MergeSpace, Member, Site, UnitMap, UnitMapError
+from .spaces import EMBEDDINGS, FFN_WIDTH, Heads, MergeSpace, Member, Site, UnitMap, UnitMapError
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,14 @@ class EncoderSpec:
     the model lacks are skipped, e.g. token types, distillation token). ``final_norms``:
     norms after the last layer. ``pooler``: the pooler module (its Linear is ``.dense``;
     its output is observed), if the family has one. ``heads``: task-head parameters (relative to the full model) -> whether they read
-    the trunk output (the pooler when present, else the residual stream).
+    the trunk output (the pooler when present, else the residual stream). ``head_inputs``: a head
+    parameter that reads another head parameter's output instead of the trunk's when the model has
+    that one (DistilBERT's ``classifier`` after its ``pre_classifier``). ``width_fields``: merge
+    space -> the config field that holds its width, beside ``hidden_size`` and
+    ``num_attention_heads`` (DistilBERT keeps its FFN width in ``hidden_dim``).
+    ``embedding_projection``: a linear module that projects the embeddings into the residual stream
+    when the model has it (ELECTRA-small's ``embeddings_project``); the embeddings then form a space
+    of their own, ``embeddings``, observed at its input.
     """
 
     family: str
@@ -47,6 +55,10 @@ class EncoderSpec:
     final_norms: tuple[str, ...] = ()
     pooler: str | None = None
     heads: Mapping[str, bool] = ()  # type: ignore[assignment]
+    head_inputs: Mapping[str, str] = ()  # type: ignore[assignment]
+    width_fields: Mapping[str, str] = field(default_factory=lambda: dict(FFN_WIDTH))
+    embedding_projection: str | None = None
+
 
 
 def build_encoder_map(spec: EncoderSpec, config, names: Collection[str]) -> UnitMap:
@@ -56,13 +68,19 @@ def build_encoder_map(spec: EncoderSpec, config, names: Collection[str]) -> Unit
     d = int(config.hidden_size)
     n_heads = int(config.num_attention_heads)
     head_dim = int(getattr(config, "head_dim", None) or d // n_heads)
-    ffn = int(config.intermediate_size)
+    ffn = int(getattr(config, spec.width_fields["layer.0.ffn"]))
 
     residual: list[Member] = []
     spaces: list[MergeSpace] = []
-    for pname, axis in spec.embeddings.items():
-        if base + pname in names:
-            residual.append(Member(base + pname, axis, "out", EMBEDDINGS))
+    embedded = [Member(base + p, axis, "out", EMBEDDINGS) for p, axis in spec.embeddings.items() if base + p in names]
+    projection = f"{base}{spec.embedding_projection}" if spec.embedding_projection else None
+    if projection is not None and f"{projection}.weight" in names:
+        width = int(getattr(config, spec.width_fields["embeddings"]))
+        spaces.append(MergeSpace("embeddings", width, tuple(embedded + _linear_in([projection], EMBEDDINGS, names)),
+                                 (Site(projection, "input"),), EMBEDDINGS))
+        residual += _writes([projection], EMBEDDINGS, names, axis=0)
+    else:
+        residual += embedded
 
     for i in range(n_layers):
         lay = {k: base + getattr(spec.layer, k).format(i=i) for k in _MODULES}
@@ -92,14 +110,14 @@ def build_encoder_map(spec: EncoderSpec, config, names: Collection[str]) -> Unit
         trunk_out = "pooler"
 
     heads = tuple(n for n in spec.heads if n in names)
-    readers = [Member(n, 1, "in", n_layers) for n in heads if spec.heads[n]]
+    readers = [Member(n, 1, "in", n_layers) for n in heads if spec.heads[n] and dict(spec.head_inputs).get(n) not in names]
     if trunk_out == "pooler":
         spaces[-1] = _with_members(spaces[-1], readers)
         readers = []
     blocks = [base + spec.layer.block.format(i=i) for i in range(n_layers)]
     sites = tuple(Site(b, "input") for b in blocks) + ((Site(blocks[-1], "output"),) if blocks else ())
     spaces.insert(0, MergeSpace("residual", d, tuple(residual + readers), sites, EMBEDDINGS))
-    return UnitMap(spec.family, n_layers, spaces, heads)
+    return UnitMap(spec.family, n_layers, spaces, heads, dict(spec.width_fields))
 
 
 _MODULES = ("block", "query", "key", "value", "attn_out", "ffn_up", "ffn_down")

@@ -6,7 +6,8 @@ from typing import Callable, Collection, Mapping, Sequence
 
 import torch
 
-from .bert import BERT, ROBERTA
+from .bert import BERT, ELECTRA, ROBERTA
+from .distilbert import DISTILBERT
 from .encoder import EncoderSpec, build_encoder_map
 from .spaces import UnitMap, UnitMapError
 from .vit import DEIT, VIT
@@ -52,5 +53,5 @@ def unit_map_of(model: torch.nn.Module) -> UnitMap:
 
 
 for _type, _spec in {"bert": BERT, "roberta": ROBERTA, "xlm-roberta": ROBERTA, "camembert": ROBERTA,
-                     "vit": VIT, "deit": DEIT}.items():
+                     "electra": ELECTRA, "distilbert": DISTILBERT, "vit": VIT, "deit": DEIT}.items():
     register_unit_map(_type, _spec)

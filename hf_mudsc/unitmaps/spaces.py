@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Literal, Mapping, Sequence
 
 Role = Literal["in", "out"]
+FFN_WIDTH = {"layer.0.ffn": "intermediate_size"}  # the width fields of BERT's and ViT's configs
 EMBEDDINGS = -1  # owner layer of embedding parameters (always merged)
 
 
@@ -90,12 +91,15 @@ class UnitMap:
 
     Task-head parameters (classifiers) are kept per task; their ``in`` members appear in
     the spaces they read, and their other axes (labels, private hidden units) are free.
+    ``width_fields``: space -> the config field that holds its width (besides ``hidden_size`` and
+    ``num_attention_heads``), which a merge of parents of different widths sets.
     """
 
     family: str
     num_layers: int
     spaces: list[MergeSpace]
     task_heads: tuple[str, ...] = ()
+    width_fields: Mapping[str, str] = field(default_factory=lambda: dict(FFN_WIDTH))
     _by_name: dict[str, MergeSpace] = field(init=False, repr=False)
     _by_param: dict[str, list[tuple[MergeSpace, Member]]] = field(init=False, repr=False)
 
