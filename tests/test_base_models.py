@@ -79,7 +79,8 @@ SHAPE = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, vocab_s
 
 @pytest.mark.parametrize("config,classes", [
     (tf.BertConfig(**SHAPE, intermediate_size=64), ("BertForMaskedLM", "BertForPreTraining")),
-    (tf.ElectraConfig(**SHAPE, intermediate_size=64, embedding_size=16), ("ElectraForPreTraining", "ElectraForMaskedLM")),
+    (tf.ElectraConfig(**SHAPE, intermediate_size=64, embedding_size=16),
+     ("ElectraForPreTraining", "ElectraForMaskedLM")),
     (tf.DistilBertConfig(**SHAPE, hidden_dim=64), ("DistilBertForMaskedLM",)),
 ], ids=["bert", "electra", "distilbert"])
 def test_pretraining_checkpoints_merge_as_their_base_models(config, classes, tmp_path):

@@ -20,7 +20,13 @@ import datasets
 import numpy as np
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features
-from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+from transformers import (
+    AutoTokenizer,
+    BertConfig,
+    BertForSequenceClassification,
+    DistilBertConfig,
+    DistilBertForSequenceClassification,
+)
 
 from hf_mudsc.demo.parents import fit_classifier, image_dataset, label_config, one_thread, task_parents
 
@@ -41,6 +47,7 @@ TEXT_SCRATCH_RECIPE: dict[str, Any] = {
     "hidden_size": 128, "layers": 4, "heads": 4, "intermediate": 512, "max_length": 48,
     "epochs": 3, "batch_size": 64, "lr": 1e-3,
 }
+DISTILBERT_RECIPE: dict[str, Any] = {**TEXT_SCRATCH_RECIPE, "architecture": "distilbert"}
 MINILM_RECIPE: dict[str, Any] = {"max_length": 48, "epochs": 1, "batch_size": 32, "lr": 5e-5}
 WORDNET_DIR = Path("/usr/share/wordnet")
 # name -> lexicographer file number of WordNet 3.0 nouns (each has 2000+ synsets)
@@ -157,6 +164,7 @@ def train_text_parent(
     out_dir: str | os.PathLike,
     tokenizer: str | os.PathLike,
     pretrained: str | os.PathLike | None = None,
+    architecture: str = "bert",
     hidden_size: int = 128,
     layers: int = 4,
     heads: int = 4,
@@ -169,7 +177,8 @@ def train_text_parent(
 ) -> Path:
     """Train a ``BertForSequenceClassification`` on ``train`` (``text``/``label``); save it to ``out_dir``.
 
-    From scratch (a BERT of the given shape over ``tokenizer``'s vocabulary) or, with
+    From scratch (a BERT of the given shape over ``tokenizer``'s vocabulary; ``architecture="distilbert"``:
+    a ``DistilBertForSequenceClassification`` of that shape) or, with
     ``pretrained``, a fine-tune of that BERT (the shape arguments are then unused). The seed
     fixes the initialisation (of the head only, when fine-tuning) and the batch order; texts
     are cut to ``max_length`` tokens. AdamW with a one-cycle learning rate on one CPU thread,
@@ -182,7 +191,12 @@ def train_text_parent(
     labels = torch.tensor(list(train["label"]), dtype=torch.long)
     with one_thread():
         torch.manual_seed(seed)
-        if pretrained is None:
+        if pretrained is None and architecture == "distilbert":
+            model = DistilBertForSequenceClassification(DistilBertConfig(
+                vocab_size=tok.vocab_size, dim=hidden_size, n_layers=layers, n_heads=heads, hidden_dim=intermediate,
+                pad_token_id=tok.pad_token_id, **labels_config,
+            ))
+        elif pretrained is None:
             model = BertForSequenceClassification(BertConfig(
                 vocab_size=tok.vocab_size, hidden_size=hidden_size, num_hidden_layers=layers,
                 num_attention_heads=heads, intermediate_size=intermediate, pad_token_id=tok.pad_token_id,
@@ -225,14 +239,16 @@ def text_parents(
 ) -> tuple[list[Path], list[Dataset]]:
     """One BERT per group of WordNet topics (:func:`load_wordnet_topics`, classes in
     :data:`WORDNET_TOPICS` order), task ``t`` trained from ``seeds[t]`` (cached). ``family``:
-    ``"scratch"`` (a small BERT, :data:`TEXT_SCRATCH_RECIPE`) or ``"minilm"`` (fine-tunes of
-    all-MiniLM-L6-v2, :data:`MINILM_RECIPE`), ``recipe`` overriding some of its values; both
-    use the MiniLM tokenizer. Returns the folders and the test sets."""
-    if family not in ("scratch", "minilm"):
-        raise ValueError(f"family must be 'scratch' or 'minilm', got {family!r}")
+    ``"scratch"`` (a small BERT, :data:`TEXT_SCRATCH_RECIPE`), ``"distilbert"`` (a DistilBERT of that
+    shape, :data:`DISTILBERT_RECIPE`) or ``"minilm"`` (fine-tunes of all-MiniLM-L6-v2,
+    :data:`MINILM_RECIPE`), ``recipe`` overriding some of its values; all use the MiniLM tokenizer.
+    Returns the folders and the test sets."""
+    if family not in ("scratch", "distilbert", "minilm"):
+        raise ValueError(f"family must be 'scratch', 'distilbert' or 'minilm', got {family!r}")
     data = load_wordnet_topics(root, train_per_class=train_per_class, test_per_class=test_per_class, seed=data_seed)
     minilm = str(minilm_path())
-    defaults = TEXT_SCRATCH_RECIPE if family == "scratch" else {**MINILM_RECIPE, "pretrained": minilm}
+    defaults = {"scratch": TEXT_SCRATCH_RECIPE, "distilbert": DISTILBERT_RECIPE,
+                "minilm": {**MINILM_RECIPE, "pretrained": minilm}}[family]
     full_recipe = {"tokenizer": minilm, **defaults, **(recipe or {})}
     data_key = {"name": "wordnet-3.0-nouns", "topics": list(WORDNET_TOPICS), "train_per_class": train_per_class,
                 "test_per_class": test_per_class, "seed": data_seed}

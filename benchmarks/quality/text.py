@@ -3,10 +3,11 @@ method, an alpha sweep and a partial-merge sweep; mean and spread over pairs.
 
     .venv/bin/python benchmarks/quality/text.py --family both         # 3 scratch pairs, 2 MiniLM pairs
     .venv/bin/python benchmarks/quality/text.py --family minilm --pairs 3
+    .venv/bin/python benchmarks/quality/text.py --family distilbert   # 3 pairs of small DistilBERTs
 
 Families: ``scratch``, small BERTs (4 x 128) trained from different seeds (different
 initialisations); ``minilm``, fine-tunes of all-MiniLM-L6-v2 (6 x 384; the shared-initialisation
-case). Texts are ``"<lemma>: <gloss>"`` from Debian's ``wordnet-base``, labelled with their
+case); ``distilbert``, DistilBERTs of the scratch shape from different seeds. Texts are ``"<lemma>: <gloss>"`` from Debian's ``wordnet-base``, labelled with their
 lexicographer category. Pairs (``common.pair_definitions``): topics 0-4 | 5-9 with seeds 0, 1;
 even | odd with seeds 2, 3; then seeded random splits. Parents are trained once into the default
 parent cache. Writes ``benchmarks/results/quality_text_<family>.{json,md,png}`` and
@@ -37,6 +38,7 @@ from parents import WORDNET_TOPICS, load_wordnet_topics, text_parents
 FAMILIES: dict[str, tuple[int, tuple[int, ...], int, str]] = {
     "scratch": (4, (0, 1, 2, 3), 3, "WordNet topics, small BERTs from different seeds"),
     "minilm": (6, (0, 2, 4), 2, "WordNet topics, fine-tunes of all-MiniLM-L6-v2"),
+    "distilbert": (4, (0, 1, 2, 3), 3, "WordNet topics, small DistilBERTs from different seeds"),
 }
 log = partial(print, flush=True)
 
@@ -71,7 +73,8 @@ def run_family(family: str, args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--family", choices=("scratch", "minilm", "both"), default="both")
+    parser.add_argument("--family", choices=("scratch", "minilm", "distilbert", "both"), default="both",
+                        help="both: scratch and minilm")
     parser.add_argument("--pairs", type=int, default=None, help="parent pairs per family (default: 3 scratch, 2 minilm)")
     parser.add_argument("--train-per-class", type=int, default=1000)
     parser.add_argument("--test-per-class", type=int, default=300)

@@ -37,5 +37,6 @@ _HEADS = {
 
 BERT = EncoderSpec("bert", "bert", _EMBEDDINGS, _LAYER, pooler="pooler", heads=_HEADS)
 ROBERTA = EncoderSpec("roberta", "roberta", _EMBEDDINGS, _LAYER, pooler="pooler", heads=_HEADS)
-ELECTRA = EncoderSpec("electra", "electra", _EMBEDDINGS, _LAYER, heads=_HEADS, embedding_projection="embeddings_project",
+ELECTRA = EncoderSpec("electra", "electra", _EMBEDDINGS, _LAYER, heads=_HEADS,
+                      embedding_projection="embeddings_project",
                       width_fields={"layer.0.ffn": "intermediate_size", "embeddings": "embedding_size"})

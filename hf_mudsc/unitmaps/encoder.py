@@ -60,7 +60,6 @@ class EncoderSpec:
     embedding_projection: str | None = None
 
 
-
 def build_encoder_map(spec: EncoderSpec, config, names: Collection[str]) -> UnitMap:
     """The unit map of one concrete model (``config``, parameter ``names``)."""
     base = _base_prefix(spec, names)
@@ -110,7 +109,8 @@ def build_encoder_map(spec: EncoderSpec, config, names: Collection[str]) -> Unit
         trunk_out = "pooler"
 
     heads = tuple(n for n in spec.heads if n in names)
-    readers = [Member(n, 1, "in", n_layers) for n in heads if spec.heads[n] and dict(spec.head_inputs).get(n) not in names]
+    after = dict(spec.head_inputs)
+    readers = [Member(n, 1, "in", n_layers) for n in heads if spec.heads[n] and after.get(n) not in names]
     if trunk_out == "pooler":
         spaces[-1] = _with_members(spaces[-1], readers)
         readers = []
