@@ -14,6 +14,7 @@ from conftest import outputs, tiny_inputs, tiny_model
 import hf_mudsc  # noqa: F401  (registers the joint model with the Auto classes)
 from hf_mudsc import MuDSCMerger
 from hf_mudsc.cli import main
+from hf_mudsc.repair.ridge import RidgeSums
 from parents_on_disk import save_bert, save_text_data
 
 ALL = ("stats", "lsq", "heads")
@@ -82,19 +83,36 @@ def test_electra_small_embeddings_are_a_space_of_their_own_and_take_the_wider_wi
         assert torch.isfinite(outputs(task, tiny_inputs(task))).all()
 
 
-def test_lsq_leaves_the_embedding_projection_as_merged():
-    """The projection runs before the first layer, whose corrections are fitted on its outputs: a refit
-    after the encoder (where the maps outside every layer were refitted) would change them under the
-    layers' feet."""
+def test_lsq_refits_the_embedding_projection_before_the_layers_that_read_it():
+    """The projection runs before the first layer: it is refitted first, and layer 0's query map is then
+    the ridge solution on the refitted projection's outputs (it was refitted after the encoder, with the
+    maps outside every layer, which changed layer 0's inputs under its corrections)."""
     a, b = tiny_model("electra-small", seed=0), tiny_model("electra-small", seed=1)
     merger = MuDSCMerger.from_pretrained([a, b], "mudsc")
-    plain = merger.merge(calibration(a), repair="none", progress=False)
-    repaired = merger.merge(calibration(a), repair="lsq", progress=False)
-    name = "electra.embeddings_project.weight"
-    torch.testing.assert_close(repaired.weights.shared[name], plain.weights.shared[name], rtol=0, atol=0)
-    layer = "electra.encoder.layer.0.attention.self.query.weight"
-    assert not torch.equal(repaired.weights.shared[layer], plain.weights.shared[layer])
-    assert repaired.repairs[0]["maps"] == 2 * 6  # six maps a layer; not the projection
+    calib = calibration(a)
+    plain = merger.merge(calib, repair="none", progress=False)
+    repaired = merger.merge(calib, repair="lsq", progress=False)
+    assert repaired.repairs[0]["maps"] == 1 + 2 * 6  # the projection, six maps a layer
+    projection, query = "electra.embeddings_project", "electra.encoder.layer.0.attention.self.query"
+    assert not torch.equal(repaired.weights.shared[f"{projection}.weight"],
+                           plain.weights.shared[f"{projection}.weight"])
+    sums = RidgeSums(bias=True)
+    merged, qk = repaired.task_models[0], repaired.transforms["layer.0.qk"]
+    for batch in calib:
+        real = batch["attention_mask"].bool()
+        seen = {}
+        hooks = [m.get_submodule(query).register_forward_hook(
+            lambda mod, args, out, key=key: seen.__setitem__(key, (args[0][real], out[real])))
+            for key, m in (("merged", merged), (0, a), (1, b))]
+        with torch.no_grad():
+            for m in (merged, a, b):
+                m(**batch)
+        for h in hooks:
+            h.remove()
+        sums.update(seen["merged"][0], sum(qk.merge(seen[i][1], i, 1) for i in (0, 1)))
+    weight, bias = sums.solve(plain.weights.shared[f"{query}.weight"], plain.weights.shared[f"{query}.bias"])
+    torch.testing.assert_close(repaired.weights.shared[f"{query}.weight"], weight.to(torch.float64), rtol=0, atol=1e-8)
+    torch.testing.assert_close(repaired.weights.shared[f"{query}.bias"], bias.to(torch.float64), rtol=0, atol=1e-8)
 
 
 def test_distilbert_folders_merge_from_the_command_line_into_pipelines(tmp_path):

@@ -13,7 +13,8 @@ the layer's last group (the FFN output map, while the FFN's activations are kept
 After the last layer, the maps that follow the encoder (BERT's pooler; ``lsq``) and the task heads
 (``heads``) are fitted by replaying the cached encoder outputs (:meth:`.context.LayerInputs.replay`),
 so that no model runs its layers again. A partial merge (later layers private per task) observes
-each task model by a full pass instead.
+each task model by a full pass instead. A map before the first layer (ELECTRA-small's embedding
+projection; ``lsq``) is refitted before the walk starts, from passes that stop at its outputs.
 """
 from __future__ import annotations
 
@@ -61,12 +62,17 @@ def walk(ctx: RepairContext, names: Collection[str], clock: Clock) -> dict[str, 
         groups = ctx.forward_groups(model, [m for m in shared if m in renorm | refit]) if renorm | refit else []
         per_layer = [[g for g in groups if g[0].startswith(block + ".")] for block in blocks]
         depth = max((l + 1 for l, gs in enumerate(per_layer) if gs), default=0)
-        # the maps after the encoder (BERT's pooler): lsq's groups after the last layer's; a map before
-        # the first layer (ELECTRA-small's embedding projection) stays as merged: every layer's
-        # corrections were fitted on its outputs
+        # lsq's groups outside every layer: before the first (ELECTRA-small's embedding projection), refitted
+        # first, by passes stopped at their outputs, so that every layer is corrected on their final outputs;
+        # after the last (BERT's pooler), refitted at the end from the cached encoder outputs
         inside = [j for j, g in enumerate(groups) if any(g[0].startswith(b + ".") for b in blocks)]
+        head = groups[:inside[0]] if refit and inside else []
         tail = groups[inside[-1] + 1:] if refit and inside else []
-        refit &= {m for g in [groups[j] for j in inside] + tail for m in g}
+    if head:
+        with clock.charge(["lsq"]):
+            refit_linears(ctx, model, head, lambda sites, b: ctx.observe(model, sites, b), averaged_outputs(
+                ctx, [lambda sites, b, p=p: ctx.observe(p, sites, b) for p in ctx.parents]))
+    with clock.charge(names):
         merged = LayerInputs(ctx, model, blocks, reuse=True)  # its layers run once per group of maps
         parents = [LayerInputs(ctx, m, blocks) for m in ctx.parents]
     for l in range(depth):
