@@ -128,7 +128,11 @@ def load_parent(
 
 def _mergeable(name: str, model: PreTrainedModel) -> tuple[PreTrainedModel, UnitMap]:
     """The model and its unit map; a model whose head no unit map covers (masked or causal LM,
-    pretraining heads) gives its base model, with a warning that the head is not merged."""
+    pretraining heads) gives its base model, with a warning that the head is not merged. A
+    multiple-choice head is refused, whether a unit map covers it or not."""
+    if type(model).__name__.endswith("ForMultipleChoice"):
+        raise ParentError(f"'{name}' has a multiple-choice head, which is not supported (its inputs have a "
+                          "choice dimension that calibration texts lack): merge the parents' base models")
     try:
         return model, unit_map_of(model)
     except UnitMapError as err:
@@ -143,9 +147,13 @@ def _mergeable(name: str, model: PreTrainedModel) -> tuple[PreTrainedModel, Unit
             rebuilt = {n for n, _ in type(base)(base.config).named_parameters()}
         if not {n for n, _ in base.named_parameters()} <= rebuilt:
             raise err from None
-    warnings.warn(f"parent '{name}' is a {type(model).__name__}, whose head is not merged: its base model "
+    warnings.warn(f"parent '{name}' is {_article(type(model).__name__)}, whose head is not merged: its base model "
                   f"({type(base).__name__}) is merged", MergeQualityWarning, stacklevel=3)
     return base, umap
+
+
+def _article(noun: str) -> str:
+    return f"{'an' if noun[:1].upper() in 'AEIOU' else 'a'} {noun}"
 
 
 def weights_digest(model: torch.nn.Module) -> str | None:
@@ -239,14 +247,11 @@ def check_compatible(parents: Sequence[Parent]) -> None:
     epsilon, positions, patch size, ...), different dtypes, different spaces outside the layers,
     different head sizes, more than two parents of different depths, different tokenizers or image
     processors. Different depths and widths are merged (``hf_mudsc.hetero``)."""
-    from .hetero.width import width_mismatch
+    from .hetero.width import structure_mismatch, width_mismatch
 
     if len(parents) < 2:
         raise ParentError(f"merging needs at least two parents, got {len(parents)}")
     first = parents[0]
-    if type(first.model).__name__.endswith("ForMultipleChoice"):
-        raise ParentError(f"'{first.name}' has a multiple-choice head, which is not supported (its inputs have a "
-                          "choice dimension that calibration texts lack): merge the parents' base models")
     for p in parents[1:]:
         if p.unit_map.family != first.unit_map.family:
             raise ParentError(f"parents are of different families: '{first.name}' is {first.unit_map.family}, "
@@ -265,10 +270,14 @@ def check_compatible(parents: Sequence[Parent]) -> None:
                               "(command line: --torch-dtype float32)")
         outside = [_outside_layers(x.unit_map) for x in (first, p)]
         if outside[0] != outside[1]:
+            projected = "embeddings" in outside[0] or "embeddings" in outside[1]
             raise ParentError(f"parents differ in structure: '{first.name}' has the spaces {outside[0]} outside its "
-                              f"layers, '{p.name}' {outside[1]}")
+                              f"layers, '{p.name}' {outside[1]}" + (
+                                  " (one projects embeddings narrower than its layers, embedding_size < hidden_size, "
+                                  "the other does not)" if projected else ""))
         _check_processors(first, p)
-    mismatch = width_mismatch([p.unit_map for p in parents], [p.name for p in parents])
+    maps, names = [p.unit_map for p in parents], [p.name for p in parents]
+    mismatch = width_mismatch(maps, names) or structure_mismatch([p.model for p in parents], maps, names)
     if mismatch:
         raise ParentError(mismatch)
     depths = [p.unit_map.num_layers for p in parents]

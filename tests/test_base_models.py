@@ -92,7 +92,7 @@ def test_pretraining_checkpoints_merge_as_their_base_models(config, classes, tmp
         cls = getattr(tf, name)
         torch.manual_seed(0)
         folder = _saved(cls(config).eval(), tmp_path / name)
-        with pytest.warns(UserWarning, match=f"is a {name}, whose head is not merged: its base model"):
+        with pytest.warns(UserWarning, match=f"is an? {name}, whose head is not merged: its base model"):
             merger = MuDSCMerger.from_pretrained([folder, folder], "zipit")
         base = type(cls.from_pretrained(folder).base_model)
         assert all(type(p.model) is base for p in merger.parents)

@@ -9,11 +9,13 @@ import json
 
 import pytest
 import torch
+import transformers
 from conftest import outputs, tiny_inputs, tiny_model
 
 import hf_mudsc  # noqa: F401  (registers the joint model with the Auto classes)
 from hf_mudsc import MuDSCMerger
 from hf_mudsc.cli import main
+from hf_mudsc.loading import ParentError
 from hf_mudsc.repair.ridge import RidgeSums
 from parents_on_disk import save_bert, save_text_data
 
@@ -134,3 +136,42 @@ def test_distilbert_folders_merge_from_the_command_line_into_pipelines(tmp_path)
         assert sorted(p["label"] for p in pipe("the good game", top_k=None)) == sorted(names)
     joint = AutoModelForSequenceClassification.from_pretrained(out)
     assert isinstance(joint, MuDSCJointModel) and joint.config.num_labels == 5
+
+
+def test_electras_without_projection_of_different_widths_merge_at_the_wider_embedding_size():
+    """ELECTRA-base-like parents (embeddings as wide as the layers): the embedding width follows the merged
+    hidden size (it stayed the narrower parent's: a traceback, 'size mismatch for word_embeddings')."""
+    a = tiny_model("electra-small", seed=0, embedding_size=32)
+    b = tiny_model("electra-small", seed=1, embedding_size=48, hidden_size=48, num_attention_heads=6)
+    assert "embeddings" not in MuDSCMerger.from_pretrained([a, a]).parents[0].unit_map
+    result = MuDSCMerger.from_pretrained([a, b]).merge(calibration(a), progress=False)
+    for task in result.task_models:
+        assert (task.config.hidden_size, task.config.embedding_size) == (48, 48)
+        assert not hasattr(task.electra, "embeddings_project")
+        assert torch.isfinite(outputs(task, tiny_inputs(task))).all()
+
+
+def test_widths_whose_merge_drops_the_embedding_projection_are_refused_up_front():
+    """Embeddings 48 wide over 32-wide layers, and 24 over 48: at the widest widths both are 48, and
+    transformers builds no projection (refused after the statistics and the solve, naming the weights)."""
+    a = tiny_model("electra-small", seed=0, embedding_size=48)
+    b = tiny_model("electra-small", seed=1, embedding_size=24, hidden_size=48, num_attention_heads=6)
+    with pytest.raises(ParentError, match=r"^parents of different widths cannot be merged: at the widest widths "
+                                          r"\(hidden_size=48, intermediate_size=64, embedding_size=48\) the merged "
+                                          r"ElectraForSequenceClassification has no 'electra.embeddings_project.bias'"):
+        MuDSCMerger.from_pretrained([a, b])
+
+
+def test_electra_parents_of_which_one_projects_its_embeddings_are_refused_saying_so():
+    a, b = tiny_model("electra-small", seed=0), tiny_model("electra-small", seed=1, embedding_size=32)
+    with pytest.raises(ParentError, match=r"differ in structure: .*embedding_size < hidden_size"):
+        MuDSCMerger.from_pretrained([a, b])
+
+
+def test_an_electra_multiple_choice_head_is_refused_not_merged_as_its_base_model():
+    """No unit map covers ELECTRA's multiple-choice head (its sequence summary), so it fell back to the
+    base model with a warning: merged, though multiple-choice heads are refused."""
+    model = tiny_model("electra-small")
+    choice = transformers.ElectraForMultipleChoice(model.config)
+    with pytest.raises(ParentError, match="has a multiple-choice head, which is not supported"):
+        MuDSCMerger.from_pretrained([choice, choice])

@@ -10,6 +10,7 @@ inner width follows the hidden size (RoBERTa's two-layer classifier).
 from __future__ import annotations
 
 import copy
+from types import SimpleNamespace
 from typing import Sequence
 
 import torch
@@ -33,6 +34,29 @@ def width_mismatch(maps: Sequence[UnitMap], names: Sequence[str]) -> str | None:
         if d != dims[0]:
             return (f"parents have different attention head sizes: '{names[0]}' has head_dim "
                     f"{sorted(dims[0])}, '{name}' {sorted(d)}; merging needs one head_dim")
+    return None
+
+
+def structure_mismatch(models: Sequence[torch.nn.Module], maps: Sequence[UnitMap], names: Sequence[str]) -> str | None:
+    """Why parents of different widths cannot be merged: their merged config (each space at its widest)
+    builds a model with other parameters than the deepest parent's (an ELECTRA whose merged embedding
+    width equals its merged hidden size gets no embedding projection), or ``None``."""
+    if not differ_in_width(maps):
+        return None
+    common = set.intersection(*(set(m.space_names) for m in maps))
+    widest = {s: SimpleNamespace(k=max(m[s].dim for m in maps)) for s in common}
+    deep = max(range(len(maps)), key=lambda i: maps[i].num_layers)
+    theirs = {n for n, _ in models[deep].named_parameters()}
+    for model, name in zip(models, names):
+        config = merged_config(model.config, widest, maps[deep])  # type: ignore[arg-type]
+        with torch.device("meta"):
+            built = {n for n, _ in type(model)(config).named_parameters()}
+        if built != theirs:
+            fields = ", ".join(f"{f}={getattr(config, f)}" for f in ("hidden_size", *maps[deep].width_fields.values()))
+            lost, extra = sorted(theirs - built), sorted(built - theirs)
+            return (f"parents of different widths cannot be merged: at the widest widths ({fields}) the merged "
+                    f"{type(model).__name__} " + (f"has no '{lost[0]}', which '{name}' has" if lost else
+                                                  f"has a '{extra[0]}', which the parents lack"))
     return None
 
 

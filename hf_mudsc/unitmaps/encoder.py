@@ -71,15 +71,18 @@ def build_encoder_map(spec: EncoderSpec, config, names: Collection[str]) -> Unit
 
     residual: list[Member] = []
     spaces: list[MergeSpace] = []
+    width_fields = dict(spec.width_fields)
     embedded = [Member(base + p, axis, "out", EMBEDDINGS) for p, axis in spec.embeddings.items() if base + p in names]
     projection = f"{base}{spec.embedding_projection}" if spec.embedding_projection else None
     if projection is not None and f"{projection}.weight" in names:
-        width = int(getattr(config, spec.width_fields["embeddings"]))
+        width = int(getattr(config, width_fields["embeddings"]))
         spaces.append(MergeSpace("embeddings", width, tuple(embedded + _linear_in([projection], EMBEDDINGS, names)),
                                  (Site(projection, "input"),), EMBEDDINGS))
         residual += _writes([projection], EMBEDDINGS, names, axis=0)
-    else:
+    else:  # the embeddings write the residual stream: their width field follows it (ELECTRA-base)
         residual += embedded
+        if "embeddings" in width_fields:
+            width_fields["residual"] = width_fields.pop("embeddings")
 
     for i in range(n_layers):
         lay = {k: base + getattr(spec.layer, k).format(i=i) for k in _MODULES}
@@ -117,7 +120,7 @@ def build_encoder_map(spec: EncoderSpec, config, names: Collection[str]) -> Unit
     blocks = [base + spec.layer.block.format(i=i) for i in range(n_layers)]
     sites = tuple(Site(b, "input") for b in blocks) + ((Site(blocks[-1], "output"),) if blocks else ())
     spaces.insert(0, MergeSpace("residual", d, tuple(residual + readers), sites, EMBEDDINGS))
-    return UnitMap(spec.family, n_layers, spaces, heads, dict(spec.width_fields))
+    return UnitMap(spec.family, n_layers, spaces, heads, width_fields)
 
 
 _MODULES = ("block", "query", "key", "value", "attn_out", "ffn_up", "ffn_down")
