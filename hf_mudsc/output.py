@@ -4,6 +4,7 @@ checkpoint per parent under ``tasks/<i>/``, the recipe and transforms, and model
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
@@ -65,7 +66,8 @@ def write_merge_folder(result: MergeOutputs, folder: Path, *, max_shard_size: st
     else:
         top = "none" if any(result.weights.private) else "standard"
     # sentence encoders: the merged base model serves each parent's pooling as the parent did
-    pooling = [None if result.has_heads else sentence_transformers_files(p) for p in result.parents]
+    pooling = [None if result.has_heads else sentence_transformers_files(p, t.config.hidden_size)
+               for p, t in zip(result.parents, result.task_models)]
     if top not in ("none", "tasks"):  # one model per parent, no single model
         result.model.save_pretrained(folder, max_shard_size=max_shard_size)
         _save_processor(result.parents[0].processor, folder)
@@ -146,11 +148,12 @@ _ST_CONFIGS = ("modules.json", "sentence_bert_config.json", "config_sentence_tra
 _ST_MODULES = {"Transformer": False, "Pooling": True, "Normalize": False}  # class -> its config is required
 
 
-def sentence_transformers_files(parent: Parent) -> dict[str, bytes] | None:
+def sentence_transformers_files(parent: Parent, width: int) -> dict[str, bytes] | None:
     """The sentence-transformers files saved with a parent (``modules.json``, its settings and the
     configs of its modules), when its modules are the encoder itself at the folder's top, pooling and
     normalisation, which have no weights; ``None`` otherwise (none saved, or a module with weights in
-    the parent's frame, such as a Dense layer)."""
+    the parent's frame, such as a Dense layer). The pooling config states the merged model's ``width``
+    (a narrower parent's stated its own)."""
     modules = _saved_file(parent, "modules.json")
     try:
         entries = json.loads(modules) if modules is not None else None
@@ -165,11 +168,20 @@ def sentence_transformers_files(parent: Parent) -> dict[str, bytes] | None:
             return None
         if kind != "Transformer":
             files[f"{path}/config.json"] = _saved_file(parent, f"{path}/config.json")
+            if kind == "Pooling" and files[f"{path}/config.json"] is not None:
+                files[f"{path}/config.json"] = _pooling_width(files[f"{path}/config.json"], width)
             if files[f"{path}/config.json"] is None and _ST_MODULES[kind]:
                 return None
     for name in _ST_CONFIGS:
         files[name] = _saved_file(parent, name)
     return {name: data for name, data in files.items() if data is not None}
+
+
+def _pooling_width(config: bytes, width: int) -> bytes:
+    """A pooling config stating ``width`` as its embedding dimension (``embedding_dimension``, or
+    ``word_embedding_dimension`` before sentence-transformers 5), written as it was otherwise, so that
+    parents whose configs differ only in that dimension give the same bytes."""
+    return re.sub(rb'("(?:word_)?embedding_dimension"\s*:\s*)\d+', rb"\g<1>" + str(width).encode(), config)
 
 
 def _saved_file(parent: Parent, name: str) -> bytes | None:

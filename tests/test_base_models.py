@@ -129,17 +129,17 @@ def test_a_classifier_whose_config_names_no_architecture_is_refused(tmp_path):
         MuDSCMerger.from_pretrained([folder, folder], "zipit")
 
 
-def _sentence_encoder(folder, seed: int, pooling: str = "mean", dense: bool = False):
+def _sentence_encoder(folder, seed: int, pooling: str = "mean", dense: bool = False, **shape):
     """A tiny sentence-transformers model saved as the library saves it (encoder at the top,
     1_Pooling/, Normalize), from a random BERT and a WordPiece tokenizer."""
     st = pytest.importorskip("sentence_transformers")
     from parents_on_disk import tokenizer
     from sentence_transformers import models  # moved in sentence-transformers 6, still importable
 
-    bert = tiny_model("bert-base", seed=seed, dtype=torch.float32)
+    bert = tiny_model("bert-base", seed=seed, dtype=torch.float32, **shape)
     bert.save_pretrained(folder / "bert")
     tokenizer().save_pretrained(folder / "bert")
-    modules = [models.Transformer(str(folder / "bert")), models.Pooling(32, pooling)]
+    modules = [models.Transformer(str(folder / "bert")), models.Pooling(bert.config.hidden_size, pooling)]
     if dense:
         modules.append(models.Dense(32, 8))
     st.SentenceTransformer(modules=[*modules, models.Normalize()], device="cpu").save(str(folder / "st"))
@@ -162,6 +162,26 @@ def test_sentence_encoders_keep_their_pooling_and_normalisation(tmp_path):
         expected = st.SentenceTransformer(a, device="cpu").encode(texts, convert_to_tensor=True)
         torch.testing.assert_close(merged, expected, atol=1e-5, rtol=0)
         assert torch.allclose(merged.norm(dim=1), torch.ones(3))
+
+
+def test_sentence_encoders_of_different_widths_state_the_merged_width(tmp_path):
+    """The pooling config of each folder states the merged width (a narrower parent's stated its own while
+    the model gave wider embeddings), so the parents' files agree and the top folder keeps them (it had
+    none: no Normalize)."""
+    import sentence_transformers as st
+
+    narrow = _sentence_encoder(tmp_path / "n", seed=0, hidden_size=16, num_attention_heads=2)
+    wide = _sentence_encoder(tmp_path / "w", seed=1)
+    texts = ["w1 w2 w3", "w4 w5", "w6 w7 w8 w9"]
+    out = MuDSCMerger.from_pretrained([narrow, wide], "zipit").merge(texts * 8, progress=False).save_pretrained(
+        tmp_path / "merged")
+    for folder in (out, out / "tasks" / "0", out / "tasks" / "1"):
+        pooling = json.loads((folder / "1_Pooling" / "config.json").read_text())
+        assert pooling.get("embedding_dimension", pooling.get("word_embedding_dimension")) == 32
+        model = st.SentenceTransformer(str(folder), device="cpu")
+        embeddings = model.encode(texts, convert_to_tensor=True)
+        assert model.get_sentence_embedding_dimension() == embeddings.shape[1] == 32
+        assert torch.allclose(embeddings.norm(dim=1), torch.ones(3))
 
 
 def test_sentence_encoders_with_weights_in_a_module_or_other_pooling_are_not_given_it(tmp_path):
