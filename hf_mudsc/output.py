@@ -167,11 +167,10 @@ def sentence_transformers_files(parent: Parent, width: int) -> dict[str, bytes] 
         if kind not in _ST_MODULES or (kind == "Transformer") != (path == ""):
             return None
         if kind != "Transformer":
-            files[f"{path}/config.json"] = _saved_file(parent, f"{path}/config.json")
-            if kind == "Pooling" and files[f"{path}/config.json"] is not None:
-                files[f"{path}/config.json"] = _pooling_width(files[f"{path}/config.json"], width)
-            if files[f"{path}/config.json"] is None and _ST_MODULES[kind]:
+            config = _saved_file(parent, f"{path}/config.json")
+            if config is None and _ST_MODULES[kind]:
                 return None
+            files[f"{path}/config.json"] = _pooling_width(config, width) if kind == "Pooling" and config else config
     for name in _ST_CONFIGS:
         files[name] = _saved_file(parent, name)
     return {name: data for name, data in files.items() if data is not None}

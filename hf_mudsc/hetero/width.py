@@ -49,8 +49,7 @@ def structure_mismatch(models: Sequence[torch.nn.Module], maps: Sequence[UnitMap
     theirs = {n for n, _ in models[deep].named_parameters()}
     for model, name in zip(models, names):
         config = merged_config(model.config, widest, maps[deep])  # type: ignore[arg-type]
-        with torch.device("meta"):
-            built = {n for n, _ in type(model)(config).named_parameters()}
+        built = set(_shapes(model, config))
         if built != theirs:
             fields = ", ".join(f"{f}={getattr(config, f)}" for f in ("hidden_size", *maps[deep].width_fields.values()))
             lost, extra = sorted(theirs - built), sorted(built - theirs)
@@ -105,9 +104,7 @@ def widen_heads(weights: MergedWeights, parents: Sequence[torch.nn.Module], unit
     then ``tanh``, then ``out_proj``) gains units with zero weights and bias, read through zero
     columns: the same function (its activation maps 0 to 0, and it has no norm)."""
     for i, (parent, umap) in enumerate(zip(parents, unit_maps)):
-        with torch.device("meta"):
-            model = type(parent)(merged_config(parent.config, transforms, unit_maps[0]))
-        shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+        shapes = _shapes(parent, merged_config(parent.config, transforms, unit_maps[0]))
         for name in umap.task_heads:
             tensor = weights.private[i].get(name)
             want = shapes.get(name)
@@ -118,3 +115,9 @@ def widen_heads(weights: MergedWeights, parents: Sequence[torch.nn.Module], unit
                                  f"widen to {want} under the merged config")
             weights.private[i][name] = F.pad(tensor, [p for w, d in zip(reversed(want), reversed(tensor.shape))
                                                       for p in (0, w - d)])
+
+
+def _shapes(model: torch.nn.Module, config: PretrainedConfig) -> dict[str, tuple[int, ...]]:
+    """The parameter shapes of ``model``'s class built from ``config`` (on the meta device: no memory)."""
+    with torch.device("meta"):
+        return {n: tuple(p.shape) for n, p in type(model)(config).named_parameters()}
