@@ -5,13 +5,15 @@ All matrices are square over the concatenated units of all models (model i's uni
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import combinations_with_replacement
-from typing import Collection, Mapping, Sequence
+from typing import Collection, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 
+from .spill import Spill
 from .statistics.symmetric import SymmetricBlocks
 from .tiles import symmetrise_, transposed
 from .transforms import SpaceTransform, Transforms, same
@@ -56,7 +58,8 @@ class _Sums:
 @dataclass
 class _Kept:
     """A kept group's share and the transform of the one space it reads (``frame``: None when it
-    reads none) under which it is up to date."""
+    reads none) under which it is up to date. Between the calls that read it, its blocks wait in the
+    similarity's spill (``part.gram`` None; :meth:`WeightSimilarity._stow`)."""
 
     part: _Sums
     frame: SpaceTransform | None
@@ -83,8 +86,9 @@ class WeightSimilarity:
     that space (standardised on its own), so when the transform changes, only the features of the
     merged units whose members changed are subtracted (as they were) and added (as they are now),
     while they are at most :data:`_UPDATE_FRACTION` of them (a descent's later sweeps move a few
-    percent of a space's units). The kept D x D blocks cost memory (about 1.4 GB float32 for the FFN
-    spaces of BERT-base). :meth:`entries` reads kept groups (brought up to date the same way) and
+    percent of a space's units). The kept D x D blocks (about 2 GB float32 at BERT-base) wait in an
+    unlinked temporary file between the calls that read them (:class:`~hf_mudsc.spill.Spill`), so that
+    a call holds only its own space's. :meth:`entries` reads kept groups (brought up to date the same way) and
     computes only the entries a score reads for the others, from the features directly.
 
     ``within=False``: only the cross-model blocks (and every unit's variance) are computed; the
@@ -103,6 +107,8 @@ class WeightSimilarity:
         self.pairs = [(i, j) for i, j in combinations_with_replacement(range(n), 2) if within or i != j]
         self.within = within
         self._cache: dict[tuple[str, tuple[str, ...]], _Kept] = {}
+        self._spill = Spill()  # the kept groups' blocks between the calls that read them
+        self._written: set[tuple[str, tuple[str, ...]]] = set()  # kept groups whose blocks the spill holds as they are
 
     def __call__(self, space: str, transforms: Transforms, aligned: Collection[str] | None = None,
                  out: np.ndarray | None = None) -> np.ndarray:
@@ -111,7 +117,8 @@ class WeightSimilarity:
         models in frames not yet aligned. ``out``: a C-contiguous float64 matrix of the space's side to
         write it into (and return) instead of a new one."""
         sizes = [m[space].dim for m in self.unit_maps]
-        return self._correlation(self._parts(space, transforms, aligned), sizes, out)
+        with self._stowing():
+            return self._correlation(self._parts(space, transforms, aligned), sizes, out)
 
     def entries(self, space: str, transforms: Transforms, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """``S_w[rows, cols]`` of ``space`` under ``transforms`` (every member counts), equal to the
@@ -132,17 +139,18 @@ class WeightSimilarity:
                 first, second = (c[sel], r[sel]) if flip else (r[sel], c[sel])
                 picks.append(((i, j), first - offsets[i], second - offsets[j]))
                 where.append(sel)
-        parts = self._parts(space, transforms, None, picks)
-        features = sum(p.features for p in parts)
-        if features == 0:
-            return (rows == cols).astype(np.float64)
-        mean, inv = _moments(parts, features)
-        out = torch.zeros(r.numel(), dtype=torch.float64, device=self.device)
-        for k, (((i, j), lr, lc), sel) in enumerate(zip(picks, where)):
-            gram = sum(p.picked[k] if p.gram is None else p.gram[i, j][lr, lc] for p in parts)
-            a, b = lr + offsets[i], lc + offsets[j]
-            out[sel] = gram.to(torch.float64).div_(features).sub_(mean[a] * mean[b]).mul_(inv[a]).mul_(inv[b]) \
-                .clamp_(-1.0, 1.0)
+        with self._stowing():
+            parts = self._parts(space, transforms, None, picks)
+            features = sum(p.features for p in parts)
+            if features == 0:
+                return (rows == cols).astype(np.float64)
+            mean, inv = _moments(parts, features)
+            out = torch.zeros(r.numel(), dtype=torch.float64, device=self.device)
+            for k, (((i, j), lr, lc), sel) in enumerate(zip(picks, where)):
+                gram = sum(p.picked[k] if p.gram is None else p.gram[i, j][lr, lc] for p in parts)
+                a, b = lr + offsets[i], lc + offsets[j]
+                out[sel] = gram.to(torch.float64).div_(features).sub_(mean[a] * mean[b]).mul_(inv[a]).mul_(inv[b]) \
+                    .clamp_(-1.0, 1.0)
         diagonal = (r == c).nonzero().squeeze(1)
         out[diagonal] = (inv[r[diagonal]] > 0).to(torch.float64)
         return out.reshape(rows.shape).cpu().numpy()
@@ -168,30 +176,64 @@ class WeightSimilarity:
                 if sum(self._features(m) for m in members) < _CACHED_FEATURES:
                     return self._compute(members, sizes, transforms, picks, factors=True)
                 self._cache[key] = _Kept(self._compute(members, sizes, transforms), None)
-            return self._cache[key].part
+            return self._loaded(key)
         if len(deps) > 1 or any(self.state_dicts[0][m.param].dim() != 2 for m in members):
             return self._compute(members, sizes, transforms, picks)  # features are not one per merged unit
         frame = transforms.get(deps[0])
         kept = self._cache.get(key)
         if kept is not None and same(kept.frame, frame):
-            return kept.part
+            return self._loaded(key)
         if kept is not None and kept.frame is not None and frame is not None:
             removed, added = _changed_units(kept.frame, frame)
             if len(removed) + len(added) <= _UPDATE_FRACTION * frame.k:
-                self._add(kept.part, members, sizes, {deps[0]: kept.frame}, columns=removed, sign=-1.0)
-                self._add(kept.part, members, sizes, {deps[0]: frame}, columns=added)
+                part = self._loaded(key, changing=True)
+                self._add(part, members, sizes, {deps[0]: kept.frame}, columns=removed, sign=-1.0)
+                self._add(part, members, sizes, {deps[0]: frame}, columns=added)
                 kept.frame = frame
-                return kept.part
+                return part
         if picks is not None:  # a few entries cost less than whole blocks: the kept ones stay as they are
             return self._compute(members, sizes, transforms, picks)
         if kept is None:
             kept = self._cache[key] = _Kept(self._compute(members, sizes, transforms), frame)
             return kept.part
-        for tensor in (*kept.part.gram.values(), kept.part.sums, kept.part.squares):  # afresh, in place:
+        part = self._loaded(key, changing=True)
+        for tensor in (*part.gram.values(), part.sums, part.squares):  # afresh, in place:
             tensor.zero_()  # new blocks of this size cost about as much as the products, in page faults
-        kept.part.features, kept.frame = 0, frame
-        self._add(kept.part, members, sizes, transforms)
-        return kept.part
+        part.features, kept.frame = 0, frame
+        self._add(part, members, sizes, transforms)
+        return part
+
+    def _loaded(self, key: tuple[str, tuple[str, ...]], changing: bool = False) -> _Sums:
+        """A kept group's share with its blocks in memory (read back from the spill where :meth:`_stow`
+        wrote them); ``changing``: the caller changes them, so that the spill's copy is out of date."""
+        part = self._cache[key].part
+        if part.gram is None:
+            part.gram = {pair: self._spill.get((key, pair)) for pair in self.pairs}
+        if changing:
+            self._written.discard(key)
+        return part
+
+    @contextmanager
+    def _stowing(self) -> Iterator[None]:
+        """Run the body, then :meth:`_stow` (also when it fails)."""
+        try:
+            yield
+        finally:
+            self._stow()
+
+    def _stow(self) -> None:
+        """Write every kept group's blocks to the spill (those changed since last written) and let go of
+        them, so that between the calls that read them they wait out of memory (about 2 GB float32 at
+        BERT-base); where the spill cannot take them (a device's tensors, a full disk), they stay."""
+        for key, kept in self._cache.items():
+            gram = kept.part.gram
+            if gram is None:
+                continue
+            if key not in self._written:
+                if not all([self._spill.put((key, pair), block) for pair, block in gram.items()]):
+                    continue
+                self._written.add(key)
+            kept.part.gram = None
 
     def dependencies(self, space: str) -> set[str]:
         """The spaces whose transforms S_w of ``space`` depends on (the other axes of its members)."""

@@ -417,12 +417,15 @@ def test_kept_submodule_outputs_equal_full_layer_runs_while_maps_change_in_forwa
     assert len(fast._calls) == 1  # the layers are built alike: one observed call order served them all
 
 
-def test_kept_outputs_changed_in_place_by_the_layer_are_dropped(monkeypatch):
+@pytest.mark.parametrize("spill", [True, False])
+def test_kept_outputs_changed_in_place_by_the_layer_are_dropped(monkeypatch, spill):
     """Kept submodule outputs stand in as they are, not as copies: where the layer changes one in
     place (here BERT's FFN output block negates both its inputs and undoes it on copies, so the
     layer computes the same), the change is seen by the tensors' version counters and the output is
-    dropped (the FFN's activations at once, the attention block's at its first replay), so the rows
-    and the layer outputs stay the same bits as running every submodule."""
+    dropped (the attention block's at its first replay), so the rows and the layer outputs stay the
+    same bits as running every submodule. The FFN's activations, wider than the layer's input, are
+    spilled to a file: the copy read back for each run is what the module returned, so they stay
+    kept; where the file cannot be written (``spill=False``) they are held and dropped at once."""
     from transformers.models.bert.modeling_bert import BertOutput
 
     forward = BertOutput.forward
@@ -433,9 +436,35 @@ def test_kept_outputs_changed_in_place_by_the_layer_are_dropped(monkeypatch):
 
     ctx, model = _merged_context("bert-seq")
     monkeypatch.setattr(BertOutput, "forward", negating)
-    _, kept, at_ends = _walk_kept_and_full(ctx, model)
-    assert "attention" in kept and "intermediate" not in kept
-    assert not any(at_ends)  # the attention block's output was dropped at its first replay
+    if not spill:
+        monkeypatch.setattr("hf_mudsc.spill.Spill.put", lambda self, key, tensor: False)
+    fast, kept, at_ends = _walk_kept_and_full(ctx, model)
+    assert "attention" in kept and ("intermediate" in kept) == spill
+    assert not any("attention" in names for names in at_ends)  # dropped at its first replay
+    assert bool(fast._spill._where) == spill
+
+
+@pytest.mark.parametrize("kind", ["bert-seq", "vit-cls"])
+def test_repairs_with_activations_spilled_are_the_same_bits_as_held_in_memory(monkeypatch, kind):
+    """During the repairs the parents' hidden states and the merged model's FFN activations wait in a
+    file (:class:`hf_mudsc.spill.Spill`); the repaired weights are the same bits as with every tensor
+    held in memory (a spill that refuses them all, as on a full disk or a device)."""
+    from hf_mudsc.spill import Spill
+
+    a, b = tiny_model(kind, seed=0), tiny_model(kind, seed=1)
+    put, written = Spill.put, []
+    monkeypatch.setattr(Spill, "put", lambda self, key, t: put(self, key, t) and (written.append(key) or True))
+    spilled = MuDSCMerger.from_pretrained([a, b], "mudsc").merge(calibration(a, n=3), num_samples=24, progress=False)
+    assert {k[0] for k in written if isinstance(k[0], str)} >= {"state", {"bert-seq": "intermediate",
+                                                                           "vit-cls": "mlp.fc1"}[kind]}
+    monkeypatch.setattr(Spill, "put", lambda self, key, t: False)
+    held = MuDSCMerger.from_pretrained([a, b], "mudsc").merge(calibration(a, n=3), num_samples=24, progress=False)
+    assert [r["repair"] for r in spilled.repairs] == ["stats", "lsq", "heads"]
+    for name, t in held.weights.shared.items():
+        assert torch.equal(spilled.weights.shared[name], t), name
+    for i, private in enumerate(held.weights.private):
+        for name, t in private.items():
+            assert torch.equal(spilled.weights.private[i][name], t), name
 
 
 def _merged_context(kind: str):
@@ -472,8 +501,8 @@ def _walk_kept_and_full(ctx, model, correct=None):
                 correct(group)
         at_ends.append(set(fast._kept))
         fast.advance(), slow.advance()
-        for x, y in zip(fast.states, slow.states, strict=True):
-            assert torch.equal(x[0], y[0])
+        for b in range(len(ctx.batches)):
+            assert torch.equal(fast.hidden(b), slow.hidden(b))
     return fast, kept, at_ends
 
 

@@ -179,3 +179,35 @@ def test_written_into_a_given_matrix_equals_a_new_one(monkeypatch):
     monkeypatch.setattr(WeightSimilarity, "_parts", lambda *args: [])  # no member counted: the identity
     out = np.full((2 * maps[0]["residual"].dim,) * 2, np.nan)
     assert np.array_equal(WeightSimilarity(maps, states)("residual", transforms, out=out), np.eye(len(out)))
+
+
+def test_kept_blocks_wait_in_the_spill_between_calls_written_again_only_when_changed(monkeypatch):
+    """Between calls every kept group's blocks are out of memory (in the spill); a call that changes
+    none writes nothing, a change of one space rewrites only the groups that read it, and the results
+    are the same bits as a similarity whose spill refuses everything (blocks held in memory)."""
+    from hf_mudsc.spill import Spill
+
+    maps, states = parents()
+    names = [s.name for s in maps[0].spaces]
+    ffn = next(n for n in names if "ffn" in n)
+    steps = [identity_transforms(maps)]
+    steps.append({**steps[0], ffn: swapped(steps[0][ffn], (0, 1))})
+    written: list = []
+    put = Spill.put
+    monkeypatch.setattr(Spill, "put", lambda self, key, tensor: written.append(key) or put(self, key, tensor))
+    spilled = WeightSimilarity(maps, states)
+    first = {name: spilled(name, steps[0]).copy() for name in names}
+    assert spilled._cache and all(kept.part.gram is None for kept in spilled._cache.values())
+    assert len(written) == len(spilled._cache) * len(spilled.pairs)
+    written.clear()
+    for name in names:
+        assert np.array_equal(spilled(name, steps[0]), first[name])
+    assert not written
+    second = {name: spilled(name, steps[1]).copy() for name in names}
+    assert written and {key[0][1] for key in written} == {(ffn,)}
+    monkeypatch.setattr(Spill, "put", lambda self, key, tensor: False)
+    held = WeightSimilarity(maps, states)
+    for step, want in zip(steps, (first, second)):
+        for name in names:
+            assert np.array_equal(held(name, step), want[name]), name
+    assert all(kept.part.gram is not None for kept in held._cache.values())

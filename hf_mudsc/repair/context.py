@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from ..apply import MergedWeights, build_task_model
 from ..hetero.width import merged_config
+from ..spill import Spill
 from ..transforms import Transforms
 from ..unitmaps.spaces import UnitMap
 
@@ -266,20 +267,28 @@ class LayerInputs:
 
     The other arguments of a layer call (attention mask, ...) are recorded at the first layer and
     reused for every layer, as BERT- and ViT-like encoders pass the same ones to each layer.
+
+    What waits longest is written out of memory (:class:`~hf_mudsc.spill.Spill`, CPU tensors; kept in
+    memory where the file cannot be written): a parent's hidden states (read once per layer, while the
+    merged model corrects the layer they wait for), and a kept output larger than the layer's input
+    (BERT's FFN activations, read once, to advance). The merged model's hidden states and its smaller
+    kept outputs, read by every group's run, stay in memory.
     """
 
     def __init__(self, ctx: RepairContext, model: nn.Module, blocks: Sequence[str], reuse: bool = False) -> None:
         self.ctx, self.model, self.blocks, self.reuse = ctx, model, list(blocks), reuse
         self.layer = 0
-        self.states: list[tuple[Tensor, tuple, dict]] = []
-        self.returned: list[Any] = []  # per batch: what the last layer run returned (for replay)
+        self.states: list[tuple[Tensor | None, tuple, dict]] = []  # None: the hidden states are in the spill
+        self.returned: list[Any] = []  # per batch: what the last layer returned, less its hidden states (replay)
+        self._spill = Spill()
         self._kept: dict[str, list[Any]] = {}  # submodule of the current layer -> its output per batch
         self._calls: dict[tuple, _Calls] = {}  # submodule calls of a layer, by its structure (reuse only)
         first = model.get_submodule(self.blocks[0])
         device = next(model.parameters()).device
         for batch in ctx.batches:
             def record(module: nn.Module, args: tuple, kwargs: dict) -> None:
-                self.states.append((args[0] if args else kwargs.pop("hidden_states"), args[1:], kwargs))
+                hidden = args[0] if args else kwargs.pop("hidden_states")
+                self.states.append((self._held(len(self.states), hidden), args[1:], kwargs))
                 raise _Stop
             handle = first.register_forward_pre_hook(record, with_kwargs=True)
             try:
@@ -290,16 +299,27 @@ class LayerInputs:
             finally:
                 handle.remove()
 
+    def hidden(self, b: int) -> Tensor:
+        """The cached hidden states of batch ``b`` (the current layer's input)."""
+        hidden = self.states[b][0]
+        return self._spill.get(("state", b)) if hidden is None else hidden
+
+    def _held(self, b: int, hidden: Tensor) -> Tensor | None:
+        """What ``states`` holds for batch ``b``'s hidden states: None where a parent's are spilled."""
+        return None if not self.reuse and self._spill.put(("state", b), hidden) else hidden
+
     def _call(self, b: int) -> Any:
         """Run the current layer on batch ``b``, its kept submodules standing in with their outputs
-        (not copies). A kept output that the run changed in place (a version counter of its tensors
-        moved) is dropped, so that its submodule runs again from then on."""
-        hidden, args, kwargs = self.states[b]
+        (not copies, unless spilled). A kept output that the run changed in place (a version counter of
+        its tensors moved) is dropped, so that its submodule runs again from then on."""
+        _, args, kwargs = self.states[b]
         layer = self.model.get_submodule(self.blocks[self.layer])
         before = {name: _versions(outs[b]) for name, outs in self._kept.items()}
+        stand_ins = {name: _Returns(self._spill.get(outs[b].key) if isinstance(outs[b], _Spilled) else outs[b])
+                     for name, outs in self._kept.items()}
         try:
-            with _swapped(layer, {name: _Returns(outs[b]) for name, outs in self._kept.items()}):
-                return layer(hidden, *args, **kwargs)
+            with _swapped(layer, stand_ins):
+                return layer(self.hidden(b), *args, **kwargs)
         finally:  # also when a capture stops the run early
             for name, versions in before.items():
                 if _versions(self._kept[name][b]) != versions:
@@ -316,7 +336,12 @@ class LayerInputs:
         layer = self.model.get_submodule(self.blocks[self.layer])
 
         def keep_output(name: str, out: Any) -> None:
-            kept[name].append(out if all(_compact(t) for t in _tensors(out)) else _detached(out))
+            key = (name, len(kept[name]))  # a spilled copy is what the module returned: no later change reaches it
+            wide = isinstance(out, Tensor) and out.numel() > self.states[key[1]][0].numel()  # (reuse: states held)
+            if wide and self._spill.put(key, out):
+                kept[name].append(_Spilled(key))
+            else:
+                kept[name].append(out if all(_compact(t) for t in _tensors(out)) else _detached(out))
             versions[name] = _versions(kept[name][-1])
 
         for b in range(len(self.states)):
@@ -363,6 +388,7 @@ class LayerInputs:
         Returns, per batch, the rows of ``sites`` (modules of this layer) seen on the way, so that a
         model whose layer does not change gives every target of the layer in one run."""
         seen = []
+        last = self.layer == len(self.blocks) - 1
         self.returned = []
         with torch.no_grad():
             for b, (_, args, kwargs) in enumerate(self.states):
@@ -373,8 +399,9 @@ class LayerInputs:
 
                 seen.append(self.ctx.capture(self.model, sites, b, run, stop=False))
                 y = out["layer"]
-                self.returned.append(y)
-                self.states[b] = (y[0] if isinstance(y, (tuple, list)) else y, args, kwargs)
+                if last:  # what follows the encoder replays from it (the hidden states from the cache)
+                    self.returned.append(type(y)((None, *y[1:])) if isinstance(y, (tuple, list)) else None)
+                self.states[b] = (self._held(b, y[0] if isinstance(y, (tuple, list)) else y), args, kwargs)
         self.layer += 1
         self._kept = {}
         return seen
@@ -394,7 +421,9 @@ class LayerInputs:
         model = self.model if model is None else model
         device = next(model.parameters()).device
         inputs = {k: v.to(device) for k, v in self.ctx.batches[b].items() if k != "labels"}
-        last = _Returns(_detached(self.returned[b]))  # a copy: what follows the encoder may change it
+        y, hidden = self.returned[b], self.hidden(b)
+        # a copy: what follows the encoder may change it
+        last = _Returns(_detached(hidden if y is None else type(y)((hidden, *y[1:]))))
         with _swapped(model, {name: last for name in self.blocks}):
             return self.ctx.capture(model, sites, b, lambda: model(**inputs))
 
@@ -488,6 +517,13 @@ def _swapped(root: nn.Module, stand_ins: Mapping[str, nn.Module]) -> Iterator[No
     finally:
         for container, child, module in reversed(swapped):
             container._modules[child] = module
+
+
+@dataclass(frozen=True)
+class _Spilled:
+    """A kept output written to the :class:`~hf_mudsc.spill.Spill` under ``key``."""
+
+    key: tuple[str, int]
 
 
 class _Returns(nn.Module):

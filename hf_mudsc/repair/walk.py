@@ -24,6 +24,7 @@ from typing import Any, Collection, Iterator, Sequence
 
 import torch
 
+from ..spill import trim_heap
 from .context import LayerInputs, RepairContext, Site
 from .heads import repair_heads
 from .least_squares import Observe, averaged_outputs, refit_linears
@@ -86,6 +87,7 @@ def walk(ctx: RepairContext, names: Collection[str], clock: Clock) -> dict[str, 
             for rows in (r for parent in seen for r in parent):  # the group's targets are spent
                 for m in group:
                     rows.pop((m, "output"), None)
+            trim_heap()
         del seen  # the parents' rows of this layer go before the next layer's are taken: one layer's at a time
         if l + 1 < depth:
             with clock.charge(trunk):

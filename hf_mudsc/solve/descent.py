@@ -162,9 +162,11 @@ def coordinate_descent(
         out = scratch.matrix(position, sum(sizes[space.name]))
         weights = use_weights and weight_sim is not None
         weight = weight_sim(space.name, transforms, aligned, out=out) if weights else None
-        sim = blend(alpha if use_weights else 0.0, weight,  # S_w becomes the blend
-                    activation.get(space.name) if activation is not None else None, overwrite=True)
-        return sim.copy_to(out) if isinstance(sim, SymmetricBlocks) else sim  # alpha 0: S_act made whole
+        act = activation.get(space.name) if activation is not None else None
+        sim = blend(alpha if use_weights else 0.0, weight, act, overwrite=True)  # S_w becomes the blend
+        sim = sim.copy_to(out) if isinstance(sim, SymmetricBlocks) else sim  # alpha 0: S_act made whole
+        _let_go(act)
+        return sim
 
     def sweep(order: Sequence[tuple[MergeSpace, ...]], use_weights: bool,
               aligned: set[str] | None = None) -> dict[str, float]:
@@ -232,7 +234,15 @@ def _scored(names: Sequence[str], transforms: Transforms, alpha: float,
         a = activation.get(name) if activation is not None else None
         weights[name] = pairs.mean(w)
         objectives[name] = pairs.mean(blend(alpha, w, None if a is None else a[pairs.rows, pairs.cols]))
+        _let_go(a)
     return DescentResult(dict(transforms), objectives, weights)
+
+
+def _let_go(activation: np.ndarray | SymmetricBlocks | None) -> None:
+    """Map a space's kept correlations out of the process once read (on disk: :meth:`SymmetricBlocks.release`),
+    so that a solve holds one space's at a time, not every space's it has read."""
+    if isinstance(activation, SymmetricBlocks):
+        activation.release()
 
 
 def _mean(values: Mapping[str, float]) -> float:
