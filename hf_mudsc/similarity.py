@@ -193,12 +193,13 @@ class WeightSimilarity:
                 return part
         if picks is not None:  # a few entries cost less than whole blocks: the kept ones stay as they are
             return self._compute(members, sizes, transforms, picks)
-        if kept is None:
+        self._written.discard(key)  # computed afresh below: a copy in the spill is out of date
+        if kept is None or kept.part.gram is None:  # new, or in the spill (read back, its blocks would be new too)
             kept = self._cache[key] = _Kept(self._compute(members, sizes, transforms), frame)
             return kept.part
-        part = self._loaded(key, changing=True)
-        for tensor in (*part.gram.values(), part.sums, part.squares):  # afresh, in place:
-            tensor.zero_()  # new blocks of this size cost about as much as the products, in page faults
+        part = kept.part  # held (a device's): afresh, in place, since new blocks of this size cost about as
+        for tensor in (*part.gram.values(), part.sums, part.squares):  # much as the products, in page faults
+            tensor.zero_()
         part.features, kept.frame = 0, frame
         self._add(part, members, sizes, transforms)
         return part
