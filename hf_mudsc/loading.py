@@ -19,6 +19,7 @@ from transformers import AutoConfig, PreTrainedModel
 
 from .paths import could_be_hub_id
 from .quality import MergeQualityWarning
+from .spill import tensor_bytes
 from .unitmaps import UnitMap, UnitMapError, unit_map_of
 
 
@@ -164,9 +165,8 @@ def weights_digest(model: torch.nn.Module) -> str | None:
     for name, param in sorted(model.named_parameters()):
         if param.device.type == "meta":
             return None
-        tensor = param.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{name}:{tensor.dtype}:{tuple(param.shape)};".encode())
-        digest.update(tensor.view(torch.uint8).numpy())
+        digest.update(f"{name}:{param.dtype}:{tuple(param.shape)};".encode())
+        digest.update(tensor_bytes(param))
     return digest.hexdigest()
 
 

@@ -11,6 +11,7 @@ import tempfile
 import weakref
 from typing import IO, Callable, Hashable
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -34,7 +35,7 @@ class Spill:
         so that the caller keeps that tensor in memory."""
         if tensor.device.type != "cpu" or self._broken:
             return False
-        data = _bytes(tensor.detach().contiguous())
+        data = tensor_bytes(tensor)
         place = self._where.pop(key, None)
         offset = place[0] if place is not None and place[1] == data.nbytes else self._end
         try:
@@ -54,7 +55,7 @@ class Spill:
         """A new tensor holding what :meth:`put` wrote under ``key``."""
         offset, size, shape, dtype = self._where[key]
         out = torch.empty(shape, dtype=dtype)
-        view = memoryview(_bytes(out))
+        view = memoryview(tensor_bytes(out))  # a view: the read fills ``out``
         self._file.seek(offset)
         done = 0
         while done < size:
@@ -68,9 +69,10 @@ class Spill:
         return key in self._where
 
 
-def _bytes(t: Tensor):
-    """A contiguous CPU tensor's storage as a flat uint8 numpy array (any dtype, bfloat16 included)."""
-    return t.reshape(-1).view(torch.uint8).numpy()
+def tensor_bytes(t: Tensor) -> np.ndarray:
+    """The elements of ``t`` as a flat uint8 numpy array (any dtype, bfloat16 included, which numpy
+    lacks): a view of ``t`` itself when it is a contiguous CPU tensor, else of a contiguous CPU copy."""
+    return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
 
 
 def trim_heap() -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Iterable, Mapping, Sequence
 
-import torch
 from torch import Tensor
 
+from ..spill import tensor_bytes
 from ..unitmaps.spaces import UnitMap
 from .planning import model_slices
 from .symmetric import SymmetricBlocks
@@ -58,7 +58,7 @@ def distinct_inputs(batches: Iterable[Mapping[str, Any]]) -> tuple[int, int]:
                 if mask is not None and key != "attention_mask" and row.shape[:1] == mask[i].shape:
                     row = row[mask[i].bool()]
                 digest.update(key.encode())
-                digest.update(row.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+                digest.update(tensor_bytes(row))
             seen.add(digest.digest())
         samples += n
     return len(seen), samples
