@@ -443,7 +443,7 @@ class MuDSCMerger:
                 models = [copy.deepcopy(m).float() for m in models]  # float32 copies: the fits are float32's
             repairs = apply_repairs(config.resolved_repair, models, maps, transforms,
                                     weights, self._repair_batches(config.repair_samples), seed=config.seed,
-                                    max_tokens_per_batch=config.max_tokens_per_batch, alone=alone,
+                                    max_tokens_per_batch=config.repair_tokens_per_batch, alone=alone,
                                     progress=progress)
         _check_finite_weights(weights, config)
         return MergeResult(self._merging, config, transforms, weights, report or [],

@@ -505,9 +505,11 @@ def test_every_merge_config_field_is_an_option_and_a_yaml_field(monkeypatch, tmp
 
 def test_none_sets_a_number_that_may_be_none(monkeypatch, tmp_path):
     argv = ["merge", "a", "b", "--out", str(tmp_path / "m"), "--statistics-samples", "None",
-            "--max-tokens-per-batch", "none", "--repair-samples", "64", "--repair", "none"]
+            "--max-tokens-per-batch", "none", "--repair-samples", "64", "--repair", "none",
+            "--repair-tokens-per-batch", "NONE"]
     seen = captured_config(monkeypatch, argv)
     assert seen["statistics_samples"] is None and seen["max_tokens_per_batch"] is None
+    assert seen["repair_tokens_per_batch"] is None
     assert seen["repair_samples"] == 64 and seen["repair"] == ("none",)  # the config reads it as no repair
     assert "merge_layers" not in seen and "alpha" not in seen  # not given: the config's defaults
 

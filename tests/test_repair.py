@@ -345,6 +345,38 @@ def test_repairs_run_on_the_first_repair_samples():
     assert differs  # 20 samples are not 48: the cap took effect
 
 
+def test_repairs_take_their_own_token_cap_not_the_statistics_one():
+    """The repairs fit each map on ``repair_tokens_per_batch`` tokens per batch, whatever the
+    statistics' ``max_tokens_per_batch``; a recipe saved before the field existed reads as the cap
+    its repairs took, the statistics' one."""
+    a, b = tiny_model("bert-seq", seed=0), tiny_model("bert-seq", seed=1)
+    calib = calibration(a)  # 6 batches of 8 samples, 43 real tokens each
+
+    def repaired(**config):  # a data-free solve: the transforms do not depend on any cap
+        merger = MuDSCMerger.from_pretrained([a, b], "weight-matching", repair=ALL, **config)
+        return merger.merge(calib, num_samples=48, progress=False).weights.shared
+
+    capped = repaired(repair_tokens_per_batch=5, max_tokens_per_batch=None)
+    same = repaired(repair_tokens_per_batch=5, max_tokens_per_batch=3)
+    every = repaired(repair_tokens_per_batch=None, max_tokens_per_batch=5)
+    above = repaired(repair_tokens_per_batch=1000, max_tokens_per_batch=5)  # a cap above the batch: every token
+    differs = False
+    for name, value in capped.items():
+        torch.testing.assert_close(same[name], value, atol=0, rtol=0)
+        torch.testing.assert_close(above[name], every[name], atol=0, rtol=0)
+        differs |= not torch.allclose(value, every[name], atol=1e-4, rtol=0)
+    assert differs  # 5 tokens of 43 are not all of them: the cap took effect
+    assert MergeConfig().repair_tokens_per_batch == 256
+    saved = MergeConfig(repair_tokens_per_batch=32).to_dict()
+    assert MergeConfig.from_dict(saved).repair_tokens_per_batch == 32
+    for statistics_cap in (64, None):
+        old = {**saved, "max_tokens_per_batch": statistics_cap}
+        del old["repair_tokens_per_batch"]
+        assert MergeConfig.from_dict(old).repair_tokens_per_batch == statistics_cap
+    del old["max_tokens_per_batch"]
+    assert MergeConfig.from_dict(old).repair_tokens_per_batch == 256  # the field's default of that time
+
+
 @pytest.mark.parametrize("name,default", [("repair_samples", None), ("statistics_samples", 512)])
 def test_sample_caps_are_validated_and_round_trip(name, default):
     for bad in (0, -3, 1.5, True, "256"):

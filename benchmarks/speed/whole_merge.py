@@ -16,7 +16,8 @@ merge's own calibration batches (``forward, by length``: texts of similar length
 so less padding; a second baseline, for a user who batches so); the statistics pass (on the first
 512 texts, the default ``statistics_samples``), once, reused by every method; then for ZipIt,
 MuDSC zip (alpha 0.5) without repairs, the default (MuDSC zip with the repairs stats, lsq, heads)
-and, above 256 texts, the default with its repairs on the first 256 texts (``repair_samples=256``):
+and, above 256 texts, the default with its repairs on the first 256 texts (``repair_samples=256``), and
+the default with its repairs on 128 tokens per batch (``repair_tokens_per_batch=128``):
 solve (with MuDSC's coordinate-descent sweeps timed; the default reuses MuDSC zip's solve and counts
 its time), apply (merged weights, the repairs, the task models and the joint model) and save (the
 merged folder). Results go to ``benchmarks/results/speed_whole_merge_bert_<size>.json``.
@@ -55,7 +56,9 @@ from hf_mudsc.data import MAX_TEXT_LENGTH, calibration
 METHODS: list[tuple[str, dict[str, Any]]] = [("zipit", {"method": "zipit"}),
                                              ("mudsc zip", {"method": "mudsc", "mode": "zip", "repair": "none"}),
                                              ("default (mudsc zip + repairs)", {"method": "mudsc"}),
-                                             ("default, repairs on 256 samples", {"method": "mudsc", "repair_samples": 256})]
+                                             ("default, repairs on 256 samples", {"method": "mudsc", "repair_samples": 256}),
+                                             ("default, repairs on 128 tokens per batch",
+                                              {"method": "mudsc", "repair_tokens_per_batch": 128})]
 TEXT_TOKENS = (16, 128)
 
 
@@ -205,7 +208,8 @@ def measure(folder: Path, samples: int, batch_size: int, cap: int | None, wordne
 def _solve_key(config: Any) -> tuple:
     """What a solve depends on: the resolved recipe without the repairs (which run after it), so
     that ``mode="zip"`` given and the preset's zip compare equal."""
-    given = {"mode", "alpha", "zip_budget", "zip_decay", "repair", "resolved_repair", "repair_samples"}
+    given = {"mode", "alpha", "zip_budget", "zip_decay", "repair", "resolved_repair", "repair_samples",
+             "repair_tokens_per_batch"}
     return tuple(sorted((k, repr(v)) for k, v in config.to_dict().items() if k not in given))
 
 
