@@ -15,9 +15,9 @@ parents; the plain forward of both parents over the texts in their given order, 
 merge's own calibration batches (``forward, by length``: texts of similar lengths batched together,
 so less padding; a second baseline, for a user who batches so); the statistics pass (on the first
 512 texts, the default ``statistics_samples``), once, reused by every method; then for ZipIt,
-MuDSC zip (alpha 0.5) without repairs, the default (MuDSC zip with the repairs stats, lsq, heads)
-and, above 256 texts, the default with its repairs on the first 256 texts (``repair_samples=256``), and
-the default with its repairs on 128 tokens per batch (``repair_tokens_per_batch=128``):
+MuDSC zip (alpha 0.5) without repairs, the default (MuDSC zip with the repairs stats, lsq, heads),
+above 256 texts the default with its repairs on the first 256 texts (``repair_samples=256``), and the
+default with its repairs on 128 tokens per batch (``repair_tokens_per_batch=128``):
 solve (with MuDSC's coordinate-descent sweeps timed; the default reuses MuDSC zip's solve and counts
 its time), apply (merged weights, the repairs, the task models and the joint model) and save (the
 merged folder). Results go to ``benchmarks/results/speed_whole_merge_bert_<size>.json``.
