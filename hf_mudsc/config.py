@@ -177,11 +177,7 @@ class MergeConfig:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         if not _real(self.tol) or not 0.0 <= float(self.tol) < 1.0:
             raise ConfigError(f"tol must be in [0, 1), got {self.tol}")
-        for name in ("max_tokens_per_batch", "repair_tokens_per_batch"):
-            value = getattr(self, name)
-            if value is not None and (not _integer(value) or value < 1):
-                raise ConfigError(f"{name} must be a positive integer, got {value}")
-        for name in ("statistics_samples", "repair_samples"):
+        for name in ("max_tokens_per_batch", "repair_tokens_per_batch", "statistics_samples", "repair_samples"):
             value = getattr(self, name)
             if value is not None and (not _integer(value) or value < 1):
                 raise ConfigError(f"{name} must be a positive integer or None, got {value!r}")
