@@ -41,7 +41,10 @@ class Calibration:
     batches are taken as given (their first ``num_samples`` samples). Every process draws the
     same rows and takes every ``world_size``-th of them. ``positions`` (set by :meth:`split`)
     restricts it to some of the drawn rows (drawn batches, for ready batches), and ``limit`` (set
-    by :meth:`head`) to the first samples of those.
+    by :meth:`head`) to the first samples of those. ``apart`` (drawn rows): the first this many rows
+    of the part are batched among themselves, the rest after them, so that the part's first batches
+    are exactly those of its ``head(apart)`` (the statistics read that head, and the repairs reuse the
+    parents' outputs on it: :class:`~hf_mudsc.repair.recorded.ParentOutputs`).
 
     Images go in batches of ``batch_size`` rows in drawn order. Texts are grouped by length
     (:meth:`_by_length`): batches of texts of similar lengths, each of about ``batch_size`` times
@@ -63,6 +66,7 @@ class Calibration:
     positions: tuple[int, ...] | None = None
     part: str | None = None
     limit: int | None = None  # the first this many samples of this part, in drawn order (set by head)
+    apart: int | None = None  # the first this many drawn rows of this part are batched apart from the rest
     max_length: int = MAX_TEXT_LENGTH  # texts are cut at this many tokens
     channels: int | None = None  # images are converted to this many channels (1: grey, 3: RGB) when given
     # what a pass found of a source of unknown length that ended before num_samples ("samples"); one dict
@@ -91,10 +95,11 @@ class Calibration:
         """How the rows go into batches, in words (for the recipe)."""
         if self.column is None:
             return "as given"
+        first = f"; the first {self.apart} drawn rows apart from the rest" if self.apart is not None else ""
         if self.modality == "text":
             return (f"texts grouped by length within windows of {self.batch_size * LENGTH_WINDOW} drawn rows, "
-                    f"about batch_size x the mean length in tokens per batch")
-        return "batch_size rows per batch, in drawn order"
+                    f"about batch_size x the mean length in tokens per batch{first}")
+        return f"batch_size rows per batch, in drawn order{first}"
 
     def describe(self) -> dict[str, Any]:
         """What the recipe and the model card record about the data."""
@@ -142,17 +147,20 @@ class Calibration:
                 batches = islice(batches, self.rank, None, self.world_size)
             yield from batches
             return
-        rows = islice(islice(self._drawn_rows(), self.limit), self.rank, None, self.world_size)
+        drawn = islice(self._drawn_rows(), self.limit)
+        parts = [drawn] if self.apart is None else [islice(drawn, self.apart), drawn]  # the second: what is left
         window = self.batch_size * (LENGTH_WINDOW if self.modality == "text" else 1)
-        while True:
-            chunk = [r[self.column[0]] if len(self.column) == 1 else tuple(r[c] for c in self.column)
-                     for r in islice(rows, window)]
-            if not chunk:
-                return
-            if self.modality == "text":
-                yield from (self._prepare(group) for group in self._by_length(chunk))
-            else:
-                yield self._prepare(chunk)
+        for part in parts:
+            rows = islice(part, self.rank, None, self.world_size)
+            while True:
+                chunk = [r[self.column[0]] if len(self.column) == 1 else tuple(r[c] for c in self.column)
+                         for r in islice(rows, window)]
+                if not chunk:
+                    break
+                if self.modality == "text":
+                    yield from (self._prepare(group) for group in self._by_length(chunk))
+                else:
+                    yield self._prepare(chunk)
 
     def _by_length(self, texts: list) -> Iterator[list]:
         """``texts`` in groups of similar lengths, shortest first: a group grows while its padded

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import sys
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -24,6 +25,7 @@ from .io.writer import atomic_output_dir
 from .loading import Parent, check_compatible, load_parent, non_finite
 from .output import card_name, write_merge_folder
 from .repair import apply_repairs
+from .repair.recorded import ParentOutputs
 from .select import choose
 from .similarity import WeightSimilarity
 from .solve.descent import SolveSettings, coordinate_descent, solve_units
@@ -62,6 +64,7 @@ class MuDSCMerger:
         self._statistics_config: MergeConfig | None = None  # the recipe the statistics were collected with
         self._calibration_source: Calibration | None = None  # the fit part, which the repairs stream again
         self._fit_batches: tuple[Calibration, int | None, list[dict[str, torch.Tensor]]] | None = None  # prepared once
+        self._recorded: ParentOutputs | None = None  # the parents' outputs for the repairs, from the statistics pass
 
     @classmethod
     def from_pretrained(
@@ -208,8 +211,11 @@ class MuDSCMerger:
         self._heldout = None
         if holdout is not None:  # method="auto": a part the statistics never see scores the candidates
             calib, self._heldout = calib.split(holdout)
+        # the statistics read the first statistics_samples drawn rows only, batched apart from the rest, so
+        # that their batches are the repairs' first ones
+        if config.statistics_samples is not None:
+            calib = dataclasses.replace(calib, apart=config.statistics_samples)
         self._calibration_source = calib  # every row, in every process: the repairs run alike in each
-        # the statistics read the first statistics_samples drawn rows only
         stats = calib if config.statistics_samples is None else calib.head(config.statistics_samples)
         self._align_on(stats, config, progress, accelerator)  # on every row, before they are shared out
         distinct = distinct_inputs(stats)
@@ -223,12 +229,19 @@ class MuDSCMerger:
             groups = [g for g in ([n for n in group if n in merged] for group in planned) if g]
         # accumulate where the first parent runs (float64 on a GPU beats a copy to the CPU per hook)
         stats_device = next(first.model.parameters()).device
+        models = [p.model for p in self._merging]
+        # the parents' outputs that the repairs would compute on these batches, kept from the first pass
+        self._recorded = None
+        if config.resolved_repair and (accelerator is None or accelerator.num_processes == 1) \
+                and ParentOutputs.usable(models):
+            self._recorded = ParentOutputs(models, self.unit_maps[0], config.seed, config.repair_tokens_per_batch)
         moments = {}
-        for group in groups:
-            moments.update(collect_statistics([p.model for p in self._merging], maps, stats, spaces=group,
-                                              seed=config.seed, stats_device=stats_device,
-                                              max_tokens_per_batch=config.max_tokens_per_batch,
-                                              progress=progress, accelerator=accelerator))
+        for k, group in enumerate(groups):
+            with self._recorded.recording() if self._recorded is not None and k == 0 else nullcontext() as record:
+                moments.update(collect_statistics(models, maps, stats, spaces=group, seed=config.seed,
+                                                  stats_device=stats_device,
+                                                  max_tokens_per_batch=config.max_tokens_per_batch,
+                                                  progress=progress, accelerator=accelerator, before_batch=record))
         samples = {name: m.n for name, m in moments.items()}
         if not samples or min(samples.values()) == 0:
             raise ValueError("the calibration data gave no samples (all padding, or empty batches)")
@@ -400,6 +413,7 @@ class MuDSCMerger:
                 raise ValueError(f"repair {', '.join(config.resolved_repair)} needs calibration data: give merge(data)")
             self._calibration_source = self.prepare_calibration(data, num_samples=num_samples, batch_size=batch_size,
                                                                 column=column, seed=config.seed)
+            self._recorded = None
             self.calibration = self._calibration_source.describe()
             self._align_on(self._calibration_source, config, progress, accelerator)
         elif data is not None:  # a data-free method: the data aligns parents of different depths
@@ -444,6 +458,7 @@ class MuDSCMerger:
             repairs = apply_repairs(config.resolved_repair, models, maps, transforms,
                                     weights, self._repair_batches(config.repair_samples), seed=config.seed,
                                     max_tokens_per_batch=config.repair_tokens_per_batch, alone=alone,
+                                    recorded=self._recorded,
                                     progress=progress)
         _check_finite_weights(weights, config)
         return MergeResult(self._merging, config, transforms, weights, report or [],

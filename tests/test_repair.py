@@ -625,3 +625,87 @@ def test_task_models_of_the_repairs_hold_the_merged_weights_themselves(dtype):
     for m, kept in zip((a, b), before):
         for k, v in m.state_dict().items():
             assert torch.equal(v, kept[k]), k
+
+
+# ---------------------------------------------------------------------------- parents' outputs recorded
+
+def _layer_runs(model, merger):
+    """Hooks counting the runs of ``model``'s encoder layers; returns the list they append to and the handles."""
+    from hf_mudsc.repair.context import encoder_blocks
+
+    calls = []
+    return calls, [model.get_submodule(block).register_forward_hook(lambda *_: calls.append(1))
+                   for block in encoder_blocks(merger.unit_maps[0])]
+
+
+def _repaired(a, b, calib, record, monkeypatch, **config):
+    """A default merge of ``a`` and ``b`` with the parents' outputs recorded by the statistics pass or
+    not; the merged weights and how often ``a``'s encoder layers ran in all."""
+    from hf_mudsc.repair.recorded import ParentOutputs
+
+    monkeypatch.setattr(ParentOutputs, "usable", staticmethod(lambda models: record))
+    merger = MuDSCMerger.from_pretrained([a, b], "mudsc", **config)
+    calls, handles = _layer_runs(a, merger)
+    try:
+        result = merger.merge(calib, num_samples=24, progress=False)
+    finally:
+        for h in handles:
+            h.remove()
+    return result.weights, len(calls), merger
+
+
+@pytest.mark.parametrize("kind", ["bert-seq", "vit-cls"])
+@pytest.mark.parametrize("statistics_samples", [512, 16])
+def test_repairs_read_the_parents_outputs_that_the_statistics_pass_recorded(kind, statistics_samples, monkeypatch):
+    """The statistics pass records what the repairs would compute of the parents on its batches (the
+    repairs' first ones): the repaired weights are the same bits, and the parents' layers run in the
+    repairs only on the batches the statistics did not read (statistics on 16 of 24 samples: 2 of 3)."""
+    a, b = tiny_model(kind, seed=0), tiny_model(kind, seed=1)
+    calib = calibration(a, n=3)  # 3 batches of 8
+    layers = a.config.num_hidden_layers
+    recorded, runs, merger = _repaired(a, b, calib, True, monkeypatch, statistics_samples=statistics_samples)
+    fresh, fresh_runs, _ = _repaired(a, b, calib, False, monkeypatch, statistics_samples=statistics_samples)
+    read = 3 if statistics_samples == 512 else 2  # batches the statistics read
+    assert sorted(merger._recorded.complete) == list(range(read))
+    assert fresh_runs == (read + 3) * layers  # the statistics, then the repairs on every batch
+    assert runs == 3 * layers  # the statistics, then the repairs on the batch they did not read
+    for name, t in fresh.shared.items():
+        assert torch.equal(recorded.shared[name], t), name
+    for i, private in enumerate(fresh.private):
+        for name, t in private.items():
+            assert torch.equal(recorded.private[i][name], t), name
+
+
+def test_recorded_outputs_are_used_only_where_they_are_what_the_repairs_compute(monkeypatch):
+    """Another token cap for the repairs than the one recorded, or batches other than the recorded ones,
+    run the parents as before (the same bits as without recording); outputs past the size limit are not
+    recorded, and half-precision parents (repaired as float32 copies) record nothing."""
+    from hf_mudsc.repair.recorded import ParentOutputs
+
+    a, b = tiny_model("bert-seq", seed=0), tiny_model("bert-seq", seed=1)
+    calib = calibration(a, n=3)
+    layers = a.config.num_hidden_layers
+
+    def other_repairs(record: bool):
+        _, _, merger = _repaired(a, b, calib, record, monkeypatch)
+        transforms = merger.solve(progress=False)[0]
+        calls, handles = _layer_runs(a, merger)
+        capped = merger.apply(transforms, merger.config.with_updates(repair_tokens_per_batch=5)).weights
+        merger._fit_batches = (merger._calibration_source, None, [calib[1], calib[2], calib[0]])  # other batches
+        shuffled = merger.apply(transforms).weights
+        for h in handles:
+            h.remove()
+        return capped, shuffled, len(calls), merger._recorded
+
+    *recorded, runs, store = other_repairs(True)
+    assert store.cap == 256 and sorted(store.complete) == [0, 1, 2]
+    assert runs == 6 * layers  # every batch, in both repairs
+    *fresh, _, _ = other_repairs(False)
+    for mine, theirs in zip(recorded, fresh):
+        for name, t in theirs.shared.items():
+            assert torch.equal(mine.shared[name], t), name
+    monkeypatch.setattr("hf_mudsc.repair.recorded.MAX_BYTES", 500_000)  # 1 of the 3 batches (0.35 MB each)
+    _, runs, merger = _repaired(a, b, calib, True, monkeypatch)
+    assert merger._recorded.complete == {0} and runs == 5 * layers
+    monkeypatch.undo()
+    assert ParentOutputs.usable([a]) and not ParentOutputs.usable([a.to(torch.bfloat16)])

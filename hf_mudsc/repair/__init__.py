@@ -15,6 +15,7 @@ from ..statistics.collect import eval_mode
 from ..transforms import Transforms
 from ..unitmaps.spaces import UnitMap
 from .context import RepairContext
+from .recorded import ParentOutputs
 from .walk import Clock, walk
 
 # name -> what it does, in run order: renormalise, then re-solve the trunk's maps, then the heads on
@@ -37,6 +38,7 @@ def apply_repairs(
     seed: int = 0,
     max_tokens_per_batch: int | None = None,
     alone: Sequence[Collection[str]] | None = None,
+    recorded: ParentOutputs | None = None,
     progress: bool = False,
 ) -> list[dict[str, Any]]:
     """Run the repairs ``names`` (in registry order) on ``weights`` in place, in one forward walk
@@ -44,10 +46,13 @@ def apply_repairs(
     it ran on, wall ``seconds`` and ``cpu_seconds`` of this process spent for it, a step serving
     several split evenly; what it changed). ``parents``:
     as merged (a shallower parent expanded with identity layers); ``alone``: as given to
-    :func:`~hf_mudsc.apply.apply_transforms` (the parameters merged from one parent alone)."""
+    :func:`~hf_mudsc.apply.apply_transforms` (the parameters merged from one parent alone); ``recorded``:
+    the parents' outputs kept by the statistics pass, read where they are what the repairs would compute
+    (:mod:`.recorded`)."""
     if not batches:
         raise ValueError("repairs need calibration batches: none were given")
-    ctx = RepairContext(parents, unit_maps, transforms, weights, list(batches), seed, max_tokens_per_batch, alone)
+    ctx = RepairContext(parents, unit_maps, transforms, weights, list(batches), seed, max_tokens_per_batch, alone,
+                         recorded)
     chosen = [n for n in REPAIRS if n in names]
     clock = Clock(chosen)
     with tqdm(total=1, desc=f"repairing ({', '.join(chosen)})", unit="walk", disable=not progress) as bar, \

@@ -14,7 +14,7 @@ from __future__ import annotations
 import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Collection, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Collection, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +24,9 @@ from ..hetero.width import merged_config
 from ..spill import Spill
 from ..transforms import Transforms
 from ..unitmaps.spaces import UnitMap
+
+if TYPE_CHECKING:
+    from .recorded import ParentOutputs, Recorded
 
 Site = tuple[str, str]  # (module name, "input" | "output")
 
@@ -45,6 +48,7 @@ class RepairContext:
     seed: int = 0
     max_tokens_per_batch: int | None = None
     alone: Sequence[Collection[str]] | None = None  # per parent: parameters merged from it alone
+    recorded: ParentOutputs | None = None  # the parents' outputs from the statistics pass, where they apply
     _models: dict[int, nn.Module] = field(default_factory=dict, init=False, repr=False)
     _aliased: set[str] = field(default_factory=set, init=False, repr=False)  # shared tensors a model holds
 
@@ -133,8 +137,8 @@ class RepairContext:
                         mod.bias.copy_(bias)
 
     def blocks(self) -> list[str]:
-        """The encoder layers' module names, in order (where the residual stream is observed)."""
-        return [site.module for site in self.unit_maps[0]["residual"].sites if site.kind == "input"]
+        """The encoder layers' module names, in order."""
+        return encoder_blocks(self.unit_maps[0])
 
     def observe(self, model: nn.Module, sites: Sequence[Site], b: int) -> dict[Site, Tensor]:
         """Run ``model`` on batch ``b`` (a full forward pass, stopped early) and return the sites' rows
@@ -162,7 +166,8 @@ class RepairContext:
                     continue
                 value = (args[0] if args else kwargs["hidden_states"]) if kind == "input" else output
                 value = value[0] if isinstance(value, (tuple, list)) else value
-                seen[(module_name, kind)] = self._rows(value.detach(), mask, b, module_name)
+                seen[(module_name, kind)] = sampled_rows(value.detach(), mask, b, module_name, self.seed,
+                                                         self.max_tokens_per_batch)
             if stop and wanted <= set(seen):
                 raise _Stop
 
@@ -191,19 +196,6 @@ class RepairContext:
         if missing:
             raise ValueError(f"modules {sorted(m for m, _ in missing)} did not run in the forward pass")
         return seen
-
-    def _rows(self, value: Tensor, mask: Tensor | None, b: int, module: str) -> Tensor:
-        flat = value.reshape(-1, value.shape[-1])
-        if value.ndim == 3 and mask is not None and tuple(mask.shape) == tuple(value.shape[:2]):
-            rows = mask.reshape(-1).to(flat.device).bool().nonzero().squeeze(1)
-        else:
-            rows = torch.arange(flat.shape[0], device=flat.device)
-        cap = self.max_tokens_per_batch
-        if cap is not None and rows.numel() > cap:
-            seed = zlib.crc32(f"{self.seed}/{b}/{module}".encode())
-            pick = torch.randperm(rows.numel(), generator=torch.Generator().manual_seed(seed))[:cap]
-            rows = rows[pick.sort().values.to(rows.device)]
-        return flat.index_select(0, rows)
 
     def forward_groups(self, model: nn.Module, modules: Sequence[str]) -> list[list[str]]:
         """``modules`` in the order a forward pass calls them (on the first example), in groups that
@@ -235,6 +227,26 @@ class RepairContext:
                 groups.append([name])
             last = source
         return groups
+
+
+def encoder_blocks(unit_map: UnitMap) -> list[str]:
+    """The encoder layers' module names, in order (where the residual stream is observed)."""
+    return [site.module for site in unit_map["residual"].sites if site.kind == "input"]
+
+
+def sampled_rows(value: Tensor, mask: Tensor | None, b: int, module: str, seed: int, cap: int | None) -> Tensor:
+    """The rows of ``value`` (module ``module``'s input or output on batch ``b``) that a repair reads:
+    real tokens (``mask``), at most ``cap`` of them, a subset seeded by (``seed``, ``b``, ``module``)."""
+    flat = value.reshape(-1, value.shape[-1])
+    if value.ndim == 3 and mask is not None and tuple(mask.shape) == tuple(value.shape[:2]):
+        rows = mask.reshape(-1).to(flat.device).bool().nonzero().squeeze(1)
+    else:
+        rows = torch.arange(flat.shape[0], device=flat.device)
+    if cap is not None and rows.numel() > cap:
+        key = zlib.crc32(f"{seed}/{b}/{module}".encode())
+        pick = torch.randperm(rows.numel(), generator=torch.Generator().manual_seed(key))[:cap]
+        rows = rows[pick.sort().values.to(rows.device)]
+    return flat.index_select(0, rows)
 
 
 def _has_module(model: nn.Module, name: str) -> bool:
@@ -275,8 +287,9 @@ class LayerInputs:
     kept outputs, read by every group's run, stay in memory.
     """
 
-    def __init__(self, ctx: RepairContext, model: nn.Module, blocks: Sequence[str], reuse: bool = False) -> None:
-        self.ctx, self.model, self.blocks, self.reuse = ctx, model, list(blocks), reuse
+    def __init__(self, ctx: RepairContext, model: nn.Module, blocks: Sequence[str], reuse: bool = False,
+                 recorded: Recorded | None = None) -> None:
+        self.ctx, self.model, self.blocks, self.reuse, self.recorded = ctx, model, list(blocks), reuse, recorded
         self.layer = 0
         self.states: list[tuple[Tensor | None, tuple, dict]] = []  # None: the hidden states are in the spill
         self.returned: list[Any] = []  # per batch: what the last layer returned, less its hidden states (replay)
@@ -285,7 +298,11 @@ class LayerInputs:
         self._calls: dict[tuple, _Calls] = {}  # submodule calls of a layer, by its structure (reuse only)
         first = model.get_submodule(self.blocks[0])
         device = next(model.parameters()).device
-        for batch in ctx.batches:
+        for b, batch in enumerate(ctx.batches):
+            if recorded is not None and b in recorded.batches:  # never runs: its outputs were recorded
+                self.states.append((None, (), {}))
+                continue
+
             def record(module: nn.Module, args: tuple, kwargs: dict) -> None:
                 hidden = args[0] if args else kwargs.pop("hidden_states")
                 self.states.append((self._held(len(self.states), hidden), args[1:], kwargs))
@@ -341,7 +358,7 @@ class LayerInputs:
             if wide and self._spill.put(key, out):
                 kept[name].append(_Spilled(key))
             else:
-                kept[name].append(out if all(_compact(t) for t in _tensors(out)) else _detached(out))
+                kept[name].append(out if all(_compact(t) for t in _tensors(out)) else detached_copy(out))
             versions[name] = _versions(kept[name][-1])
 
         for b in range(len(self.states)):
@@ -392,6 +409,13 @@ class LayerInputs:
         self.returned = []
         with torch.no_grad():
             for b, (_, args, kwargs) in enumerate(self.states):
+                if self.recorded is not None and b in self.recorded.batches:
+                    seen.append(self.recorded.rows(b, sites))
+                    if last:
+                        hidden, rest = self.recorded.final(b)
+                        self.returned.append(rest)
+                        self.states[b] = (self._held(b, hidden), args, kwargs)
+                    continue
                 out: dict[str, Any] = {}
 
                 def run(b: int = b) -> None:
@@ -423,7 +447,7 @@ class LayerInputs:
         inputs = {k: v.to(device) for k, v in self.ctx.batches[b].items() if k != "labels"}
         y, hidden = self.returned[b], self.hidden(b)
         # a copy: what follows the encoder may change it
-        last = _Returns(_detached(hidden if y is None else type(y)((hidden, *y[1:]))))
+        last = _Returns(detached_copy(hidden if y is None else type(y)((hidden, *y[1:]))))
         with _swapped(model, {name: last for name in self.blocks}):
             return self.ctx.capture(model, sites, b, lambda: model(**inputs))
 
@@ -494,12 +518,12 @@ def _compact(t: Tensor) -> bool:
     return t.untyped_storage().nbytes() == t.numel() * t.element_size()
 
 
-def _detached(value: Any) -> Any:
+def detached_copy(value: Any) -> Any:
     """A copy of a module's output (tensors cloned: a caller may change them in place later)."""
     if isinstance(value, Tensor):
         return value.detach().clone()
     if isinstance(value, (tuple, list)):
-        return type(value)(_detached(v) for v in value)
+        return type(value)(detached_copy(v) for v in value)
     return value
 
 

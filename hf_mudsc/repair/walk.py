@@ -75,7 +75,8 @@ def walk(ctx: RepairContext, names: Collection[str], clock: Clock) -> dict[str, 
                 ctx, [lambda sites, b, p=p: ctx.observe(p, sites, b) for p in ctx.parents]))
     with clock.charge(names):
         merged = LayerInputs(ctx, model, blocks, reuse=True)  # its layers run once per group of maps
-        parents = [LayerInputs(ctx, m, blocks) for m in ctx.parents]
+        parents = [LayerInputs(ctx, m, blocks, recorded=None if ctx.recorded is None else ctx.recorded.for_parent(
+            i, m, ctx.batches, ctx.seed, ctx.max_tokens_per_batch)) for i, m in enumerate(ctx.parents)]
     for l in range(depth):
         layer = [m for g in per_layer[l] for m in g]
         with clock.charge(trunk):

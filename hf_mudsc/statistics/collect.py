@@ -188,6 +188,7 @@ def collect_statistics(
     stats_device: torch.device | str = "cpu",
     progress: bool = True,
     accelerator: Any = None,
+    before_batch: Callable[[Mapping[str, Any]], None] | None = None,
 ) -> dict[str, Moments]:
     """Stream ``batches`` through every parent and return the moments of each merge space.
 
@@ -210,6 +211,9 @@ def collect_statistics(
     prepares the loader, ``even_batches=False`` is fine: ranks only communicate at the end);
     every rank returns the moments of all shards, equal to a single-process run up to rounding
     (without a token cap; with one, the subsets depend on the sharding).
+
+    ``before_batch``: called with each batch before the models run on it (hooks of the caller's
+    own see the same pass: :class:`~hf_mudsc.repair.recorded.ParentOutputs`).
     """
     if len(models) != len(unit_maps):
         raise ValueError(f"{len(models)} models but {len(unit_maps)} unit maps")
@@ -220,6 +224,8 @@ def collect_statistics(
     try:
         with torch.no_grad(), eval_mode(models):
             for batch in tqdm(batches, desc="activation statistics", unit="batch", disable=not (progress and main)):
+                if before_batch is not None:
+                    before_batch(batch)
                 collector.run(batch)
     finally:
         for h in handles:
