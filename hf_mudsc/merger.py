@@ -230,9 +230,12 @@ class MuDSCMerger:
         # accumulate where the first parent runs (float64 on a GPU beats a copy to the CPU per hook)
         stats_device = next(first.model.parameters()).device
         models = [p.model for p in self._merging]
-        # the parents' outputs that the repairs would compute on these batches, kept from the first pass
+        # the parents' outputs that the repairs would compute on these batches, kept from the first pass;
+        # not when the repairs read fewer rows than the statistics (their batches are then others)
         self._recorded = None
-        if config.resolved_repair and (accelerator is None or accelerator.num_processes == 1) \
+        covers = config.repair_samples is None or (config.statistics_samples is not None
+                                                   and config.repair_samples >= config.statistics_samples)
+        if config.resolved_repair and covers and (accelerator is None or accelerator.num_processes == 1) \
                 and ParentOutputs.usable(models):
             self._recorded = ParentOutputs(models, self.unit_maps[0], config.seed, config.repair_tokens_per_batch)
         moments = {}

@@ -679,7 +679,8 @@ def test_repairs_read_the_parents_outputs_that_the_statistics_pass_recorded(kind
 def test_recorded_outputs_are_used_only_where_they_are_what_the_repairs_compute(monkeypatch):
     """Another token cap for the repairs than the one recorded, or batches other than the recorded ones,
     run the parents as before (the same bits as without recording); outputs past the size limit are not
-    recorded, and half-precision parents (repaired as float32 copies) record nothing."""
+    recorded, nor any where the repairs read fewer samples than the statistics, and half-precision
+    parents (repaired as float32 copies) record nothing."""
     from hf_mudsc.repair.recorded import ParentOutputs
 
     a, b = tiny_model("bert-seq", seed=0), tiny_model("bert-seq", seed=1)
@@ -707,5 +708,7 @@ def test_recorded_outputs_are_used_only_where_they_are_what_the_repairs_compute(
     monkeypatch.setattr("hf_mudsc.repair.recorded.MAX_BYTES", 500_000)  # 1 of the 3 batches (0.35 MB each)
     _, runs, merger = _repaired(a, b, calib, True, monkeypatch)
     assert merger._recorded.complete == {0} and runs == 5 * layers
+    _, runs, merger = _repaired(a, b, calib, True, monkeypatch, repair_samples=16)  # its batches are not theirs
+    assert merger._recorded is None and runs == 5 * layers
     monkeypatch.undo()
     assert ParentOutputs.usable([a]) and not ParentOutputs.usable([a.to(torch.bfloat16)])

@@ -6,6 +6,7 @@ run over every token of every sample either way.
 
     .venv/bin/python benchmarks/quality/repair_tokens.py                     # 1024 samples, 3 pairs per family, MiniLM 2
     .venv/bin/python benchmarks/quality/repair_tokens.py --num-samples 256   # the default number of samples
+    .venv/bin/python benchmarks/quality/repair_tokens.py --caps 256 --name repair_tokens_1024_apart  # the default alone
 
 Parents, pairs and data: :mod:`families`. Writes
 ``benchmarks/results/quality_repair_tokens_<num-samples>.{json,md}``.
@@ -30,8 +31,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = arguments(__doc__, ("vision", "scratch", "minilm"), num_samples=1024)
     parser.add_argument("--caps", type=int, nargs="+", default=[256, 128, 64],
                         help="the runs' repair_tokens_per_batch")
+    parser.add_argument("--name", default=None,
+                        help="results file name after 'quality_' (default: repair_tokens_<num-samples>)")
     args = parser.parse_args(argv)
-    run_families(f"repair_tokens_{args.num_samples}", args, lambda paths, scoring, rows: score_pair(
+    run_families(args.name or f"repair_tokens_{args.num_samples}", args, lambda paths, scoring, rows: score_pair(
         paths, scoring, rows, runs(args.caps), num_samples=args.num_samples, batch_size=args.batch_size, log=log))
 
 

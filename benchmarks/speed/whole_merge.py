@@ -14,12 +14,12 @@ parents; the plain forward of both parents over the texts in their given order, 
 ``--batch-size`` padded per batch (the baseline; one batch of warm-up first); the same over the
 merge's own calibration batches (``forward, by length``: texts of similar lengths batched together,
 so less padding; a second baseline, for a user who batches so); the statistics pass (on the first
-512 texts, the default ``statistics_samples``), once, reused by every method; then for ZipIt,
+512 texts, the default ``statistics_samples``; recording the parents' outputs for the repairs, which
+a merge without repairs does not record), once, reused by every method; then for ZipIt,
 MuDSC zip (alpha 0.5) without repairs, the default (MuDSC zip with the repairs stats, lsq, heads;
 they read the parents' outputs that the statistics pass recorded on its texts), the same with the
 parents run again in the repairs on every text (as before those outputs were recorded),
-above 256 texts the default with its repairs on the first 256 texts (``repair_samples=256``), and the
-default with its repairs on 128 tokens per batch (``repair_tokens_per_batch=128``):
+and above 256 texts the default with its repairs on the first 256 texts (``repair_samples=256``):
 solve (with MuDSC's coordinate-descent sweeps timed; the default reuses MuDSC zip's solve and counts
 its time), apply (merged weights, the repairs, the task models and the joint model) and save (the
 merged folder). Results go to ``benchmarks/results/speed_whole_merge_bert_<size>.json``.
@@ -59,9 +59,7 @@ METHODS: list[tuple[str, dict[str, Any]]] = [("zipit", {"method": "zipit"}),
                                              ("mudsc zip", {"method": "mudsc", "mode": "zip", "repair": "none"}),
                                              ("default (mudsc zip + repairs)", {"method": "mudsc"}),
                                              (RERUN := "default, the parents run again in the repairs", {"method": "mudsc"}),
-                                             ("default, repairs on 256 samples", {"method": "mudsc", "repair_samples": 256}),
-                                             ("default, repairs on 128 tokens per batch",
-                                              {"method": "mudsc", "repair_tokens_per_batch": 128})]
+                                             ("default, repairs on 256 samples", {"method": "mudsc", "repair_samples": 256})]
 TEXT_TOKENS = (16, 128)
 
 
