@@ -280,6 +280,9 @@ class LayerInputs:
     The other arguments of a layer call (attention mask, ...) are recorded at the first layer and
     reused for every layer, as BERT- and ViT-like encoders pass the same ones to each layer.
 
+    ``recorded`` (a parent's outputs kept by the statistics pass, :mod:`.recorded`): its batches never
+    run; :meth:`advance` reads their rows, and at the last layer their encoder outputs.
+
     What waits longest is written out of memory (:class:`~hf_mudsc.spill.Spill`, CPU tensors; kept in
     memory where the file cannot be written): a parent's hidden states (read once per layer, while the
     merged model corrects the layer they wait for), and a kept output larger than the layer's input

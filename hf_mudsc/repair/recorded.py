@@ -18,7 +18,7 @@ repaired weights are the same bits either way.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -75,12 +75,12 @@ class ParentOutputs:
             self._bytes += value.numel() * value.element_size()
             state["seen"].add(key)
 
-        def linear(i: int, name: str):
+        def linear(i: int, name: str) -> Callable[..., None]:
             def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
                 write((i, state["b"], name), sampled_rows(output, state["mask"], state["b"], name, self.seed, self.cap))
             return hook
 
-        def last(i: int):
+        def last(i: int) -> Callable[..., None]:
             def hook(module: nn.Module, args: tuple, output: Any) -> None:
                 several = isinstance(output, (tuple, list))
                 write((i, state["b"], None), output[0] if several else output)
@@ -106,6 +106,14 @@ class ParentOutputs:
         if b >= 0 and not self._failed and wanted <= state["seen"]:
             self.complete.add(b)
 
+    def read(self, i: int, b: int, module: str | None) -> Tensor:
+        """Parent ``i``'s rows of linear map ``module`` on batch ``b`` (None: its encoder output)."""
+        return self._spill.get((i, b, module))
+
+    def returned(self, i: int, b: int) -> Any:
+        """What parent ``i``'s last layer returned beside its hidden states on batch ``b``."""
+        return self._rest[(i, b)]
+
     def for_parent(self, i: int, model: nn.Module, batches: Sequence[Mapping[str, Tensor]], seed: int,
                    cap: int | None) -> "Recorded | None":
         """What parent ``i`` (``model``) would give on ``batches`` with ``seed`` and ``cap`` that was
@@ -124,12 +132,14 @@ class Recorded:
 
     def rows(self, b: int, sites: Sequence[Site]) -> dict[Site, Tensor]:
         """The rows of ``sites`` (outputs of linear maps of an encoder layer) on batch ``b``."""
-        return {(m, kind): self.store._spill.get((self.i, b, m)) for m, kind in sites}
+        if any(kind != "output" for _, kind in sites):
+            raise ValueError(f"only the outputs of linear maps are recorded, not {sorted(sites)}")
+        return {(m, kind): self.store.read(self.i, b, m) for m, kind in sites}
 
     def final(self, b: int) -> tuple[Tensor, Any]:
         """The last encoder layer's hidden states on batch ``b``, and what it returned beside them
         (None: nothing; else its returns with None for the hidden states)."""
-        return self.store._spill.get((self.i, b, None)), self.store._rest[(self.i, b)]
+        return self.store.read(self.i, b, None), self.store.returned(self.i, b)
 
 
 def _equal(batch: Mapping[str, Tensor], recorded: Mapping[str, Tensor]) -> bool:
