@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 import json
 import re
+import shutil
+import tempfile
 
 import numpy as np
 import pytest
@@ -678,8 +680,8 @@ def test_repairs_read_the_parents_outputs_that_the_statistics_pass_recorded(kind
 
 def test_recorded_outputs_are_used_only_where_they_are_what_the_repairs_compute(monkeypatch):
     """Another token cap for the repairs than the one recorded, or batches other than the recorded ones,
-    run the parents as before (the same bits as without recording); outputs past the size limit are not
-    recorded, nor any where the repairs read fewer samples than the statistics, and half-precision
+    run the parents as before (the same bits as without recording); outputs past the size limit (or
+    half the temporary folder's free space) are not recorded, nor any where the repairs read fewer samples than the statistics, and half-precision
     parents (repaired as float32 copies) record nothing."""
     from hf_mudsc.repair.recorded import ParentOutputs
 
@@ -706,6 +708,11 @@ def test_recorded_outputs_are_used_only_where_they_are_what_the_repairs_compute(
         for name, t in theirs.shared.items():
             assert torch.equal(mine.shared[name], t), name
     monkeypatch.setattr("hf_mudsc.repair.recorded.MAX_BYTES", 500_000)  # 1 of the 3 batches (0.35 MB each)
+    _, runs, merger = _repaired(a, b, calib, True, monkeypatch)
+    assert merger._recorded.complete == {0} and runs == 5 * layers
+    monkeypatch.setattr("hf_mudsc.repair.recorded.MAX_BYTES", 10**12)
+    free = shutil.disk_usage(tempfile.gettempdir())._replace(free=1_000_000)  # half of it: 1 batch again
+    monkeypatch.setattr("hf_mudsc.repair.recorded.shutil.disk_usage", lambda path: free)
     _, runs, merger = _repaired(a, b, calib, True, monkeypatch)
     assert merger._recorded.complete == {0} and runs == 5 * layers
     _, runs, merger = _repaired(a, b, calib, True, monkeypatch, repair_samples=16)  # its batches are not theirs

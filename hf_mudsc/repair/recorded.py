@@ -10,13 +10,15 @@ repairs read them instead of running the parents again (:class:`.context.LayerIn
 a BERT-base parent's run through the repairs of 1000 texts, all of it at 512 texts or fewer.
 
 Recorded on CPU parents only (on a device the run costs less than writing its outputs out), up to
-:data:`MAX_BYTES`, and used only where they are what the repairs would compute: the same model
+:data:`MAX_BYTES` or half the temporary folder's free space, and used only where they are what the repairs would compute: the same model
 objects (not half-precision parents, which the repairs run as float32 copies), the same seed and
 token cap, and batches equal to the recorded ones. Anything else runs the parents as before; the
 repaired weights are the same bits either way.
 """
 from __future__ import annotations
 
+import shutil
+import tempfile
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -27,7 +29,7 @@ from ..spill import Spill
 from ..unitmaps.spaces import UnitMap
 from .context import Site, detached_copy, encoder_blocks, sampled_rows
 
-MAX_BYTES = 8 * 2**30  # recorded outputs at most (temporary files); later batches are run again by the repairs
+MAX_BYTES = 8 * 2**30  # recorded outputs at most (temporary files); the repairs run the parents on later batches
 
 
 class ParentOutputs:
@@ -37,7 +39,8 @@ class ParentOutputs:
 
     def __init__(self, models: Sequence[nn.Module], unit_map: UnitMap, seed: int, cap: int | None) -> None:
         self.models, self.blocks, self.seed, self.cap = list(models), encoder_blocks(unit_map), seed, cap
-        self.max_bytes = MAX_BYTES
+        # at most half the free space of the temporary folder: what else waits in files there needs room too
+        self.max_bytes = min(MAX_BYTES, shutil.disk_usage(tempfile.gettempdir()).free // 2)
         self.linears = [[name for name, mod in m.named_modules()
                          if isinstance(mod, nn.Linear) and any(name.startswith(b + ".") for b in self.blocks)]
                         for m in self.models]
