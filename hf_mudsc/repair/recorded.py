@@ -10,9 +10,9 @@ repairs read them instead of running the parents again (:class:`.context.LayerIn
 a BERT-base parent's run through the repairs of 1000 texts, all of it at 512 texts or fewer.
 
 Recorded on CPU parents only (on a device the run costs less than writing its outputs out), up to
-:data:`MAX_BYTES` or half the temporary folder's free space, and used only where they are what the repairs would compute: the same model
-objects (not half-precision parents, which the repairs run as float32 copies), the same seed and
-token cap, and batches equal to the recorded ones. Anything else runs the parents as before; the
+:data:`MAX_BYTES` or half the temporary folder's free space, and used only where they are what the
+repairs would compute: the same model objects (not half-precision parents, which the repairs run as
+float32 copies), the same seed and token cap, and batches equal to the recorded ones. Anything else runs the parents as before; the
 repaired weights are the same bits either way.
 """
 from __future__ import annotations
@@ -34,8 +34,8 @@ MAX_BYTES = 8 * 2**30  # recorded outputs at most (temporary files); the repairs
 
 class ParentOutputs:
     """Outputs of ``models`` (the parents as merged) on the batches of one statistics pass: per
-    parent, batch and linear map of an encoder layer (those of ``unit_map``) the rows the repairs sample with
-    ``seed`` and ``cap``, and each batch's encoder output."""
+    parent, batch and linear map of an encoder layer (those of ``unit_map``) the rows the repairs
+    sample with ``seed`` and ``cap``, and each batch's encoder output."""
 
     def __init__(self, models: Sequence[nn.Module], unit_map: UnitMap, seed: int, cap: int | None) -> None:
         self.models, self.blocks, self.seed, self.cap = list(models), encoder_blocks(unit_map), seed, cap
