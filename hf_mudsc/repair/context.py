@@ -234,6 +234,14 @@ def encoder_blocks(unit_map: UnitMap) -> list[str]:
     return [site.module for site in unit_map["residual"].sites if site.kind == "input"]
 
 
+def split_returns(y: Any) -> tuple[Tensor, Any]:
+    """A layer's hidden states and what it returned beside them: None, or its returns with None in
+    place of the hidden states (what the replay puts them back into)."""
+    if isinstance(y, (tuple, list)):
+        return y[0], type(y)((None, *y[1:]))
+    return y, None
+
+
 def sampled_rows(value: Tensor, mask: Tensor | None, b: int, module: str, seed: int, cap: int | None) -> Tensor:
     """The rows of ``value`` (module ``module``'s input or output on batch ``b``) that a repair reads:
     real tokens (``mask``), at most ``cap`` of them, a subset seeded by (``seed``, ``b``, ``module``)."""
@@ -414,21 +422,20 @@ class LayerInputs:
             for b, (_, args, kwargs) in enumerate(self.states):
                 if self.recorded is not None and b in self.recorded.batches:
                     seen.append(self.recorded.rows(b, sites))
-                    if last:
-                        hidden, rest = self.recorded.final(b)
-                        self.returned.append(rest)
-                        self.states[b] = (self._held(b, hidden), args, kwargs)
-                    continue
-                out: dict[str, Any] = {}
+                    if not last:  # nothing runs: only the encoder outputs are needed, for the replay
+                        continue
+                    hidden, rest = self.recorded.final(b)
+                else:
+                    out: dict[str, Any] = {}
 
-                def run(b: int = b) -> None:
-                    out["layer"] = self._call(b)
+                    def run(b: int = b) -> None:
+                        out["layer"] = self._call(b)
 
-                seen.append(self.ctx.capture(self.model, sites, b, run, stop=False))
-                y = out["layer"]
+                    seen.append(self.ctx.capture(self.model, sites, b, run, stop=False))
+                    hidden, rest = split_returns(out["layer"])
                 if last:  # what follows the encoder replays from it (the hidden states from the cache)
-                    self.returned.append(type(y)((None, *y[1:])) if isinstance(y, (tuple, list)) else None)
-                self.states[b] = (self._held(b, y[0] if isinstance(y, (tuple, list)) else y), args, kwargs)
+                    self.returned.append(rest)
+                self.states[b] = (self._held(b, hidden), args, kwargs)
         self.layer += 1
         self._kept = {}
         return seen

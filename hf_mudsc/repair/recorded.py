@@ -12,8 +12,8 @@ a BERT-base parent's run through the repairs of 1000 texts, all of it at 512 tex
 Recorded on CPU parents only (on a device the run costs less than writing its outputs out), up to
 :data:`MAX_BYTES` or half the temporary folder's free space, and used only where they are what the
 repairs would compute: the same model objects (not half-precision parents, which the repairs run as
-float32 copies), the same seed and token cap, and batches equal to the recorded ones. Anything else runs the parents as before; the
-repaired weights are the same bits either way.
+float32 copies), the same seed and token cap, and batches equal to the recorded ones. Anything else
+runs the parents as before; the repaired weights are the same bits either way.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from ..spill import Spill
 from ..unitmaps.spaces import UnitMap
-from .context import Site, detached_copy, encoder_blocks, sampled_rows
+from .context import Site, detached_copy, encoder_blocks, sampled_rows, split_returns
 
 MAX_BYTES = 8 * 2**30  # recorded outputs at most (temporary files); the repairs run the parents on later batches
 
@@ -71,11 +71,11 @@ class ParentOutputs:
         def write(key: tuple, value: Tensor) -> None:
             if self._failed or key in state["seen"]:  # a module called twice in a pass: its first call
                 return
-            value = value.detach()
-            if self._bytes + value.numel() * value.element_size() > self.max_bytes or not self._spill.put(key, value):
+            size = value.numel() * value.element_size()
+            if self._bytes + size > self.max_bytes or not self._spill.put(key, value.detach()):
                 self._failed = True
                 return
-            self._bytes += value.numel() * value.element_size()
+            self._bytes += size
             state["seen"].add(key)
 
         def linear(i: int, name: str) -> Callable[..., None]:
@@ -85,9 +85,9 @@ class ParentOutputs:
 
         def last(i: int) -> Callable[..., None]:
             def hook(module: nn.Module, args: tuple, output: Any) -> None:
-                several = isinstance(output, (tuple, list))
-                write((i, state["b"], None), output[0] if several else output)
-                self._rest[(i, state["b"])] = type(output)((None, *detached_copy(output[1:]))) if several else None
+                hidden, rest = split_returns(output)
+                write((i, state["b"], None), hidden)
+                self._rest[(i, state["b"])] = detached_copy(rest)
             return hook
 
         handles = []
@@ -141,7 +141,7 @@ class Recorded:
 
     def final(self, b: int) -> tuple[Tensor, Any]:
         """The last encoder layer's hidden states on batch ``b``, and what it returned beside them
-        (None: nothing; else its returns with None for the hidden states)."""
+        (:func:`.context.split_returns`)."""
         return self.store.read(self.i, b, None), self.store.returned(self.i, b)
 
 
