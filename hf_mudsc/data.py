@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import io
 from dataclasses import dataclass, field, replace
-from itertools import islice
+from itertools import islice, pairwise
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
@@ -41,10 +41,11 @@ class Calibration:
     batches are taken as given (their first ``num_samples`` samples). Every process draws the
     same rows and takes every ``world_size``-th of them. ``positions`` (set by :meth:`split`)
     restricts it to some of the drawn rows (drawn batches, for ready batches), and ``limit`` (set
-    by :meth:`head`) to the first samples of those. ``apart`` (drawn rows): the first this many rows
-    of the part are batched among themselves, the rest after them, so that the part's first batches
-    are exactly those of its ``head(apart)`` (the statistics read that head, and the repairs reuse the
-    parents' outputs on it: :class:`~hf_mudsc.repair.recorded.ParentOutputs`).
+    by :meth:`head`) to the first samples of those. ``apart`` (counts of drawn rows, rising): the part's
+    rows are batched in pieces cut at these counts, each among its own rows, so that the part's first
+    batches are exactly those of its ``head(n)`` for every ``n`` in ``apart`` (the statistics read one such
+    head and the repairs another, and the repairs reuse the parents' outputs on the batches they share:
+    :class:`~hf_mudsc.repair.recorded.ParentOutputs`).
 
     Images go in batches of ``batch_size`` rows in drawn order. Texts are grouped by length
     (:meth:`_by_length`): batches of texts of similar lengths, each of about ``batch_size`` times
@@ -66,7 +67,7 @@ class Calibration:
     positions: tuple[int, ...] | None = None
     part: str | None = None
     limit: int | None = None  # the first this many samples of this part, in drawn order (set by head)
-    apart: int | None = None  # the first this many drawn rows of this part are batched apart from the rest
+    apart: tuple[int, ...] = ()  # the part's drawn rows are batched in pieces cut at these counts
     max_length: int = MAX_TEXT_LENGTH  # texts are cut at this many tokens
     channels: int | None = None  # images are converted to this many channels (1: grey, 3: RGB) when given
     # what a pass found of a source of unknown length that ended before num_samples ("samples"); one dict
@@ -95,7 +96,8 @@ class Calibration:
         """How the rows go into batches, in words (for the recipe)."""
         if self.column is None:
             return "as given"
-        first = f"; the first {self.apart} drawn rows apart from the rest" if self.apart is not None else ""
+        first = f"; the first {' and the first '.join(map(str, self.apart))} drawn rows apart from the rest" \
+            if self.apart else ""
         if self.modality == "text":
             return (f"texts grouped by length within windows of {self.batch_size * LENGTH_WINDOW} drawn rows, "
                     f"about batch_size x the mean length in tokens per batch{first}")
@@ -148,7 +150,8 @@ class Calibration:
             yield from batches
             return
         drawn = islice(self._drawn_rows(), self.limit)
-        parts = [drawn] if self.apart is None else [islice(drawn, self.apart), drawn]  # the second: what is left
+        # one shared iterator: each piece takes its rows from where the last one ended, the last piece what is left
+        parts = [*(islice(drawn, b - a) for a, b in pairwise((0, *self.apart))), drawn]
         window = self.batch_size * (LENGTH_WINDOW if self.modality == "text" else 1)
         for part in parts:
             rows = islice(part, self.rank, None, self.world_size)

@@ -211,10 +211,10 @@ class MuDSCMerger:
         self._heldout = None
         if holdout is not None:  # method="auto": a part the statistics never see scores the candidates
             calib, self._heldout = calib.split(holdout)
-        # the statistics read the first statistics_samples drawn rows only, batched apart from the rest, so
-        # that their batches are the repairs' first ones
-        if config.statistics_samples is not None:
-            calib = dataclasses.replace(calib, apart=config.statistics_samples)
+        # the statistics read the first statistics_samples drawn rows, the repairs the first repair_samples:
+        # each head batched apart from the rest, so that the batches of the shorter are the longer's first
+        heads = {n for n in (config.statistics_samples, config.repair_samples) if n is not None}
+        calib = dataclasses.replace(calib, apart=tuple(sorted(heads)))
         self._calibration_source = calib  # every row, in every process: the repairs run alike in each
         stats = calib if config.statistics_samples is None else calib.head(config.statistics_samples)
         self._align_on(stats, config, progress, accelerator)  # on every row, before they are shared out
@@ -230,14 +230,13 @@ class MuDSCMerger:
         # accumulate where the first parent runs (float64 on a GPU beats a copy to the CPU per hook)
         stats_device = next(first.model.parameters()).device
         models = [p.model for p in self._merging]
-        # the parents' outputs that the repairs would compute on these batches, kept from the first pass;
-        # not when the repairs read fewer rows than the statistics (their batches are then others)
+        # the parents' outputs that the repairs would compute on these batches (on the first repair_samples
+        # rows only, where the repairs read fewer than the statistics), kept from the first pass
         self._recorded = None
-        covers = config.repair_samples is None or (config.statistics_samples is not None
-                                                   and config.repair_samples >= config.statistics_samples)
-        if config.resolved_repair and covers and (accelerator is None or accelerator.num_processes == 1) \
+        if config.resolved_repair and (accelerator is None or accelerator.num_processes == 1) \
                 and ParentOutputs.usable(models):
-            self._recorded = ParentOutputs(models, self.unit_maps[0], config.seed, config.repair_tokens_per_batch)
+            self._recorded = ParentOutputs(models, self.unit_maps[0], config.seed, config.repair_tokens_per_batch,
+                                           rows=config.repair_samples)
         moments = {}
         for k, group in enumerate(groups):
             with self._recorded.recording() if self._recorded is not None and k == 0 else nullcontext() as record:

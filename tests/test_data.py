@@ -152,23 +152,26 @@ def test_head_takes_the_first_drawn_rows_of_a_part():
     assert sorted(first) == sorted(int(i) for i in by_length.indices[:9])  # the first drawn, not the shortest
 
 
-@pytest.mark.parametrize("apart", [9, 40])
-def test_rows_batched_apart_make_the_first_batches_those_of_their_head(apart):
-    """With ``apart``, the first drawn rows are batched among themselves (the statistics read them:
-    the repairs' first batches are then the statistics' ones), the rest after them."""
+@pytest.mark.parametrize("apart", [(9,), (40,), (5, 17)])
+def test_rows_batched_apart_make_the_first_batches_those_of_their_heads(apart):
+    """With ``apart``, the drawn rows are batched in pieces cut at its counts (the statistics read one
+    such head and the repairs another: the shorter head's batches are then the longer's first ones)."""
     by_length = calibration(varied_lengths(), words, "text", num_samples=40, batch_size=6, seed=0)
     whole = dataclasses.replace(by_length, apart=apart)
-    first = {int(i) for i in by_length.indices[:apart]}
-    head, batches = list(whole.head(apart)), list(whole)
-    assert len(batches) > len(head) or apart == 40
-    for mine, theirs in zip(batches, head):
-        assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    batches = list(whole)
+    piece = {int(r): sum(k >= n for n in apart) for k, r in enumerate(by_length.indices)}  # the piece of each row
+    for n in apart:
+        head = list(whole.head(n))
+        assert len(batches) > len(head) or n == 40
+        for mine, theirs in zip(batches, head):
+            assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
     for group, _ in rows_and_widths(whole):
-        assert len({r in first for r in group}) == 1  # no batch holds rows of both parts
+        assert len({piece[r] for r in group}) == 1  # no batch holds rows of two pieces
     assert sorted(r for group, _ in rows_and_widths(whole) for r in group) == sorted(int(i) for i in by_length.indices)
-    if apart < 40:  # without it, the head's rows and the rest share batches
-        assert any(len({r in first for r in group}) == 2 for group, _ in rows_and_widths(by_length))
-        assert whole.describe()["batching"].endswith(f"the first {apart} drawn rows apart from the rest")
+    if apart != (40,):  # without it, the pieces' rows share batches
+        assert any(len({piece[r] for r in group}) > 1 for group, _ in rows_and_widths(by_length))
+        assert whole.describe()["batching"].endswith(
+            f"the first {' and the first '.join(map(str, apart))} drawn rows apart from the rest")
 
 
 def test_head_of_ready_batches_takes_their_first_samples():

@@ -657,20 +657,24 @@ def _repaired(a, b, calib, record, monkeypatch, **config):
 
 
 @pytest.mark.parametrize("kind", ["bert-seq", "vit-cls"])
-@pytest.mark.parametrize("statistics_samples", [512, 16])
-def test_repairs_read_the_parents_outputs_that_the_statistics_pass_recorded(kind, statistics_samples, monkeypatch):
+@pytest.mark.parametrize("statistics_samples,repair_samples", [(512, None), (16, None), (512, 16)])
+def test_repairs_read_the_parents_outputs_that_the_statistics_pass_recorded(kind, statistics_samples, repair_samples,
+                                                                            monkeypatch):
     """The statistics pass records what the repairs would compute of the parents on its batches (the
     repairs' first ones): the repaired weights are the same bits, and the parents' layers run in the
-    repairs only on the batches the statistics did not read (statistics on 16 of 24 samples: 2 of 3)."""
+    repairs only on the batches the statistics did not read (statistics on 16 of 24 samples: 2 of 3);
+    repairs on fewer samples than the statistics (16) have only their own batches recorded."""
     a, b = tiny_model(kind, seed=0), tiny_model(kind, seed=1)
     calib = calibration(a, n=3)  # 3 batches of 8
     layers = a.config.num_hidden_layers
-    recorded, runs, merger = _repaired(a, b, calib, True, monkeypatch, statistics_samples=statistics_samples)
-    fresh, fresh_runs, _ = _repaired(a, b, calib, False, monkeypatch, statistics_samples=statistics_samples)
+    settings = dict(statistics_samples=statistics_samples, repair_samples=repair_samples)
+    recorded, runs, merger = _repaired(a, b, calib, True, monkeypatch, **settings)
+    fresh, fresh_runs, _ = _repaired(a, b, calib, False, monkeypatch, **settings)
     read = 3 if statistics_samples == 512 else 2  # batches the statistics read
-    assert sorted(merger._recorded.complete) == list(range(read))
-    assert fresh_runs == (read + 3) * layers  # the statistics, then the repairs on every batch
-    assert runs == 3 * layers  # the statistics, then the repairs on the batch they did not read
+    repaired = 3 if repair_samples is None else 2  # batches the repairs read
+    assert sorted(merger._recorded.complete) == list(range(min(read, repaired)))
+    assert fresh_runs == (read + repaired) * layers  # the statistics, then the repairs on every batch
+    assert runs == (read + repaired - min(read, repaired)) * layers  # the repairs only where nothing was recorded
     for name, t in fresh.shared.items():
         assert torch.equal(recorded.shared[name], t), name
     for i, private in enumerate(fresh.private):
@@ -678,11 +682,42 @@ def test_repairs_read_the_parents_outputs_that_the_statistics_pass_recorded(kind
             assert torch.equal(recorded.private[i][name], t), name
 
 
+def test_texts_of_the_repairs_are_batched_as_the_first_of_the_statistics_and_recorded(tmp_path, monkeypatch):
+    """Texts: the repairs' first ``repair_samples`` rows and the statistics' first ``statistics_samples``
+    are each batched apart from the rest, so that the repairs' batches (here fewer rows) are the
+    statistics' first ones: all recorded, the parents' layers never run in the repairs, the same bits."""
+    from hf_mudsc.repair.recorded import ParentOutputs
+    from parents_on_disk import bert_parents, text_dataset
+
+    folders = bert_parents(tmp_path)
+
+    def merged(record: bool):
+        monkeypatch.setattr(ParentOutputs, "usable", staticmethod(lambda models: record))
+        merger = MuDSCMerger.from_pretrained(folders, "mudsc", statistics_samples=24, repair_samples=10,
+                                             max_sweeps=1)
+        counts = [_layer_runs(p.model, merger) for p in merger.parents]
+        result = merger.merge(text_dataset(40), num_samples=40, batch_size=4, progress=False)
+        runs = [len(calls) for calls, _ in counts]
+        for _, handles in counts:
+            for h in handles:
+                h.remove()
+        return result.weights, runs, merger
+
+    recorded, runs, merger = merged(True)
+    fresh, fresh_runs, _ = merged(False)
+    stats, repairs = (len(list(merger._calibration_source.head(n))) for n in (24, 10))
+    layers = merger.parents[0].model.config.num_hidden_layers
+    assert sorted(merger._recorded.complete) == list(range(repairs)) and repairs < stats
+    assert fresh_runs == [(stats + repairs) * layers] * 2 and runs == [stats * layers] * 2
+    for name, t in fresh.shared.items():
+        assert torch.equal(recorded.shared[name], t), name
+
+
 def test_recorded_outputs_are_used_only_where_they_are_what_the_repairs_compute(monkeypatch):
     """Another token cap for the repairs than the one recorded, or batches other than the recorded ones,
     run the parents as before (the same bits as without recording); outputs past the size limit (or
-    half the temporary folder's free space) are not recorded, nor any where the repairs read fewer samples than the statistics, and half-precision
-    parents (repaired as float32 copies) record nothing."""
+    half the temporary folder's free space) are not recorded, and half-precision parents (repaired as
+    float32 copies) record nothing."""
     from hf_mudsc.repair.recorded import ParentOutputs
 
     a, b = tiny_model("bert-seq", seed=0), tiny_model("bert-seq", seed=1)
@@ -715,7 +750,5 @@ def test_recorded_outputs_are_used_only_where_they_are_what_the_repairs_compute(
     monkeypatch.setattr("hf_mudsc.repair.recorded.shutil.disk_usage", lambda path: free)
     _, runs, merger = _repaired(a, b, calib, True, monkeypatch)
     assert merger._recorded.complete == {0} and runs == 5 * layers
-    _, runs, merger = _repaired(a, b, calib, True, monkeypatch, repair_samples=16)  # its batches are not theirs
-    assert merger._recorded is None and runs == 5 * layers
     monkeypatch.undo()
     assert ParentOutputs.usable([a]) and not ParentOutputs.usable([a.to(torch.bfloat16)])

@@ -4,7 +4,9 @@ The repairs' targets are the parents' outputs of every linear map of every encod
 repairs' rows (:func:`.context.sampled_rows`), and the parents' encoder outputs, from which what
 follows the encoder is replayed. They do not depend on the merge, and the statistics pass already
 runs both parents over its batches, which are the repairs' first batches (the statistics read the
-first ``statistics_samples`` drawn rows, batched apart from the rest: :attr:`.Calibration.apart`).
+first ``statistics_samples`` drawn rows and the repairs the first ``repair_samples``, each head batched
+apart from the rest: :attr:`.Calibration.apart`; where the repairs read fewer rows, only their batches
+are recorded).
 :class:`ParentOutputs` keeps them from that pass, in a spill file, so that on those batches the
 repairs read them instead of running the parents again (:class:`.context.LayerInputs`): about half of
 a BERT-base parent's run through the repairs of 1000 texts, all of it at 512 texts or fewer.
@@ -35,10 +37,13 @@ MAX_BYTES = 8 * 2**30  # recorded outputs at most (temporary files); the repairs
 class ParentOutputs:
     """Outputs of ``models`` (the parents as merged) on the batches of one statistics pass: per
     parent, batch and linear map of an encoder layer (those of ``unit_map``) the rows the repairs
-    sample with ``seed`` and ``cap``, and each batch's encoder output."""
+    sample with ``seed`` and ``cap``, and each batch's encoder output; ``rows``: only the first batches
+    up to this many rows (those the repairs read), None: every batch."""
 
-    def __init__(self, models: Sequence[nn.Module], unit_map: UnitMap, seed: int, cap: int | None) -> None:
+    def __init__(self, models: Sequence[nn.Module], unit_map: UnitMap, seed: int, cap: int | None,
+                 rows: int | None = None) -> None:
         self.models, self.blocks, self.seed, self.cap = list(models), encoder_blocks(unit_map), seed, cap
+        self.rows = rows
         # at most half the free space of the temporary folder: what else waits in files there needs room too
         self.max_bytes = min(MAX_BYTES, shutil.disk_usage(tempfile.gettempdir()).free // 2)
         self.linears = [[name for name, mod in m.named_modules()
@@ -49,6 +54,7 @@ class ParentOutputs:
         self._rest: dict[tuple[int, int], Any] = {}  # (parent, batch) -> the last layer's returns beside its hidden states
         self._spill = Spill()
         self._bytes = 0
+        self._rows = 0  # rows of the batches recorded so far
         self._failed = False  # a write was refused (full disk) or over max_bytes: nothing more is recorded
 
     @staticmethod
@@ -65,8 +71,12 @@ class ParentOutputs:
 
         def start(batch: Mapping[str, Tensor]) -> None:
             self._close(state)
+            if self.rows is not None and self._rows >= self.rows:  # past the repairs' rows: nothing more
+                state.update(b=-1)
+                return
             state.update(b=len(self.inputs), mask=batch.get("attention_mask"), seen=set())
             self.inputs.append({k: v.detach().cpu().clone() for k, v in batch.items() if k != "labels"})
+            self._rows += len(next(iter(self.inputs[-1].values())))
 
         def write(key: tuple, value: Tensor) -> None:
             if self._failed or key in state["seen"]:  # a module called twice in a pass: its first call
@@ -80,11 +90,15 @@ class ParentOutputs:
 
         def linear(i: int, name: str) -> Callable[..., None]:
             def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
-                write((i, state["b"], name), sampled_rows(output, state["mask"], state["b"], name, self.seed, self.cap))
+                if state["b"] >= 0:
+                    write((i, state["b"], name), sampled_rows(output, state["mask"], state["b"], name, self.seed,
+                                                              self.cap))
             return hook
 
         def last(i: int) -> Callable[..., None]:
             def hook(module: nn.Module, args: tuple, output: Any) -> None:
+                if state["b"] < 0:
+                    return
                 hidden, rest = split_returns(output)
                 write((i, state["b"], None), hidden)
                 self._rest[(i, state["b"])] = detached_copy(rest)
