@@ -110,8 +110,9 @@ class MergeConfig:
             presets (a repair is not part of their papers). With ``auto``: when given, run on every
             candidate; by default, each candidate gets its own method's.
         repair_samples: the repairs run on the first this many calibration samples (of the seeded
-            draw); ``None`` (default): on all of them. Their cost grows with the data (each model
-            runs each layer about once more), the solve's does not, so a cap bounds the cost of a
+            draw); ``None`` (default): on all of them. Their cost grows with the data (the merged
+            model runs each layer about once more, and on the samples the statistics did not read
+            the parents too), the solve's does not, so a cap bounds the cost of a
             merge on much data; on the quality benchmarks, repairs on 256 of 1024 samples lose about
             a point of accuracy against repairs on all 1024 (README, Results: merge quality).
         repair_tokens_per_batch: cap on the tokens per batch that each repaired map is fitted on (a

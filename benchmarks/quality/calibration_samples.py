@@ -8,8 +8,9 @@ once more over theirs.
 
     .venv/bin/python benchmarks/quality/calibration_samples.py     # 3 pairs per family, MiniLM 2
     .venv/bin/python benchmarks/quality/calibration_samples.py --family vision --pairs 1 --caps 256
+    .venv/bin/python benchmarks/quality/calibration_samples.py --caps 256 --name calibration_samples_256
 
-Parents, pairs and data: :mod:`families`. Writes ``benchmarks/results/quality_calibration_samples.{json,md}``.
+Parents, pairs and data: :mod:`families`. Writes ``benchmarks/results/quality_calibration_samples.{json,md}`` (``--name``: another name).
 """
 from __future__ import annotations
 
@@ -36,8 +37,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = arguments(__doc__, ("vision", "scratch", "minilm"), num_samples=1024)
     parser.add_argument("--caps", type=int, nargs="+", default=[256, 512],
                         help="the capped runs' statistics_samples and repair_samples")
+    parser.add_argument("--name", default="calibration_samples", help="results file name after 'quality_'")
     args = parser.parse_args(argv)
-    run_families("calibration_samples", args, lambda paths, scoring, rows: score_pair(
+    run_families(args.name, args, lambda paths, scoring, rows: score_pair(
         paths, scoring, rows, runs(args.caps), num_samples=args.num_samples, batch_size=args.batch_size, log=log))
 
 
