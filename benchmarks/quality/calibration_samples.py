@@ -10,7 +10,8 @@ once more over theirs.
     .venv/bin/python benchmarks/quality/calibration_samples.py --family vision --pairs 1 --caps 256
     .venv/bin/python benchmarks/quality/calibration_samples.py --caps 256 --name calibration_samples_256
 
-Parents, pairs and data: :mod:`families`. Writes ``benchmarks/results/quality_calibration_samples.{json,md}`` (``--name``: another name).
+Parents, pairs and data: :mod:`families`. Writes ``benchmarks/results/quality_calibration_samples.{json,md}``
+(``--name``: another name).
 """
 from __future__ import annotations
 

@@ -23,7 +23,8 @@ and above 256 texts the default with its repairs on the first 256 texts (``repai
 a statistics pass and a solve of its own, since that setting batches the statistics' texts and
 records the parents' outputs for its repairs' texts): solve (with MuDSC's coordinate-descent sweeps
 timed; the default reuses MuDSC zip's solve and counts its time), apply (merged weights, the repairs,
-the task models and the joint model) and save (the merged folder). Results go to ``benchmarks/results/speed_whole_merge_bert_<size>.json``.
+the task models and the joint model) and save (the merged folder). Results go to
+``benchmarks/results/speed_whole_merge_bert_<size>.json``.
 """
 from __future__ import annotations
 
@@ -95,8 +96,8 @@ def main() -> None:
         "setup": {"parents": f"bert-{args.size}, random init", "shape": SHAPES[args.size],
                   "texts": f"WordNet noun glosses, {TEXT_TOKENS[0]}-{TEXT_TOKENS[1]} tokens each",
                   "batch_size": args.batch_size, "max_tokens_per_batch": args.max_tokens_per_batch,
-                  "statistics": "collected once per sample count, reused by every method but the one with repair_samples "
-                                "(a pass of its own)"},
+                  "statistics": "collected once per sample count, reused by every method but the one with "
+                                "repair_samples (a pass of its own)"},
         "runs": runs,
     })
     print_table(runs)
